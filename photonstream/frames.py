@@ -21,6 +21,32 @@ def now_ns() -> int:
 
 
 @dataclass(slots=True)
+class EncodedArray:
+    """A compressed array as it travels: the codec's bytes plus what is needed to restore it bit-exactly.
+
+    ``codec`` is one of ``photonstream.codecs.CODECS`` (``bslz4``: bitshuffle+LZ4 in the HDF5-filter/DECTRIS
+    framing; ``lz4``; ``zstd``). ``frame.array(name)`` or ``photonstream.codecs.decode_array`` gives the numpy array.
+    """
+
+    data: bytes
+    dtype: str  # numpy dtype string, e.g. '<u2'
+    shape: tuple[int, ...]
+    codec: str
+
+    @property
+    def nbytes(self) -> int:
+        return len(self.data)
+
+    def decode(self) -> np.ndarray:
+        from photonstream.codecs import decode_array
+
+        return decode_array(self)
+
+
+AnyArray = np.ndarray | EncodedArray
+
+
+@dataclass(slots=True)
 class Geometry:
     """Experiment geometry a consumer needs to interpret pixels (SI units, beam centre in pixels)."""
 
@@ -88,13 +114,18 @@ class Frame:
 
     kind: ClassVar[str] = "event"
     event: int
-    arrays: dict[str, np.ndarray]
+    arrays: dict[str, AnyArray]
     metadata: dict[str, Any] = field(default_factory=dict)
     timestamp: float = 0.0  # when the event happened (s since the epoch)
     stream_id: str = ""
     run: int = 0
     seq: int = -1  # per-stream sequence number, assigned by the pipeline
     created_ns: int = 0  # when the pipeline emitted it; consumers measure latency against it
+
+    def array(self, name: str) -> np.ndarray:
+        """The named array, decompressed if a ``compress`` step encoded it."""
+        value = self.arrays[name]
+        return value.decode() if isinstance(value, EncodedArray) else value
 
     def to_dict(self) -> dict[str, Any]:
         return {
