@@ -1,0 +1,3 @@
+from photonstream.cli import main
+
+main()

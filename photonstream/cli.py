@@ -1,0 +1,205 @@
+"""The ``photonstream`` command line."""
+
+from __future__ import annotations
+
+import functools
+import json
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from photonstream.errors import ConfigError, PhotonstreamError
+
+app = typer.Typer(help="Stream X-ray experiment data on request.", no_args_is_help=True, add_completion=False)
+bench_app = typer.Typer(help="Benchmarks (table for people, one JSON object on the last line).", no_args_is_help=True)
+app.add_typer(bench_app, name="bench")
+
+console = Console()
+err_console = Console(stderr=True)
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def friendly(fn: F) -> F:
+    """Turn photonstream errors into one red line and exit status 2 (bad input) or 1 (failed run)."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except PhotonstreamError as exc:
+            err_console.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
+            raise typer.Exit(2 if isinstance(exc, ConfigError) else 1) from None
+        except KeyboardInterrupt:
+            err_console.print("[yellow]interrupted[/]")
+            raise typer.Exit(130) from None
+
+    return wrapper  # type: ignore[return-value]
+
+
+@app.command()
+@friendly
+def run(
+    pipeline: Path = typer.Argument(..., help="pipeline YAML file"),
+    events: int | None = typer.Option(None, "--events", "-n", min=0, help="stop after N source events"),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="no progress bar"),
+    as_json: bool = typer.Option(False, "--json", help="print the end message as JSON"),
+) -> None:
+    """Run a pipeline here: source → steps → serializer → handlers."""
+    from photonstream.config.pipeline import load_pipeline
+    from photonstream.pipeline import Pipeline, RunStats
+
+    config = load_pipeline(pipeline)
+    if events is not None:
+        config = config.model_copy(update={"max_events": events})
+    runner = Pipeline(config)
+    if quiet or not sys.stderr.isatty():
+        end = runner.run()
+    else:
+        with Progress(
+            TextColumn("[bold]{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn("{task.fields[rate]}"),
+            TimeElapsedColumn(),
+            console=err_console,
+        ) as bar:
+            task = bar.add_task(config.stream.address, total=None, rate="")
+
+            def show(stats: RunStats) -> None:
+                bar.update(
+                    task,
+                    completed=stats.counts["read"],
+                    total=stats.expected_events,
+                    rate=f"{stats.events_per_s:,.0f} ev/s  {stats.bytes_sent / stats.elapsed / 1e6:,.0f} MB/s",
+                )
+
+            end = runner.run(progress=show, progress_every=10)
+    stats = runner.stats
+    if as_json:
+        print(json.dumps(end.to_dict()))
+    else:
+        counts = ", ".join(f"{k}={v}" for k, v in sorted(end.counts.items()))
+        console.print(
+            f"{config.stream.address}: {end.reason}; {end.events_sent} events sent in {stats.elapsed:.2f} s "
+            f"({stats.events_per_s:,.0f} ev/s, {stats.bytes_sent / stats.elapsed / 1e6:,.0f} MB/s); {counts}"
+        )
+    if end.reason != "completed":
+        raise typer.Exit(1)
+
+
+def _type_name(annotation: Any) -> str:
+    text = getattr(annotation, "__name__", None) or str(annotation)
+    return text.replace("typing.", "")
+
+
+@app.command()
+def plugins(as_json: bool = typer.Option(False, "--json", help="machine-readable list")) -> None:
+    """List every registered source, step, serializer and handler with its options."""
+    from photonstream.handlers.base import registry as handlers
+    from photonstream.processing.base import registry as steps
+    from photonstream.serializers.base import registry as serializers
+    from photonstream.sources.base import registry as sources
+
+    listing: dict[str, dict[str, Any]] = {}
+    for kind, reg in (("source", sources), ("step", steps), ("serializer", serializers), ("handler", handlers)):
+        for cls in reg.classes():
+            options = cls.Options
+            name = options.model_fields["type"].default
+            doc = (sys.modules[cls.__module__].__doc__ or "").strip().splitlines()
+            listing[f"{kind}:{name}"] = {
+                "kind": kind,
+                "name": name,
+                "summary": doc[0] if doc else "",
+                "options": {
+                    field: {
+                        "type": _type_name(info.annotation),
+                        "default": None if info.is_required() else repr(info.get_default(call_default_factory=True)),
+                        "required": info.is_required(),
+                        "description": info.description or "",
+                    }
+                    for field, info in options.model_fields.items()
+                    if field != "type"
+                },
+            }
+    if as_json:
+        print(json.dumps(list(listing.values()), indent=1))
+        return
+    for entry in listing.values():
+        table = Table(title=f"{entry['kind']} [bold]{entry['name']}[/] — {entry['summary']}", title_justify="left")
+        table.add_column("option")
+        table.add_column("type")
+        table.add_column("default")
+        table.add_column("description")
+        for field, opt in entry["options"].items():
+            table.add_row(field, opt["type"], "(required)" if opt["required"] else opt["default"], opt["description"])
+        console.print(table)
+
+
+@app.command()
+@friendly
+def receive(
+    endpoint: str = typer.Argument(..., help="the pipeline's zmq-push/zmq-pub endpoint, e.g. tcp://127.0.0.1:5555"),
+    timeout: float = typer.Option(30.0, help="give up after this many idle seconds"),
+    topic: str | None = typer.Option(None, "--topic", help="subscribe (zmq-pub) to this stream id; '' for all"),
+    as_json: bool = typer.Option(False, "--json", help="print the summary as one JSON line"),
+) -> None:
+    """Read a stream from a zmq-push or zmq-pub handler; print hit rate and throughput."""
+    from photonstream.consumers.pull import StreamSummary, read_stream
+    from photonstream.transport.sockets import check_endpoint
+
+    summary = StreamSummary()
+    for message in read_stream(check_endpoint(endpoint), idle_timeout_s=timeout, subscribe=topic):
+        summary.add(message)
+        if not as_json and summary.events and summary.events % 50 == 0:
+            d = summary.as_dict()
+            hit = f"hit rate {d['hit_rate']:.1%}  " if d["hit_rate"] is not None else ""
+            err_console.print(f"{d['events']} events  {hit}{d['events_per_s']:,.0f} ev/s  {d['mb_per_s']:,.0f} MB/s")
+    result = summary.as_dict()
+    if as_json:
+        print(json.dumps(result))
+    else:
+        hit = f"{result['hit_rate']:.1%}" if result["hit_rate"] is not None else "n/a"
+        console.print(
+            f"received {result['events']} events ({result['end_reason']}): hit rate {hit}, "
+            f"{result['events_per_s']:,.0f} ev/s, {result['mb_per_s']:,.0f} MB/s, "
+            f"median latency {result['latency_p50_ms']} ms"
+        )
+
+
+@bench_app.command("pipeline")
+@friendly
+def bench_pipeline(
+    as_json: bool = typer.Option(False, "--json", help="only the JSON line"),
+    events: int = typer.Option(300, help="events per case"),
+) -> None:
+    """Frames/s and MB/s of the pipeline on synthetic and XTC2 workloads."""
+    from benchmarks.pipeline import main as bench_main
+
+    bench_main(events=events, json_only=as_json)
+
+
+@app.command()
+@friendly
+def demo(
+    events: int = typer.Option(600, help="events in the synthetic run"),
+    rate: float = typer.Option(120.0, help="event rate in Hz (0: as fast as possible)"),
+    detector: str = typer.Option("epix10k2m", help="detector preset"),
+) -> None:
+    """Stream a synthetic serial-crystallography run over ZeroMQ to a consumer that prints hit rate and throughput."""
+    from photonstream.demo import run_demo
+
+    run_demo(events=events, rate=rate, detector=detector, console=console)
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

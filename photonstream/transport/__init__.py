@@ -1,0 +1,1 @@
+"""ZeroMQ plumbing shared by handlers, sources, the buffer and consumers."""
