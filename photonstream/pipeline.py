@@ -7,6 +7,7 @@ how the stream ended, and handlers are closed so that nothing queued is lost.
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import time
 from collections import Counter
@@ -102,9 +103,7 @@ class Pipeline:
 
     def _emit_outputs(self, outputs: StepOutput) -> None:
         for item in outputs:
-            if isinstance(item, CalibrationMessage):
-                item.stream_id = self.config.stream.stream_id
-            elif isinstance(item, FrameBatch):
+            if isinstance(item, CalibrationMessage | FrameBatch):
                 item.stream_id = self.config.stream.stream_id
             self._emit(item)
 
@@ -183,10 +182,8 @@ class Pipeline:
         except Exception as exc:
             reason, error, failure = "failed", str(exc) or type(exc).__name__, exc
         finally:
-            try:
+            with contextlib.suppress(Exception):  # a failing close must not hide the run's outcome
                 self.source.close()
-            except Exception:  # a failing close must not hide the run's outcome
-                pass
         if progress is not None:
             progress(self.stats)
         self.stats.counts["dropped"] = self.stats.counts["read"] - self.stats.events_sent

@@ -60,7 +60,9 @@ class StreamIdentity(BaseModel):
     def _names_are_safe(self) -> StreamIdentity:
         for field in ("experiment", "stream_id"):
             if not _NAME.match(getattr(self, field)):
-                raise ValueError(f"{field} must be 1-64 letters, digits, '_', '.', '-' (got {getattr(self, field)!r})")
+                raise ValueError(
+                    f"{field} must be 1-64 letters, digits, '_', '.', '-' (got {getattr(self, field)!r})"
+                )
         return self
 
     @property

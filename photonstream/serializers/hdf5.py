@@ -78,7 +78,9 @@ class _Writer:
                 self._array(group, name, value, compress)
             elif isinstance(value, EncodedArray):
                 self._encoded(group, name, value)
-            elif isinstance(value, list) and any(isinstance(v, dict | np.ndarray | EncodedArray) for v in value):
+            elif isinstance(value, list) and any(
+                isinstance(v, dict | np.ndarray | EncodedArray) for v in value
+            ):
                 sub = group.create_group(name)
                 sub.attrs[LIST_ATTR] = len(value)
                 self.write(sub, {str(i): v for i, v in enumerate(value)}, compress)
@@ -120,7 +122,7 @@ def _read(group: h5py.Group) -> Any:
         elif CODEC_ATTR in item.attrs:
             tree[key] = _read_encoded(item)
         else:
-            tree[key] = item[()]
+            tree[key] = item[...]  # [...] keeps 0-d datasets as arrays
     if LIST_ATTR in group.attrs:
         return [tree[str(i)] for i in range(int(group.attrs[LIST_ATTR]))]
     return tree
@@ -167,4 +169,6 @@ class Hdf5Serializer:
             with h5py.File(io.BytesIO(image if isinstance(image, bytes) else bytes(image)), "r") as f:
                 return message_from_dict(_read(f))
         except Exception as exc:
-            raise SerializerError(f"hdf5: malformed or truncated message ({type(exc).__name__}: {exc})") from None
+            raise SerializerError(
+                f"hdf5: malformed or truncated message ({type(exc).__name__}: {exc})"
+            ) from None

@@ -1,5 +1,8 @@
 """``msgpack``: one msgpack map per message; arrays as {"nd": true, "type": dtype, "shape": [...], "data": bin}.
 
+Arrays compressed by a ``compress`` step carry one more key, ``"codec"`` (bslz4, lz4, zstd), with the codec's bytes
+in ``data``.
+
 The array layout is the one msgpack-numpy and CrystFEL's msgpack reader use, so the stream can be read by tools
 outside photonstream. Message fields are those of ``Message.to_dict()``.
 """
@@ -14,7 +17,7 @@ import numpy as np
 
 from photonstream.config.base import PluginOptions
 from photonstream.errors import SerializerError
-from photonstream.frames import Message, message_from_dict
+from photonstream.frames import EncodedArray, Message, message_from_dict
 from photonstream.serializers._tree import contiguous, plain_scalar
 from photonstream.serializers.base import Buffer, registry
 
@@ -24,11 +27,18 @@ class MsgpackOptions(PluginOptions):
 
 
 def _default(obj: Any) -> Any:
+    if isinstance(obj, EncodedArray):
+        return {"nd": True, "type": obj.dtype, "shape": list(obj.shape), "data": obj.data, "codec": obj.codec}
     if isinstance(obj, np.ndarray):
         if obj.dtype.hasobject:
             raise TypeError("arrays of Python objects cannot be serialized")
         arr = contiguous(obj)
-        return {"nd": True, "type": arr.dtype.str, "shape": list(arr.shape), "data": memoryview(arr).cast("B")}
+        return {
+            "nd": True,
+            "type": arr.dtype.str,
+            "shape": list(arr.shape),
+            "data": memoryview(arr).cast("B"),
+        }
     value = plain_scalar(obj)
     if value is obj:
         raise TypeError(f"cannot serialize {type(obj).__name__}")
@@ -37,6 +47,8 @@ def _default(obj: Any) -> Any:
 
 def _object_hook(d: dict[str, Any]) -> Any:
     if d.get("nd") is True and "data" in d:
+        if "codec" in d:
+            return EncodedArray(data=d["data"], dtype=d["type"], shape=tuple(d["shape"]), codec=d["codec"])
         return np.frombuffer(d["data"], dtype=np.dtype(d["type"])).reshape(d["shape"])
     return d
 
@@ -62,4 +74,6 @@ class MsgpackSerializer:
             tree = msgpack.unpackb(frames[0], object_hook=_object_hook, raw=False, strict_map_key=False)
             return message_from_dict(tree)
         except Exception as exc:
-            raise SerializerError(f"msgpack: malformed or truncated message ({type(exc).__name__}: {exc})") from None
+            raise SerializerError(
+                f"msgpack: malformed or truncated message ({type(exc).__name__}: {exc})"
+            ) from None

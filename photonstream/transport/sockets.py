@@ -16,7 +16,9 @@ ENDPOINT = re.compile(r"^(tcp://(\*|\[[0-9a-fA-F:.]+\]|[A-Za-z0-9_.-]+):(\*|\d{1
 def check_endpoint(address: str) -> str:
     """Raise ConfigError unless ``address`` is a ZeroMQ tcp/ipc/inproc endpoint."""
     if not ENDPOINT.match(address):
-        raise ConfigError(f"{address!r} is not a ZeroMQ endpoint (expected tcp://HOST:PORT, ipc://PATH or inproc://NAME)")
+        raise ConfigError(
+            f"{address!r} is not a ZeroMQ endpoint (expected tcp://HOST:PORT, ipc://PATH or inproc://NAME)"
+        )
     port = address.rsplit(":", 1)[-1]
     if address.startswith("tcp://") and port != "*" and not 0 < int(port) < 65536:
         raise ConfigError(f"{address!r}: port must be 1-65535")
