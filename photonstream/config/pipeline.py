@@ -21,7 +21,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from photonstream.config.base import one_line
-from photonstream.errors import ConfigError
+from photonstream.errors import ConfigError, PluginNotFoundError
 from photonstream.handlers.base import registry as handler_registry
 from photonstream.processing.base import registry as step_registry
 from photonstream.serializers.base import registry as serializer_registry
@@ -92,10 +92,26 @@ class PipelineConfig(BaseModel):
         return self
 
 
+def _check_plugin_names(raw: dict[str, Any]) -> None:
+    """Name an unknown plugin type, with the known ones, before pydantic reports a less helpful union error."""
+    slots = [("source", raw.get("source"), source_registry), ("serializer", raw.get("serializer"), serializer_registry)]
+    for key, registry in (("steps", step_registry), ("handlers", handler_registry)):
+        items = raw.get(key)
+        if isinstance(items, list):
+            slots += [(f"{key}[{i}]", item, registry) for i, item in enumerate(items)]
+    for where, section, registry in slots:
+        if isinstance(section, dict) and isinstance(section.get("type"), str):
+            try:
+                registry.get(section["type"])
+            except PluginNotFoundError as exc:
+                raise PluginNotFoundError(f"{where}.type: {exc}") from None
+
+
 def validate_pipeline(raw: Any) -> PipelineConfig:
     """Validate a config tree; raise ``ConfigError`` with one line naming the field on failure."""
     if not isinstance(raw, dict):
         raise ConfigError(f"(root): a pipeline config must be a mapping, got {type(raw).__name__}")
+    _check_plugin_names(raw)
     try:
         return PipelineConfig.model_validate(raw)
     except ValidationError as exc:
