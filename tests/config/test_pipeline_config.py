@@ -71,7 +71,7 @@ def test_yaml_errors_name_the_file_and_line(tmp_path: Path) -> None:
 def test_unknown_plugin_lists_the_known_ones() -> None:
     from photonstream.sources.base import registry
 
-    with pytest.raises(PluginNotFoundError, match="known: .*hdf5"):
+    with pytest.raises(PluginNotFoundError, match=r"known: .*hdf5"):
         registry.get("nope")
 
 
