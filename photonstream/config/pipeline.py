@@ -60,9 +60,7 @@ class StreamIdentity(BaseModel):
     def _names_are_safe(self) -> StreamIdentity:
         for field in ("experiment", "stream_id"):
             if not _NAME.match(getattr(self, field)):
-                raise ValueError(
-                    f"{field} must be 1-64 letters, digits, '_', '.', '-' (got {getattr(self, field)!r})"
-                )
+                raise ValueError(f"{field} must be 1-64 letters, digits, '_', '.', '-' (got {getattr(self, field)!r})")
         return self
 
     @property
@@ -107,10 +105,17 @@ def _check_plugin_names(raw: dict[str, Any]) -> None:
                 raise PluginNotFoundError(f"{where}.type: {exc}") from None
 
 
+def _is_yaml_null_type(section: Any) -> bool:
+    return isinstance(section, dict) and "type" in section and section["type"] is None
+
+
 def validate_pipeline(raw: Any) -> PipelineConfig:
     """Validate a config tree; raise ``ConfigError`` with one line naming the field on failure."""
     if not isinstance(raw, dict):
         raise ConfigError(f"(root): a pipeline config must be a mapping, got {type(raw).__name__}")
+    handlers = raw.get("handlers")
+    if isinstance(handlers, list):  # YAML reads `type: null` as None; the null handler is the only sensible meaning
+        raw = {**raw, "handlers": [{**h, "type": "null"} if _is_yaml_null_type(h) else h for h in handlers]}
     _check_plugin_names(raw)
     try:
         return PipelineConfig.model_validate(raw)
