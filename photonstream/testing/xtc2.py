@@ -28,9 +28,10 @@ from typing import Any, Literal
 
 import numpy as np
 
+from photonstream.sources._xtc2 import EPICS_EPOCH_UNIX_S, to_unix_seconds
+
 Layout = Literal["fakecam", "generic"]
 
-EPICS_EPOCH_UNIX_S = 631_152_000  # 1990-01-01T00:00:00Z: LCLS timestamps count seconds from here
 DEFAULT_START_UNIX_S = 1_767_225_600  # 2026-01-01T00:00:00Z
 MAX_EVENT_BYTES = 60_000_000  # dgramedit's default transition buffer is 64 MB
 WAVEFORM_DETECTOR = "tof"  # the waveform's detector in the fakecam layout (generic keeps it on the camera)
@@ -41,11 +42,6 @@ def to_psana_timestamp(unix_ns: int) -> int:
     """Unix nanoseconds → psana's 64-bit timestamp (seconds since 1990 << 32 | nanoseconds)."""
     seconds, nanoseconds = divmod(unix_ns, 1_000_000_000)
     return ((seconds - EPICS_EPOCH_UNIX_S) << 32) | nanoseconds
-
-
-def to_unix_seconds(psana_timestamp: int) -> float:
-    """psana's 64-bit timestamp → seconds since the Unix epoch."""
-    return (psana_timestamp >> 32) + EPICS_EPOCH_UNIX_S + (psana_timestamp & 0xFFFFFFFF) * 1e-9
 
 
 @dataclasses.dataclass(frozen=True)
