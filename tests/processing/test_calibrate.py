@@ -320,3 +320,71 @@ def test_common_mode_asic_shape_must_tile_the_panel() -> None:
     step = make_step({"type": "calibrate", "common_mode": {"region": "asic", "asic_shape": [3, 4]}})
     with pytest.raises(StepError, match=r"asic_shape \[3, 4\] does not tile array 'data'"):
         step.apply(make_frame(0, np.zeros((4, 8), dtype=np.uint16)))
+
+
+class Recorder:
+    """A handler that keeps what it is given: messages and their serialized bytes."""
+
+    needs_bytes = True
+
+    def __init__(self) -> None:
+        self.received: list[tuple[object, list]] = []
+
+    def open(self) -> None:
+        return None
+
+    def handle(self, message: object, frames: list | None) -> None:
+        self.received.append((message, list(frames or [])))
+
+    def close(self) -> None:
+        return None
+
+
+def test_pipeline_sends_calibration_message_before_the_batch_of_new_constants(tmp_path) -> None:
+    from photonstream.config.pipeline import validate_pipeline
+    from photonstream.frames import FrameBatch, StartMessage
+    from photonstream.pipeline import Pipeline
+    from photonstream.serializers.msgpack import MsgpackSerializer
+
+    raws = np.stack(raw_frames((2, 8, 12), 7, high=60))
+    with h5py.File(tmp_path / "run.cxi", "w") as f:
+        f["/entry_1/data_1/data"] = raws
+    config = validate_pipeline(
+        {
+            "source": {"type": "hdf5", "files": [str(tmp_path / "run.cxi")]},
+            "steps": [
+                {"type": "calibrate", "pedestal": 10, "gain": 2, "updates": [{"from_event": 3, "pedestal": 20}]},
+                {"type": "roi", "box": [0, 6, 0, 10]},
+                {"type": "bin", "factor": 2},
+                {"type": "threshold", "threshold": 1},
+                {"type": "compress", "codec": "zstd"},
+                {"type": "batch", "size": 3},
+            ],
+            "handlers": [{"type": "null"}],
+        }
+    )
+    pipeline = Pipeline(config)
+    recorder = Recorder()
+    pipeline.handlers = [recorder]
+
+    end = pipeline.run()
+
+    assert end.reason == "completed" and end.events_sent == 7
+    serializer = MsgpackSerializer()
+    messages = [serializer.decode(frames) for _, frames in recorder.received]  # what a consumer reads
+    kinds = [m.kind for m in messages]
+    assert kinds == ["start", "batch", "calibration", "batch", "batch", "end"]
+    start, update = messages[0], messages[2]
+    assert isinstance(start, StartMessage) and isinstance(update, CalibrationMessage)
+    assert start.geometry.detector_shape == (2, 3, 5)
+    assert (start.calibration.version, update.calibration.version, update.from_event) == (1, 2, 3)
+    frames = [f for m in messages if isinstance(m, FrameBatch) for f in m.frames]
+    assert [f.event for f in frames] == list(range(7))
+    assert [f.metadata["calibration_version"] for f in frames] == [1, 1, 1, 2, 2, 2, 2]
+    for frame in frames:
+        pedestal = np.float32(10 if frame.event < 3 else 20)
+        value = (raws[frame.event].astype(np.float32) - pedestal) / np.float32(2)  # halves: sums are exact
+        binned = value[:, 0:6, 0:10].reshape(2, 3, 2, 5, 2).sum(axis=(2, 4))
+        expected = np.where(binned < 1, np.float32(0), binned)
+        np.testing.assert_array_equal(frame.array("data"), expected)
+        assert frame.metadata["compression_ratio"] > 0
