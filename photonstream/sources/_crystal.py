@@ -1,0 +1,193 @@
+"""Crystallography for the synthetic sources: unit cells, space-group operators, a random-atom structure model
+and its structure factors, reciprocal-lattice enumeration and random orientations (numpy only).
+
+Conventions: reciprocal vectors without the 2π factor (|q| = 1/d, in 1/Å); fractional coordinates; the
+operators act as x' = R·x + t, so F(h) = Σ_atoms Σ_ops f(s) · exp(2πi h·(R·x + t)).
+
+``StructureModel.intensities`` is the reference |F(hkl)|² that merged intensities from a synthetic run are scored
+against; ``random_structure(cell, seed, ...)`` rebuilds the exact model a source used from the details it reports.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from fractions import Fraction
+
+import numpy as np
+
+# Space-group operators as in the International Tables, general positions (x, y, z) -> (x', y', z').
+_OPERATORS_TEXT: dict[str, tuple[str, ...]] = {
+    "P1": ("x,y,z",),
+    "P43212": (
+        "x,y,z",
+        "-x,-y,z+1/2",
+        "-y+1/2,x+1/2,z+3/4",
+        "y+1/2,-x+1/2,z+1/4",
+        "-x+1/2,y+1/2,-z+3/4",
+        "x+1/2,-y+1/2,-z+1/4",
+        "y,x,-z",
+        "-y,-x,-z+1/2",
+    ),
+}
+
+SPACE_GROUPS = tuple(_OPERATORS_TEXT)
+
+
+def _parse_operator(text: str) -> tuple[np.ndarray, np.ndarray]:
+    rotation = np.zeros((3, 3), dtype=np.int64)
+    translation = np.zeros(3, dtype=np.float64)
+    for row, expression in enumerate(text.split(",")):
+        term = ""
+        for char in expression.replace("-", "+-").split("+"):
+            term = char.strip()
+            if not term:
+                continue
+            sign = -1 if term.startswith("-") else 1
+            body = term.lstrip("-")
+            if body in ("x", "y", "z"):
+                rotation[row, "xyz".index(body)] = sign
+            else:
+                translation[row] += sign * float(Fraction(body))
+    return rotation, translation
+
+
+def space_group_operators(space_group: str) -> list[tuple[np.ndarray, np.ndarray]]:
+    """The (rotation, translation) pairs of a supported space group (see ``SPACE_GROUPS``)."""
+    try:
+        texts = _OPERATORS_TEXT[space_group]
+    except KeyError:
+        raise ValueError(f"unsupported space group {space_group!r}; supported: {', '.join(SPACE_GROUPS)}") from None
+    return [_parse_operator(t) for t in texts]
+
+
+@dataclass(frozen=True, slots=True)
+class UnitCell:
+    """Cell lengths in Å and angles in degrees."""
+
+    a: float
+    b: float
+    c: float
+    alpha: float = 90.0
+    beta: float = 90.0
+    gamma: float = 90.0
+
+    def real_basis(self) -> np.ndarray:
+        """3×3 matrix whose rows are the a, b, c vectors (Å): a along x, b in the xy plane."""
+        alpha, beta, gamma = np.radians([self.alpha, self.beta, self.gamma])
+        ax = np.array([self.a, 0.0, 0.0])
+        bx = np.array([self.b * np.cos(gamma), self.b * np.sin(gamma), 0.0])
+        cx = self.c * np.cos(beta)
+        cy = self.c * (np.cos(alpha) - np.cos(beta) * np.cos(gamma)) / np.sin(gamma)
+        cz = np.sqrt(max(self.c**2 - cx**2 - cy**2, 0.0))
+        return np.array([ax, bx, [cx, cy, cz]])
+
+    def reciprocal_basis(self) -> np.ndarray:
+        """3×3 matrix B whose columns are a*, b*, c* (1/Å), so that q = B @ (h, k, l)."""
+        return np.linalg.inv(self.real_basis())
+
+    @property
+    def volume(self) -> float:
+        return float(abs(np.linalg.det(self.real_basis())))
+
+    def resolution(self, hkl: np.ndarray) -> np.ndarray:
+        """|q| = 1/d (1/Å) of each row of ``hkl``."""
+        return np.linalg.norm(np.asarray(hkl, dtype=np.float64) @ self.reciprocal_basis().T, axis=-1)
+
+    def as_tuple(self) -> tuple[float, float, float, float, float, float]:
+        return (self.a, self.b, self.c, self.alpha, self.beta, self.gamma)
+
+
+def enumerate_hkl(cell: UnitCell, d_min: float) -> np.ndarray:
+    """All (h, k, l) ≠ 0 with d ≥ ``d_min`` (Å), as an (N, 3) int32 array (both Friedel mates included)."""
+    basis = cell.real_basis()
+    # |h| ≤ |a| / d_min bounds every index of a reflection inside the 1/d_min sphere.
+    limits = [int(np.ceil(np.linalg.norm(row) / d_min)) for row in basis]
+    axes = [np.arange(-n, n + 1) for n in limits]
+    grids = np.meshgrid(*axes, indexing="ij")
+    hkl = np.stack([g.ravel() for g in grids], axis=1)
+    q = np.linalg.norm(hkl @ cell.reciprocal_basis().T, axis=1)
+    keep = (q > 0) & (q <= 1.0 / d_min)
+    return hkl[keep].astype(np.int32)
+
+
+@dataclass(frozen=True)
+class StructureModel:
+    """Identical atoms at fractional positions (one asymmetric unit), expanded by the space group's operators."""
+
+    cell: UnitCell
+    space_group: str
+    positions: np.ndarray  # (n_atoms, 3) fractional coordinates of the asymmetric unit
+    scattering_factor: float = 6.0  # electrons per atom at s = 0 (carbon-like)
+    b_factor: float = 15.0  # isotropic Debye-Waller factor, Å²
+
+    def structure_factors(self, hkl: np.ndarray, chunk: int = 4096) -> np.ndarray:
+        """Complex F(hkl) for an (N, 3) array of Miller indices."""
+        hkl = np.asarray(hkl, dtype=np.float64).reshape(-1, 3)
+        cell_positions = np.concatenate([self.positions @ r.T + t for r, t in space_group_operators(self.space_group)])
+        out = np.empty(len(hkl), dtype=np.complex128)
+        for start in range(0, len(hkl), chunk):
+            turns = hkl[start : start + chunk] @ cell_positions.T
+            turns -= np.rint(turns)  # whole turns removed first: cos/sin of small angles are exact and fast
+            phase = 2.0 * np.pi * turns
+            out[start : start + chunk] = np.cos(phase).sum(axis=1) + 1j * np.sin(phase).sum(axis=1)
+        s = self.cell.resolution(hkl)
+        return out * self.scattering_factor * np.exp(-self.b_factor * s**2 / 4.0)
+
+    def intensities(self, hkl: np.ndarray) -> np.ndarray:
+        """|F(hkl)|² (float64), the reference intensities of this model."""
+        return np.abs(self.structure_factors(hkl)) ** 2
+
+
+def random_structure(
+    cell: UnitCell,
+    seed: int,
+    space_group: str = "P43212",
+    n_atoms: int = 100,
+    scattering_factor: float = 6.0,
+    b_factor: float = 15.0,
+) -> StructureModel:
+    """A reproducible random-atom model: ``n_atoms`` positions uniform in the cell, from ``seed``."""
+    space_group_operators(space_group)  # rejects unknown groups early
+    rng = np.random.default_rng([int(seed), 0x5F])
+    positions = rng.random((n_atoms, 3))
+    return StructureModel(cell, space_group, positions, scattering_factor, b_factor)
+
+
+def symmetry_unique(hkl: np.ndarray, space_group: str) -> tuple[np.ndarray, np.ndarray]:
+    """Reflections equivalent under the Laue group (rotations plus Friedel's law) share |F|².
+
+    Returns (representatives, inverse) with ``representatives[inverse]`` equivalent to ``hkl`` row by row, so
+    intensities can be computed once per unique reflection.
+    """
+    hkl = np.asarray(hkl, dtype=np.int64).reshape(-1, 3)
+    span = int(np.abs(hkl).max(initial=0)) + 1
+    best_key = np.full(len(hkl), np.iinfo(np.int64).min, dtype=np.int64)
+    best = hkl.copy()
+    for rotation, _ in space_group_operators(space_group):
+        for sign in (1, -1):
+            equivalent = sign * (hkl @ rotation)  # h' = h·R has |F(h')| = |F(h)|
+            shifted = equivalent + span
+            key = (shifted[:, 0] * (2 * span + 1) + shifted[:, 1]) * (2 * span + 1) + shifted[:, 2]
+            better = key > best_key
+            best_key = np.where(better, key, best_key)
+            best[better] = equivalent[better]
+    _, first, inverse = np.unique(best_key, return_index=True, return_inverse=True)
+    return best[first], inverse.reshape(-1)
+
+
+def random_rotation(rng: np.random.Generator) -> np.ndarray:
+    """A rotation matrix drawn uniformly from SO(3) (normalised Gaussian quaternion)."""
+    w, x, y, z = rng.standard_normal(4)
+    return _quaternion_matrix(w, x, y, z)
+
+
+def _quaternion_matrix(w: float, x: float, y: float, z: float) -> np.ndarray:
+    n = np.sqrt(w * w + x * x + y * y + z * z)
+    w, x, y, z = w / n, x / n, y / n, z / n
+    return np.array(
+        [
+            [1 - 2 * (y * y + z * z), 2 * (x * y - z * w), 2 * (x * z + y * w)],
+            [2 * (x * y + z * w), 1 - 2 * (x * x + z * z), 2 * (y * z - x * w)],
+            [2 * (x * z - y * w), 2 * (y * z + x * w), 1 - 2 * (x * x + y * y)],
+        ]
+    )
