@@ -60,6 +60,7 @@ class Xtc2Run:
     waveform_samples: int | None
     timestamps: tuple[int, ...]  # psana timestamps of the L1Accept events, in order
     smd_path: Path | None = None
+    waveform_every: int = 1  # fakecam layout: the tof digitizer reads out every n-th event only
 
     @property
     def fields(self) -> dict[str, str]:
@@ -81,6 +82,8 @@ class Xtc2Run:
         content = event_content(self.seed, index, self.shape, self.dtype, self.waveform_samples)
         if self.layout == "fakecam":
             content.pop("photon_energy")
+            if index % self.waveform_every:
+                content.pop("waveform", None)
         return content
 
     def unix_seconds(self, index: int) -> float:
@@ -121,13 +124,17 @@ def write_xtc2_run(
     layout: Layout = "fakecam",
     seed: int = 0,
     waveform_samples: int | None = None,
+    waveform_every: int = 1,
     experiment: str = "tstx00117",
     run: int = 1,
     rate_hz: float = 120.0,
     start_unix_s: int = DEFAULT_START_UNIX_S,
 ) -> Xtc2Run:
     """Write one XTC2 file: Configure, BeginRun (with runinfo), BeginStep, Enable, ``events`` L1Accepts,
-    Disable, EndStep, EndRun. Returns the description needed to check what a reader gets back."""
+    Disable, EndStep, EndRun. Returns the description needed to check what a reader gets back.
+
+    ``waveform_samples`` adds a digitizer waveform (fakecam layout: on a second detector, ``tof``, which reads
+    out only every ``waveform_every``-th event, as slower detectors do)."""
     from psana.dgramedit import AlgDef, DetectorDef, DgramEdit
     from psana.psexp import TransitionId
 
@@ -135,6 +142,8 @@ def write_xtc2_run(
     if dtype.type not in SUPPORTED_DTYPES:
         names = ", ".join(np.dtype(t).name for t in SUPPORTED_DTYPES)
         raise ValueError(f"dtype {dtype.name} is not supported; use one of {names}")
+    if waveform_every < 1 or (waveform_every > 1 and layout != "fakecam"):
+        raise ValueError("waveform_every must be >= 1, and above 1 only in the fakecam layout")
     if layout not in ("fakecam", "generic"):
         raise ValueError(f"layout must be 'fakecam' or 'generic', got {layout!r}")
     shape = tuple(int(n) for n in shape)
@@ -215,7 +224,7 @@ def write_xtc2_run(
             if wave_data is not None:
                 wave_data.waveform = content["waveform"]
             dgram.adddata(camera_data)
-            if wave_data is not None and wave_data is not camera_data:
+            if wave_data is not None and wave_data is not camera_data and i % waveform_every == 0:
                 dgram.adddata(wave_data)
             put(dgram)
         closing = (TransitionId.Disable, TransitionId.EndStep, TransitionId.EndRun)
@@ -233,6 +242,7 @@ def write_xtc2_run(
         seed=seed,
         waveform_samples=waveform_samples,
         timestamps=event_ts,
+        waveform_every=waveform_every,
     )
 
 
