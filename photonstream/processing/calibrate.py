@@ -23,7 +23,6 @@ Constants an update leaves out stay as they were.
 from __future__ import annotations
 
 import itertools
-import warnings
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Literal
 
@@ -66,9 +65,7 @@ class CalibrationUpdate(BaseModel):
     pedestal: Constant | None = None
     gain: Constant | None = None
     mask: Constant | None = None
-    identifier: str | None = Field(
-        None, min_length=1, description="name of these constants (default: derived)"
-    )
+    identifier: str | None = Field(None, min_length=1, description="name of these constants (default: derived)")
 
     @model_validator(mode="after")
     def _changes_something(self) -> CalibrationUpdate:
@@ -96,9 +93,7 @@ class CalibrateOptions(ArrayStepOptions):
         None, min_length=1, description="name of the constants for consumers (default: sha256 of their bytes)"
     )
     embed: bool = Field(False, description="send the constant arrays in the start/calibration messages")
-    updates: list[CalibrationUpdate] = Field(
-        default_factory=list, description="constants that change mid-run"
-    )
+    updates: list[CalibrationUpdate] = Field(default_factory=list, description="constants that change mid-run")
 
     @model_validator(mode="after")
     def _does_something(self) -> CalibrateOptions:
@@ -140,9 +135,7 @@ class Calibrate(StepBase):
         self._sets = [first]
         for i, update in enumerate(options.updates, start=1):
             specs = self._specs(update)
-            self._sets.append(
-                self._constant_set(i, update.from_event, update.identifier, specs, self._sets[-1])
-            )
+            self._sets.append(self._constant_set(i, update.from_event, update.identifier, specs, self._sets[-1]))
         self._current = first
         self._next = 1
 
@@ -197,9 +190,7 @@ class Calibrate(StepBase):
             try:
                 zero = zero & ~np.broadcast_to(bad, np.broadcast_shapes(zero.shape, bad.shape))
             except ValueError:
-                raise ConfigError(
-                    f"{where}: gain shape {gain.shape} and mask shape {bad.shape} do not match"
-                ) from None
+                raise ConfigError(f"{where}: gain shape {gain.shape} and mask shape {bad.shape} do not match") from None
         if zero.any():
             raise ConfigError(
                 f"{where}.gain: {int(zero.sum())} unmasked pixels have gain 0 (division by zero); mask them"
@@ -252,8 +243,7 @@ class Calibrate(StepBase):
             return bad | source_bad
         except ValueError:
             raise StepError(
-                f"step 'calibrate': mask shape {bad.shape} does not match the source's mask shape "
-                f"{source_bad.shape}"
+                f"step 'calibrate': mask shape {bad.shape} does not match the source's mask shape {source_bad.shape}"
             ) from None
 
     # -- events --------------------------------------------------------------------------------------------
@@ -331,8 +321,20 @@ class Calibrate(StepBase):
             sample[sample >= options.max_value] = np.nan
         blocks = sample.reshape(*value.shape[:-2], rows // ar, ar, cols // ac, ac)
         axes = (-3, -1) if options.region == "asic" else (-1,)
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", RuntimeWarning)  # a region with no usable pixel: no correction
-            median = np.nanmedian(blocks, axis=axes, keepdims=True)
-        median = np.nan_to_num(median, nan=0.0)
+        median = np.expand_dims(nan_median(blocks, axes), axes)
         return np.broadcast_to(median, blocks.shape).reshape(value.shape)
+
+
+def nan_median(values: np.ndarray, axes: tuple[int, ...]) -> np.ndarray:
+    """Median over ``axes`` ignoring NaN (0 where all are NaN); the axes are removed.
+
+    Sorting puts NaN last, so the median of the n valid values sits at positions (n-1)//2 and n//2; this is
+    about ten times faster than ``np.nanmedian`` on detector-sized arrays.
+    """
+    moved = np.moveaxis(values, axes, tuple(range(-len(axes), 0)))
+    flat = moved.reshape(*moved.shape[: -len(axes)], -1)
+    ordered = np.sort(flat, axis=-1)
+    valid = np.count_nonzero(~np.isnan(flat), axis=-1, keepdims=True)
+    low = np.take_along_axis(ordered, np.maximum(valid - 1, 0) // 2, axis=-1)
+    high = np.take_along_axis(ordered, valid // 2 - (valid == 0), axis=-1)
+    return np.where(valid > 0, (low + high) / 2, 0)[..., 0].astype(values.dtype)

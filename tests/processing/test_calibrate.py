@@ -6,6 +6,7 @@ import pytest
 
 from photonstream.errors import ConfigError, StepError
 from photonstream.frames import Calibration, CalibrationMessage, Frame
+from photonstream.processing.calibrate import nan_median
 from tests.processing._steps import make_frame, make_start, make_step, parse_step, raw_frames
 
 SHAPE = (2, 4, 6)  # (panels, rows, cols)
@@ -189,6 +190,18 @@ def test_common_mode_median_per_region_without_bad_pixels_and_photons(region: st
     expected[mask != 0] = 0
     np.testing.assert_allclose(frame.arrays["data"], expected, rtol=0, atol=1e-4)
     assert abs(frame.arrays["data"][0, 0, 1] - 500) < 25  # the photon survives the correction
+
+
+@pytest.mark.parametrize("axes", [(-1,), (-3, -1)])
+def test_nan_median_equals_numpy_nanmedian_and_is_zero_where_nothing_is_valid(axes: tuple[int, ...]) -> None:
+    rng = np.random.default_rng(4)
+    values = rng.normal(size=(2, 3, 4, 5, 7)).astype(np.float32)
+    values[rng.random(values.shape) < 0.3] = np.nan
+    values[0, 1, :, 2, :] = np.nan  # a region with no valid pixel
+
+    with np.errstate(all="ignore"), pytest.warns(RuntimeWarning):
+        expected = np.nan_to_num(np.nanmedian(values, axis=axes), nan=0.0)
+    np.testing.assert_allclose(nan_median(values, axes), expected, rtol=0, atol=1e-6)
 
 
 def test_updates_emit_calibration_message_before_first_frame_at_or_after_from_event(constants) -> None:
