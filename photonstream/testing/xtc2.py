@@ -120,7 +120,7 @@ def write_xtc2_run(
     events: int,
     shape: tuple[int, ...] = (512, 1024),
     dtype: Any = np.float32,
-    detector: str = "jungfrau",
+    detector: str = "fakecam",
     layout: Layout = "fakecam",
     seed: int = 0,
     waveform_samples: int | None = None,

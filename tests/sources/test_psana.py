@@ -28,13 +28,13 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Xtc2Run]:
     root = tmp_path_factory.mktemp("xtc2")
     return {
         "fakecam": write_xtc2_run(
-            root / "fakecam.xtc2", EVENTS, SHAPE, np.uint16, waveform_samples=256, waveform_every=3, seed=1
+            root / "fakecam.xtc2", EVENTS, SHAPE, np.uint16, "jungfrau", waveform_samples=256, waveform_every=3, seed=1
         ),
         "generic": write_xtc2_run(
             root / "generic.xtc2", EVENTS, SHAPE, np.float32, "simcam", "generic", seed=2, waveform_samples=300
         ),
         "experiment": write_xtc2_experiment(
-            root / "exp", 7, shape=(16, 32), dtype=np.int32, experiment="tstx00118", run=4
+            root / "exp", 7, shape=(16, 32), dtype=np.int32, detector="jungfrau", experiment="tstx00118", run=4
         ),
     }
 
