@@ -93,7 +93,6 @@ class Filter(StepBase):
                     return False
             except TypeError:
                 raise StepError(
-                    f"step 'filter': where.{key}: cannot compare {value!r} (event {frame.event}) "
-                    f"{op} {operand!r}"
+                    f"step 'filter': where.{key}: cannot compare {value!r} (event {frame.event}) {op} {operand!r}"
                 ) from None
         return True

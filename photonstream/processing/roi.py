@@ -86,9 +86,7 @@ class Roi(StepBase):
                 continue
             start, stop = axis_range[0] or 0, axis_range[1] if axis_range[1] is not None else shape[axis]
             if start >= shape[axis] or stop > shape[axis]:
-                raise StepError(
-                    f"step 'roi': [{start}, {stop}] on axis {axis} is outside {what} with shape {shape}"
-                )
+                raise StepError(f"step 'roi': [{start}, {stop}] on axis {axis} is outside {what} with shape {shape}")
             index[axis] = slice(start, stop)
         if self.options.panels is not None:
             outside = [p for p in self.options.panels if p >= shape[0]]
@@ -117,9 +115,7 @@ class Roi(StepBase):
             )
         mask = start.arrays.get("mask")
         if mask is not None:
-            start.arrays["mask"] = np.ascontiguousarray(
-                mask[self._index(mask.shape, "the start message mask")]
-            )
+            start.arrays["mask"] = np.ascontiguousarray(mask[self._index(mask.shape, "the start message mask")])
 
     def apply(self, frame: Frame) -> StepOutput:
         for name, array in frame_arrays(frame, self.options.arrays, "roi"):
