@@ -110,7 +110,12 @@ def _as_array(decoded: bytes, dtype: np.dtype, shape: Sequence[int], codec: str)
     return np.frombuffer(decoded, dtype=dtype).reshape(tuple(shape))
 
 
-def _dectris_decompress(buf: Any, algorithm: str, elem_size: int, expected: int) -> bytes:
+def decompress_bytes(buf: Any, algorithm: str, elem_size: int, expected: int) -> bytes:
+    """The decoded bytes of a bslz4/lz4 payload that must hold exactly ``expected`` bytes."""
+    if algorithm not in ("bslz4", "lz4"):
+        raise SerializerError(f"unsupported compression algorithm {algorithm!r}")
+    if algorithm == "bslz4" and elem_size < 1:
+        raise SerializerError(f"bslz4: element size must be at least 1, got {elem_size}")
     compression = _require("dectris.compression", "dectris-compression")
     data = buf if isinstance(buf, bytes) else bytes(buf)
     if len(data) < _HEADER.size:
@@ -129,14 +134,14 @@ def _dectris_decompress(buf: Any, algorithm: str, elem_size: int, expected: int)
 def bslz4_decompress(buf: Any, dtype: Any, shape: Sequence[int]) -> np.ndarray:
     """The array from bitshuffle+LZ4 bytes in the HDF5-filter framing (the element size is the dtype's)."""
     dtype = np.dtype(dtype)
-    decoded = _dectris_decompress(buf, "bslz4", dtype.itemsize, _expected_bytes(dtype, shape))
+    decoded = decompress_bytes(buf, "bslz4", dtype.itemsize, _expected_bytes(dtype, shape))
     return _as_array(decoded, dtype, shape, "bslz4")
 
 
 def lz4_decompress(buf: Any, dtype: Any, shape: Sequence[int]) -> np.ndarray:
     """The array from LZ4 bytes in the HDF5-filter framing."""
     dtype = np.dtype(dtype)
-    decoded = _dectris_decompress(buf, "lz4", 0, _expected_bytes(dtype, shape))
+    decoded = decompress_bytes(buf, "lz4", 0, _expected_bytes(dtype, shape))
     return _as_array(decoded, dtype, shape, "lz4")
 
 
@@ -144,8 +149,12 @@ def zstd_decompress(buf: Any, dtype: Any, shape: Sequence[int]) -> np.ndarray:
     """The array from one zstd frame of its bytes."""
     zstandard = _require("zstandard", "zstandard")
     dtype = np.dtype(dtype)
+    expected = _expected_bytes(dtype, shape)
     try:
-        decoded = zstandard.ZstdDecompressor().decompress(buf, max_output_size=_expected_bytes(dtype, shape))
+        claimed = zstandard.frame_content_size(buf)
+        if claimed not in (-1, expected):  # -1: size not recorded; then max_output_size bounds the output
+            raise SerializerError(f"zstd: frame says {claimed} bytes, expected {expected} bytes")
+        decoded = zstandard.ZstdDecompressor().decompress(buf, max_output_size=expected)
     except zstandard.ZstdError as exc:
         raise SerializerError(f"zstd: corrupt or truncated data ({exc})") from None
     return _as_array(decoded, dtype, shape, "zstd")
