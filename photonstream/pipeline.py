@@ -119,6 +119,8 @@ class Pipeline:
                     except Exception as exc:
                         name = type(step).Options.model_fields["type"].default
                         raise StepError(f"step {name!r} failed on event {item.event}: {exc}") from exc
+                elif isinstance(item, CalibrationMessage) and hasattr(step, "on_calibration"):
+                    nxt.extend(step.on_calibration(item))
                 else:
                     nxt.append(item)
             items = nxt

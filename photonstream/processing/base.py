@@ -49,5 +49,8 @@ class StepBase:
     def flush(self) -> StepOutput:
         return []
 
+    def on_calibration(self, message: CalibrationMessage) -> StepOutput:
+        return [message]
+
 
 registry: Registry[Step] = Registry("step", "photonstream.processing")

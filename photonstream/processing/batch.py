@@ -1,6 +1,7 @@
 """``batch``: send ``size`` events per message as one ``FrameBatch``; the rest goes out at the end.
 
-It must be the last step (the pipeline config checks this), since later steps work on single frames.
+It must be the last step (the pipeline config checks this), since later steps work on single frames. A calibration
+update flushes the frames held so far first, so message order still tells which constants a frame was made with.
 """
 
 from __future__ import annotations
@@ -10,7 +11,7 @@ from typing import ClassVar, Literal
 from pydantic import Field
 
 from photonstream.config.base import PluginOptions
-from photonstream.frames import Frame, FrameBatch
+from photonstream.frames import CalibrationMessage, Frame, FrameBatch
 from photonstream.processing.base import StepBase, StepOutput, registry
 
 
@@ -40,3 +41,6 @@ class Batch(StepBase):
         batch = FrameBatch(frames=self._pending, stream_id=self._pending[0].stream_id)
         self._pending = []
         return [batch]
+
+    def on_calibration(self, message: CalibrationMessage) -> StepOutput:
+        return [*self.flush(), message]

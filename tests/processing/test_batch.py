@@ -27,3 +27,16 @@ def test_size_is_required_and_positive() -> None:
         parse_step({"type": "batch"})
     with pytest.raises(ConfigError, match=r"^steps\[0\]\.size: Input should be greater than or equal to 1$"):
         parse_step({"type": "batch", "size": 0})
+
+
+def test_calibration_update_flushes_held_frames_first() -> None:
+    from photonstream.frames import Calibration, CalibrationMessage
+
+    step = make_step({"type": "batch", "size": 4})
+    held = [make_frame(i, np.zeros(2)) for i in range(3)]
+    for frame in held:
+        assert step.apply(frame) == []
+    update = CalibrationMessage("s", Calibration("new", 2), from_event=3)
+    out = step.on_calibration(update)
+    assert isinstance(out[0], FrameBatch) and [f.event for f in out[0].frames] == [0, 1, 2]
+    assert out[1] is update and step.flush() == []
