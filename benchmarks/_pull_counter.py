@@ -14,7 +14,7 @@ import time
 
 import zmq
 
-from photonstream.frames import EndMessage
+from photonstream.frames import EndMessage, StartMessage
 from photonstream.serializers.base import create, detect
 
 
@@ -34,9 +34,12 @@ def main() -> None:
         size = sum(len(f.buffer) for f in frames)
         if size < 65536:  # only small messages can be the start or end message: decode those
             serializer = serializer or create(detect(frames[0].buffer))
-            if isinstance(serializer.decode([f.buffer for f in frames]), EndMessage):
+            message = serializer.decode([f.buffer for f in frames])
+            if isinstance(message, EndMessage):
                 last = now
                 break
+            if isinstance(message, StartMessage):
+                continue
         if count == 0:
             first = now
         count += 1
