@@ -314,10 +314,12 @@ def _start_array_back(body: dict[str, Any], value: Any) -> Any:
 
 
 def _fits_uint32(mask: np.ndarray) -> bool:
-    """Whether the mask survives a trip through the spec's uint32 pixel_mask unchanged."""
-    if mask.dtype.kind not in "biu" or mask.dtype.hasobject:
+    """Whether the mask's values are those of the spec's uint32 pixel_mask (so the trip is exact)."""
+    if mask.dtype.kind == "b":
+        return True
+    if mask.dtype.kind not in "iu":
         return False
-    return bool(np.array_equal(mask.astype(np.uint32).astype(mask.dtype), mask))
+    return mask.size == 0 or (int(mask.min()) >= 0 and int(mask.max()) <= 0xFFFFFFFF)
 
 
 def _passthrough(source: dict[str, Any]) -> dict[str, Any]:
