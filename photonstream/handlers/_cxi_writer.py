@@ -6,8 +6,8 @@ Layout (rows are events, in arrival order):
 - ``/entry_1/result_1/<key>`` (N,): scalar metadata (bool, int, float, str), plus ``event`` and ``timestamp``;
   fixed-shape array metadata as (N, ...).
 - ``/entry_1/result_1/nPeaks``, ``peakXPosRaw``, ``peakYPosRaw``, ``peakTotalIntensity``: CrystFEL's CXI peak
-  list, padded to ``max_peaks``, from the ``peaks`` metadata (rows of x = fast-scan px, y = slow-scan px,
-  intensity).
+  list, padded to ``max_peaks``, from the ``peaks`` metadata as the ``hitfinder`` step writes it (rows of
+  slow-scan px, fast-scan px, intensity; slow is flattened over modules): X is the fast-scan coordinate.
 - ``/entry_1/instrument_1/{detector_1,source_1}``: geometry, mask and calibration from the start message.
 - root attributes: stream identity, the pipeline config and source details as JSON, and at the end the end
   message's counts and reason.
@@ -39,8 +39,10 @@ RESULT_GROUP = "/entry_1/result_1"
 DETECTOR_GROUP = "/entry_1/instrument_1/detector_1"
 SOURCE_GROUP = "/entry_1/instrument_1/source_1"
 PEAK_DATASETS = ("nPeaks", "peakXPosRaw", "peakYPosRaw", "peakTotalIntensity")
+PEAK_COLUMNS = (1, 0, 2)  # columns of a ``peaks`` row (slow, fast, intensity) that feed X, Y, intensity
 RESERVED_RESULTS = frozenset({"event", "timestamp", *PEAK_DATASETS})
 SCALAR_CHUNK = 1024  # rows per chunk of 1-D per-event datasets
+SMALL_CHUNK_ELEMENTS = 65536  # at most this many elements per chunk of per-event metadata arrays
 
 
 def to_json(value: Any) -> str:
@@ -112,6 +114,7 @@ class CxiWriter:
         self.direct_chunks = 0
         self._datasets: dict[str, Any] = {}  # path -> per-event dataset
         self._kinds: dict[str, str] = {}  # result path -> scalar kind
+        self._variable: set[str] = set()  # result paths of array metadata whose shape changes: not written
         self.file = h5py.File(path, "w" if overwrite else "w-")
         self._write_start(start, part)
 
@@ -204,7 +207,8 @@ class CxiWriter:
             # one frame per chunk; a chunk is never revisited, so caching it would only delay the write
             kwargs.update(chunks=(1, *shape), rdcc_nbytes=0, **self._filter)
         else:
-            kwargs["chunks"] = (SCALAR_CHUNK, *shape)
+            rows = max(1, min(SCALAR_CHUNK, SMALL_CHUNK_ELEMENTS // max(1, int(np.prod(shape)))))
+            kwargs["chunks"] = (rows, *shape)
         if dtype.kind == "f":
             kwargs["fillvalue"] = np.nan
         dataset = self.file.create_dataset(
@@ -266,11 +270,22 @@ class CxiWriter:
                 return
             self._result_dataset(name, existing or kind)[row] = value
             return
-        if isinstance(value, np.ndarray) and value.dtype.kind in "biuf" and 0 not in value.shape:
-            dataset = self._per_event_dataset(f"{RESULT_GROUP}/{name}", value.shape, value.dtype, frame_like=False)
-            if dataset.shape[1:] == value.shape:
-                dataset[row] = value
-                return
+        path = f"{RESULT_GROUP}/{name}"
+        if isinstance(value, np.ndarray) and value.dtype.kind in "biuf" and path not in self._variable:
+            if 0 in value.shape:
+                self._variable.add(path)
+            else:
+                dataset = self._per_event_dataset(path, value.shape, value.dtype, frame_like=False)
+                if dataset.shape[1:] == value.shape and dataset.dtype == value.dtype:
+                    dataset[row] = value
+                    return
+                self._variable.add(path)
+        if path in self._variable:  # a per-event shape that changes: no fixed (N, ...) column holds it
+            self._datasets.pop(path, None)
+            if path in self.file:
+                del self.file[path]
+            self.skipped.add(f"metadata {key} (array whose shape or type changes between events)")
+            return
         self.skipped.add(f"metadata {key} ({type(value).__name__})")
 
     def _write_peaks(self, value: Any, row: int) -> None:
@@ -288,7 +303,7 @@ class CxiWriter:
         count[row] = n
         if n == 0:
             return
-        for column, name in enumerate(PEAK_DATASETS[1:]):
+        for column, name in zip(PEAK_COLUMNS, PEAK_DATASETS[1:], strict=True):
             path = f"{RESULT_GROUP}/{name}"
             dataset = self._datasets.get(path)
             if dataset is None:

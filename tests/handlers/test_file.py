@@ -88,8 +88,9 @@ def test_cxi_layout(tmp_path: Path) -> None:
         assert result["peakXPosRaw"].shape == (6, 2)
         for i, frame in enumerate(frames):
             n = min(len(frame.metadata["peaks"]), 2)
-            np.testing.assert_array_equal(result["peakXPosRaw"][i, :n], frame.metadata["peaks"][:n, 0])
-            np.testing.assert_array_equal(result["peakYPosRaw"][i, :n], frame.metadata["peaks"][:n, 1])
+            # peaks rows are (slow, fast, intensity) as the hitfinder writes them; CrystFEL's X is fast-scan
+            np.testing.assert_array_equal(result["peakXPosRaw"][i, :n], frame.metadata["peaks"][:n, 1])
+            np.testing.assert_array_equal(result["peakYPosRaw"][i, :n], frame.metadata["peaks"][:n, 0])
             np.testing.assert_array_equal(result["peakTotalIntensity"][i, :n], frame.metadata["peaks"][:n, 2])
             assert not result["peakXPosRaw"][i, n:].any()
         assert f.attrs["truncated_peak_lists"] == sum(len(fr.metadata["peaks"]) > 2 for fr in frames)
@@ -211,12 +212,17 @@ def test_unstorable_metadata_is_named_not_fatal(tmp_path: Path) -> None:
     frames = make_frames(2)
     frames[0].metadata["tags"] = [1, 2]
     frames[1].metadata["hit"] = "maybe"
+    for i, frame in enumerate(frames):
+        frame.metadata["orientation"] = np.full((3, 3), i, np.float64)  # fixed shape: one (N, 3, 3) column
+        frame.metadata["spots"] = np.zeros((i + 1, 2))  # shape changes: left out entirely
     handler = write(tmp_path, frames)
     with h5py.File(handler.paths[0]) as f:
         skipped = json.loads(f.attrs["skipped"])
         assert any(s.startswith("metadata tags") for s in skipped)
         assert any(s.startswith("metadata hit") for s in skipped)
-        assert "tags" not in f["/entry_1/result_1"]
+        assert any(s.startswith("metadata spots") for s in skipped)
+        assert "tags" not in f["/entry_1/result_1"] and "spots" not in f["/entry_1/result_1"]
+        np.testing.assert_array_equal(f["/entry_1/result_1/orientation"][()], [np.full((3, 3), i) for i in range(2)])
 
 
 def test_pipeline_hdf5_to_file(tmp_path: Path) -> None:
