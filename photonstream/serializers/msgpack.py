@@ -37,7 +37,7 @@ def _default(obj: Any) -> Any:
             "nd": True,
             "type": arr.dtype.str,
             "shape": list(arr.shape),
-            "data": memoryview(arr).cast("B"),
+            "data": memoryview(arr.reshape(-1).view(np.uint8)) if arr.size else b"",
         }
     value = plain_scalar(obj)
     if value is obj:
@@ -74,6 +74,4 @@ class MsgpackSerializer:
             tree = msgpack.unpackb(frames[0], object_hook=_object_hook, raw=False, strict_map_key=False)
             return message_from_dict(tree)
         except Exception as exc:
-            raise SerializerError(
-                f"msgpack: malformed or truncated message ({type(exc).__name__}: {exc})"
-            ) from None
+            raise SerializerError(f"msgpack: malformed or truncated message ({type(exc).__name__}: {exc})") from None

@@ -34,6 +34,7 @@ def test_dtypes_and_byte_orders_survive(name: str, dtype: str) -> None:
     frame.arrays["data"] = (np.arange(60).reshape(3, 4, 5) % 7).astype(dtype)
     frame.arrays["scalar"] = np.array(3, dtype=dtype)
     frame.arrays["strided"] = (np.arange(100) % 2).astype(dtype)[::3]  # non-contiguous input
+    frame.arrays["empty"] = np.zeros((0, 3), dtype=dtype)  # e.g. the spot list of a miss
     serializer = create(name)
     assert_same_message(frame, serializer.decode(serializer.encode(frame)))
 
