@@ -35,6 +35,7 @@ def write_cxi(path: Path, data: np.ndarray, energy_ev: float = 9000.0) -> None:
         det["mask"] = np.eye(*data.shape[1:], dtype=np.uint8)
         f["/entry_1/instrument_1/source_1/energy"] = energy_ev * JOULE_PER_EV
         f["/entry_1/result_1/photon_energy_ev"] = np.linspace(energy_ev, energy_ev + 10, len(data))
+        f["/entry_1/result_1/timestamp"] = 1.7e9 + np.arange(len(data)) * 0.5
         f["/entry_1/result_1/spectrum"] = np.arange(len(data) * 4, dtype=np.float32).reshape(len(data), 4)
 
 
@@ -86,6 +87,7 @@ def test_cxi_frames_geometry_mask_and_extras(tmp_path: Path) -> None:
         read_events=4,
         metadata={"photon_energy_ev": "/entry_1/result_1/photon_energy_ev"},
         arrays={"spectrum": "/entry_1/result_1/spectrum"},
+        timestamps="/entry_1/result_1/timestamp",
     )
     assert info.details["layout"] == "cxi"
     assert info.detector == "test-jungfrau"
@@ -104,6 +106,7 @@ def test_cxi_frames_geometry_mask_and_extras(tmp_path: Path) -> None:
         assert isinstance(event.metadata["photon_energy_ev"], float)
         np.testing.assert_array_equal(event.arrays["spectrum"], np.arange(4 * i, 4 * i + 4, dtype=np.float32))
         assert event.metadata["source_index"] == i
+        assert event.timestamp == 1.7e9 + i * 0.5
 
 
 def test_frames_are_fresh_arrays(tmp_path: Path) -> None:
