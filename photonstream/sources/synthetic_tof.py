@@ -98,9 +98,9 @@ class SyntheticTof:
         self._mq = mq
         self._probability = abundance / abundance.sum()
         rise, decay = options.rise_ns, options.decay_ns
-        self._peak_offset_ns = rise * decay / (decay - rise) * np.log(decay / rise)  # onset → extremum
-        self._pulse_norm = np.exp(-self._peak_offset_ns / decay) - np.exp(-self._peak_offset_ns / rise)
-        self._pulse_samples = int(np.ceil((self._peak_offset_ns + 12 * decay) / options.sample_period_ns)) + 2
+        self.peak_offset_ns = rise * decay / (decay - rise) * np.log(decay / rise)  # onset → extremum
+        self._pulse_norm = np.exp(-self.peak_offset_ns / decay) - np.exp(-self.peak_offset_ns / rise)
+        self._pulse_samples = int(np.ceil((self.peak_offset_ns + 12 * decay) / options.sample_period_ns)) + 2
 
     def flight_time_ns(self, mq: np.ndarray | float) -> np.ndarray:
         """t = t0 + k·sqrt(m/q), the nominal arrival (pulse extremum) time."""
@@ -199,7 +199,7 @@ class SyntheticTof:
         o = self.options
         if channel.size == 0:
             return
-        onset = arrival - self._peak_offset_ns
+        onset = arrival - self.peak_offset_ns
         first = np.ceil(onset / o.sample_period_ns).astype(np.int64)
         sample = first[:, None] + np.arange(self._pulse_samples)  # (ions, pulse samples)
         sign = -1.0 if o.polarity == "negative" else 1.0
