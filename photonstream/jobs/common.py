@@ -1,0 +1,76 @@
+"""What the job backends share: their errors, where they keep state, log paths and log tails, failure reasons."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from photonstream.errors import PhotonstreamError
+from photonstream.jobs.base import JobSpec
+
+STATE_DIR_ENV = "PHOTONSTREAM_STATE_DIR"
+REASON_TAIL_LINES = 5
+REASON_TAIL_BYTES = 2000
+
+
+class JobNotFoundError(PhotonstreamError, LookupError):
+    """The backend knows no job with this id. (404)"""
+
+    http_status = 404
+
+
+class JobBackendError(PhotonstreamError):
+    """The scheduler refused a request or did not answer (sbatch failed, SF API error). (503)"""
+
+    http_status = 503
+
+
+def default_state_dir() -> Path:
+    """``$PHOTONSTREAM_STATE_DIR/jobs``, else ``$XDG_STATE_HOME/photonstream/jobs`` (``~/.local/state/...``)."""
+    explicit = os.environ.get(STATE_DIR_ENV)
+    if explicit:
+        return Path(explicit) / "jobs"
+    xdg = os.environ.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
+    return Path(xdg) / "photonstream" / "jobs"
+
+
+def log_path_of(spec: JobSpec) -> str:
+    """Where a job's stdout+stderr go: ``spec.log_path``, relative paths under the workdir, or ``<workdir>/<name>.log``."""
+    path = Path(spec.log_path) if spec.log_path else Path(f"{spec.name}.log")
+    return str(path if path.is_absolute() else Path(spec.workdir) / path)
+
+
+def tail_text(data: bytes, tail_lines: int | None = None, max_bytes: int = 1_000_000) -> str:
+    """The last ``max_bytes`` of ``data`` as text (a line cut by the limit is dropped), then its last ``tail_lines``."""
+    if max_bytes <= 0:
+        return ""
+    cut = len(data) > max_bytes
+    data = data[-max_bytes:]
+    if cut and b"\n" in data:
+        data = data[data.index(b"\n") + 1 :]
+    text = data.decode("utf-8", errors="replace")
+    if tail_lines is not None:
+        if tail_lines <= 0:
+            return ""
+        lines = text.splitlines(keepends=True)
+        text = "".join(lines[-tail_lines:])
+    return text
+
+
+def read_tail(path: str | Path, tail_lines: int | None = None, max_bytes: int = 1_000_000) -> str:
+    """``tail_text`` of a file, reading only its end; ``""`` when the file does not exist (yet)."""
+    try:
+        with open(path, "rb") as file:
+            size = file.seek(0, os.SEEK_END)
+            # one byte more than asked, so that tail_text knows whether the first line was cut
+            file.seek(max(0, size - max_bytes - 1))
+            data = file.read()
+    except (FileNotFoundError, IsADirectoryError, PermissionError):
+        return ""
+    return tail_text(data, tail_lines, max_bytes)
+
+
+def failure_reason(summary: str, log_tail: str) -> str:
+    """``summary`` followed by the last lines the job printed (what a user needs to see why it failed)."""
+    tail = tail_text(log_tail.encode(), REASON_TAIL_LINES, REASON_TAIL_BYTES).strip()
+    return f"{summary}; last output:\n{tail}" if tail else summary
