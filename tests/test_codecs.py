@@ -90,9 +90,7 @@ def test_bslz4_reads_with_the_bitshuffle_package() -> None:
 def _filter_round_trip(chunk: bytes, array: np.ndarray, compression: dict) -> np.ndarray:
     buffer = io.BytesIO()
     with h5py.File(buffer, "w") as f:
-        dataset = f.create_dataset(
-            "data", shape=array.shape, dtype=array.dtype, chunks=array.shape, **compression
-        )
+        dataset = f.create_dataset("data", shape=array.shape, dtype=array.dtype, chunks=array.shape, **compression)
         dataset.id.write_direct_chunk((0,) * array.ndim, chunk)
     with h5py.File(buffer, "r") as f:
         return f["data"][()]
