@@ -139,10 +139,7 @@ def main(argv: list[str] | None = None) -> int:
             _kill_rest_of_group(args.grace)
             return 0
 
-    if exit_code < 0:
-        reason = f"killed by signal {_signal_name(-exit_code)}"
-    else:
-        reason = f"exit code {exit_code}"
+    reason = f"killed by signal {_signal_name(-exit_code)}" if exit_code < 0 else f"exit code {exit_code}"
     write_exit_record(args.exit_file, exit_code, reason)
     _kill_rest_of_group(args.grace)
     return 0

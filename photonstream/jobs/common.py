@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import json
 import os
+import re
 from pathlib import Path
+from typing import Any
 
 from photonstream.errors import PhotonstreamError
 from photonstream.jobs.base import JobSpec
@@ -35,7 +38,7 @@ def default_state_dir() -> Path:
 
 
 def log_path_of(spec: JobSpec) -> str:
-    """Where a job's stdout+stderr go: ``spec.log_path``, relative paths under the workdir, or ``<workdir>/<name>.log``."""
+    """Where a job's stdout+stderr go: ``spec.log_path`` (relative to the workdir), else ``<workdir>/<name>.log``."""
     path = Path(spec.log_path) if spec.log_path else Path(f"{spec.name}.log")
     return str(path if path.is_absolute() else Path(spec.workdir) / path)
 
@@ -74,3 +77,30 @@ def failure_reason(summary: str, log_tail: str) -> str:
     """``summary`` followed by the last lines the job printed (what a user needs to see why it failed)."""
     tail = tail_text(log_tail.encode(), REASON_TAIL_LINES, REASON_TAIL_BYTES).strip()
     return f"{summary}; last output:\n{tail}" if tail else summary
+
+
+class JobRecords:
+    """What a scheduler backend must remember about its jobs (log path, array size): one JSON file per job.
+
+    The scheduler keeps the job itself; these records only let a new backend object (after an API restart) find
+    a job's output again.
+    """
+
+    def __init__(self, directory: Path) -> None:
+        self.directory = directory
+
+    def _path(self, job_id: str) -> Path:
+        return self.directory / f"{re.sub(r'[^A-Za-z0-9_.-]', '_', job_id)}.json"
+
+    def save(self, job_id: str, record: dict[str, Any]) -> None:
+        self.directory.mkdir(parents=True, exist_ok=True)
+        path = self._path(job_id)
+        temporary = path.with_name(path.name + ".tmp")
+        temporary.write_text(json.dumps(record))
+        os.replace(temporary, path)
+
+    def load(self, job_id: str) -> dict[str, Any] | None:
+        try:
+            return json.loads(self._path(job_id).read_text())
+        except (FileNotFoundError, json.JSONDecodeError):
+            return None

@@ -189,7 +189,8 @@ class LocalBackend:
         if spec.resources.ranks > 1:
             mpirun = self.mpirun or find_mpirun()
             if mpirun is None:
-                raise MissingDependencyError.for_package("mpich", f"job {spec.name}: running {spec.resources.ranks} ranks")
+                feature = f"job {spec.name}: running {spec.resources.ranks} ranks"
+                raise MissingDependencyError.for_package("mpich", feature)
             command = [mpirun, "-n", str(spec.resources.ranks), *command]
         return command
 
@@ -360,7 +361,8 @@ class LocalBackend:
         while not self._closed.wait(self.poll_interval_s):
             self._reconcile()
             with self._lock, self._transaction() as db:
-                (pending,) = db.execute("SELECT COUNT(*) FROM jobs WHERE state = ?", (JobState.PENDING.value,)).fetchone()
+                query = "SELECT COUNT(*) FROM jobs WHERE state = ?"
+                (pending,) = db.execute(query, (JobState.PENDING.value,)).fetchone()
                 if pending == 0 and not self._children:
                     self._monitor = None
                     return
