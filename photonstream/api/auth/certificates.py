@@ -1,0 +1,117 @@
+"""Client certificates on the server side: what a certificate claims, and whether our CA vouches for it now.
+
+The TLS layer (uvicorn with ``ssl.CERT_REQUIRED``/``CERT_OPTIONAL`` against ``ca.crt``) already refuses a chain
+that does not verify; the app checks again (issuer signature, validity, clientAuth) because it also runs behind
+other ASGI servers, then checks revocation against the CRL file, which it re-reads whenever it changes.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+
+from cryptography import x509
+from cryptography.exceptions import InvalidSignature
+from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+from photonstream.api.auth.ca import (
+    CA_CERT,
+    CRL,
+    URN_EXPERIMENT,
+    URN_GROUP,
+    format_serial,
+    load_certificate,
+    utcnow,
+)
+from photonstream.api.errors import AuthenticationError
+
+
+@dataclass(frozen=True)
+class CertificateClaims:
+    identity: str
+    experiments: tuple[str, ...]
+    groups: tuple[str, ...]
+    serial: str
+    not_after: dt.datetime
+
+
+def claims_of(cert: x509.Certificate) -> CertificateClaims:
+    """Identity (subject CN), experiments and groups (SAN URIs) of a user certificate."""
+    names = cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)
+    if len(names) != 1 or not isinstance(names[0].value, str) or not names[0].value:
+        raise AuthenticationError("client certificate has no single common name to identify its holder")
+    experiments: list[str] = []
+    groups: list[str] = []
+    try:
+        san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    except x509.ExtensionNotFound:
+        san = None
+    if san is not None:
+        for uri in san.get_values_for_type(x509.UniformResourceIdentifier):
+            if uri.startswith(URN_EXPERIMENT):
+                experiments.append(uri.removeprefix(URN_EXPERIMENT))
+            elif uri.startswith(URN_GROUP):
+                groups.append(uri.removeprefix(URN_GROUP))
+    return CertificateClaims(
+        identity=names[0].value,
+        experiments=tuple(sorted(experiments)),
+        groups=tuple(sorted(groups)),
+        serial=format_serial(cert.serial_number),
+        not_after=cert.not_valid_after_utc,
+    )
+
+
+class CertificateVerifier:
+    """Our CA's certificate and its CRL (re-read when the file changes) in one place."""
+
+    def __init__(self, ca_dir: str | Path) -> None:
+        self.ca_dir = Path(ca_dir)
+        self.ca_certificate = load_certificate(self.ca_dir / CA_CERT)
+        self._crl_stamp: tuple[int, int] | None = None
+        self._revoked: frozenset[int] = frozenset()
+        self._lock = threading.Lock()
+
+    def revoked_serials(self) -> frozenset[int]:
+        """Serials on the CRL; a CRL that is missing is empty, one that does not verify refuses every certificate."""
+        path = self.ca_dir / CRL
+        with self._lock:
+            try:
+                stat = path.stat()
+            except OSError:
+                self._crl_stamp, self._revoked = None, frozenset()
+                return self._revoked
+            stamp = (stat.st_mtime_ns, stat.st_size)
+            if stamp != self._crl_stamp:
+                try:
+                    crl = x509.load_pem_x509_crl(path.read_bytes())
+                    valid = crl.is_signature_valid(self.ca_certificate.public_key())  # type: ignore[arg-type]
+                except (OSError, ValueError):
+                    valid = False
+                if not valid:
+                    raise AuthenticationError("the server's revocation list does not verify; refusing certificates")
+                self._revoked = frozenset(entry.serial_number for entry in crl)
+                self._crl_stamp = stamp
+            return self._revoked
+
+    def verify(self, cert: x509.Certificate, now: dt.datetime | None = None) -> CertificateClaims:
+        """Claims of a client certificate our CA issued, valid now and not on the CRL; else AuthenticationError."""
+        when = now or utcnow()
+        try:
+            cert.verify_directly_issued_by(self.ca_certificate)
+        except (ValueError, TypeError, InvalidSignature):
+            raise AuthenticationError("client certificate was not issued by this service's CA") from None
+        if when < cert.not_valid_before_utc:
+            raise AuthenticationError(f"client certificate is not valid before {cert.not_valid_before_utc.isoformat()}")
+        if when > cert.not_valid_after_utc:
+            raise AuthenticationError(f"client certificate expired at {cert.not_valid_after_utc.isoformat()}")
+        try:
+            usages = cert.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value
+        except x509.ExtensionNotFound:
+            usages = None
+        if usages is not None and ExtendedKeyUsageOID.CLIENT_AUTH not in usages:
+            raise AuthenticationError("certificate is not for client authentication (no clientAuth usage)")
+        if cert.serial_number in self.revoked_serials():
+            raise AuthenticationError(f"client certificate {format_serial(cert.serial_number)} is revoked")
+        return claims_of(cert)
