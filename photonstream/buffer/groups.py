@@ -1,0 +1,334 @@
+"""Consumer groups: one cursor and one loss policy per group, members sharing its messages.
+
+Every group sees every message of a stream (broadcast); the members of one group share them (work-sharing).
+The group decides *which* offset goes next and to *which* member; the service does the sending.
+
+Policies
+    lossless      every message, in order; each must be acked; unacked messages are redelivered after the ack
+                  timeout or when their member goes away; the group's committed offset holds the log's retention
+    latest        the newest message whenever a member has credit; older ones are skipped
+    decimate:N    offsets origin, origin+N, origin+2N, ... (every Nth message)
+    sample:RATE   the newest message at most RATE times per second
+Only lossless groups hold back retention and the producer; the others count what they skip (``skipped``) and what
+was evicted before they got to it (``expired``), so loss is always reported.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import OrderedDict, deque
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from photonstream.buffer.log import StreamLog
+from photonstream.errors import ConfigError
+
+
+@dataclass(frozen=True, slots=True)
+class Policy:
+    kind: str  # lossless | latest | decimate | sample
+    every: int = 1  # decimate:N
+    rate: float = 0.0  # sample:RATE (messages per second)
+
+    @classmethod
+    def parse(cls, text: str) -> Policy:
+        name, _, arg = str(text).strip().partition(":")
+        if name in ("lossless", "latest") and not arg:
+            return cls(name)
+        try:
+            if name == "decimate":
+                every = int(arg)
+                if every >= 1:
+                    return cls("decimate", every=every)
+            elif name == "sample":
+                rate = float(arg)
+                if rate > 0:
+                    return cls("sample", rate=rate)
+        except ValueError:
+            pass
+        raise ConfigError(
+            f"policy: {text!r} is not one of lossless, latest, decimate:N (N >= 1), sample:RATE (RATE > 0)"
+        )
+
+    def __str__(self) -> str:
+        if self.kind == "decimate":
+            return f"decimate:{self.every}"
+        if self.kind == "sample":
+            return f"sample:{self.rate:g}"
+        return self.kind
+
+    @property
+    def lossless(self) -> bool:
+        return self.kind == "lossless"
+
+
+def parse_start(spec: Any) -> tuple[str, float]:
+    """Where a new group starts: ``beginning``, ``newest``, an offset (``42`` or ``offset:42``) or a time
+    (``time:1700000000.5`` seconds since the epoch, or ``time:2026-11-25T12:00:00+00:00``)."""
+    if isinstance(spec, int) and not isinstance(spec, bool):
+        spec = f"offset:{spec}"
+    text = str(spec).strip()
+    if text in ("beginning", "newest"):
+        return text, 0.0
+    name, _, arg = text.partition(":")
+    try:
+        if name == "offset" and int(arg) >= 0:
+            return "offset", float(int(arg))
+        if name == "time":
+            try:
+                return "time", float(arg)
+            except ValueError:
+                return "time", datetime.fromisoformat(arg).timestamp()
+        if text.isdigit():
+            return "offset", float(int(text))
+    except ValueError:
+        pass
+    raise ConfigError(f"start: {spec!r} is not one of beginning, newest, offset:N, time:EPOCH_SECONDS or time:ISO-8601")
+
+
+def start_offset(log: StreamLog, spec: tuple[str, float]) -> int:
+    kind, value = spec
+    if kind == "beginning":
+        return log.first
+    if kind == "newest":
+        return max(log.first, log.head - 1)
+    if kind == "offset":
+        return max(int(value), 0)
+    return log.offset_at_time(int(value * 1e9))
+
+
+@dataclass(slots=True, eq=False)
+class Member:
+    identity: bytes
+    member_id: str
+    credit: int
+    last_seen: float
+    inflight: set[int] = field(default_factory=set)
+    delivered: int = 0
+    end_sent: bool = False
+
+
+@dataclass(eq=False)
+class Group:
+    name: str
+    policy: Policy
+    log: StreamLog
+    origin: int  # where the group started (decimate counts from here)
+    cursor: int = -1  # next offset to consider (-1: the origin)
+    committed: int = -1  # lossless: every offset below is acked (-1: the cursor)
+    acked: set[int] = field(default_factory=set)  # lossless: acked offsets at or above ``committed``
+    inflight: OrderedDict[int, tuple[bytes, float]] = field(default_factory=OrderedDict)  # offset → holder, deadline
+    redeliver: deque[int] = field(default_factory=deque)
+    members: dict[bytes, Member] = field(default_factory=dict)
+    calibrations_sent: int = 0  # how many of the stream's calibration records the group has passed
+    next_sample_at: float = 0.0
+    delivered: int = 0
+    bytes_out: int = 0
+    skipped: int = 0
+    expired: int = 0
+    redelivered: int = 0
+    _rr: int = 0
+
+    def __post_init__(self) -> None:
+        if self.cursor < 0:
+            self.cursor = self.origin
+        if self.committed < 0:
+            self.committed = self.cursor
+        self.calibrations_sent = sum(1 for o, _ in self.log.calibrations if o <= self.cursor)
+
+    # -- members ------------------------------------------------------------------------------------------
+    def join(self, identity: bytes, member_id: str, credit: int, now: float) -> Member:
+        old = self.members.get(identity)
+        if old is not None:
+            self.leave(identity)
+        member = Member(identity, member_id, credit, now)
+        self.members[identity] = member
+        return member
+
+    def leave(self, identity: bytes) -> int:
+        """Remove a member; its unacked messages go back to the group. Returns how many."""
+        member = self.members.pop(identity, None)
+        if member is None:
+            return 0
+        back = sorted(o for o in member.inflight if self.inflight.pop(o, None) is not None)
+        self.redeliver.extend(back)
+        self.redelivered += len(back)
+        return len(back)
+
+    def _member_with_credit(self) -> Member | None:
+        members = list(self.members.values())
+        n = len(members)
+        for i in range(n):
+            member = members[(self._rr + i) % n]
+            if member.credit > 0 and not member.end_sent:
+                self._rr = (self._rr + i + 1) % n
+                return member
+        return None
+
+    # -- choosing what goes next --------------------------------------------------------------------------
+    def _skip_expired(self) -> None:
+        first = self.log.first
+        if self.cursor < first:
+            self.expired += first - self.cursor
+            self.cursor = first
+        if self.policy.lossless and self.committed < first:
+            self.committed = first
+            self.acked = {o for o in self.acked if o >= first}
+
+    def _next_offset(self, now: float) -> int | None:
+        log = self.log
+        policy = self.policy
+        if policy.lossless:
+            while self.redeliver:
+                o = self.redeliver.popleft()
+                if o >= self.committed and o not in self.acked and o >= log.first:
+                    return o
+            self._skip_expired()
+            while self.cursor < log.head:
+                o = self.cursor
+                self.cursor += 1
+                if o not in self.acked:
+                    return o
+            return None
+        self._skip_expired()
+        if policy.kind == "decimate":
+            candidate = self.cursor + (self.origin - self.cursor) % policy.every
+            if candidate >= log.head:
+                return None
+            self.skipped += candidate - self.cursor
+            self.cursor = candidate + 1
+            return candidate
+        if policy.kind == "sample" and now < self.next_sample_at:
+            return None
+        if self.cursor >= log.head:
+            return None
+        newest = log.head - 1
+        self.skipped += newest - self.cursor
+        self.cursor = newest + 1
+        if policy.kind == "sample":
+            self.next_sample_at = now + 1.0 / policy.rate
+        return newest
+
+    def next_delivery(self, now: float, ack_timeout: float) -> tuple[Member, int] | None:
+        """Pick the next (member, offset) to send, or None; updates cursors, credit and in-flight state."""
+        member = self._member_with_credit()
+        if member is None:
+            return None
+        offset = self._next_offset(now)
+        if offset is None:
+            return None
+        member.credit -= 1
+        member.delivered += 1
+        self.delivered += 1
+        if self.policy.lossless:
+            self.inflight[offset] = (member.identity, now + ack_timeout)
+            self.inflight.move_to_end(offset)
+            member.inflight.add(offset)
+        return member, offset
+
+    def wake_at(self) -> float | None:
+        """When a sample group may send again (for the service's poll timeout)."""
+        if self.policy.kind == "sample" and self.cursor < self.log.head and self.members:
+            return self.next_sample_at
+        return None
+
+    # -- acks and redelivery -----------------------------------------------------------------------------
+    def ack(self, offsets: list[int]) -> None:
+        if not self.policy.lossless:
+            return
+        for o in offsets:
+            entry = self.inflight.pop(o, None)
+            if entry is not None:
+                holder = self.members.get(entry[0])
+                if holder is not None:
+                    holder.inflight.discard(o)
+            if o >= self.committed:
+                self.acked.add(o)
+        while self.committed in self.acked:
+            self.acked.discard(self.committed)
+            self.committed += 1
+
+    def expire_unacked(self, now: float) -> int:
+        """Messages not acked in time go back to the group (to whichever member has credit next)."""
+        count = 0
+        while self.inflight:
+            offset, (identity, deadline) = next(iter(self.inflight.items()))
+            if deadline > now:
+                break
+            del self.inflight[offset]
+            holder = self.members.get(identity)
+            if holder is not None:
+                holder.inflight.discard(offset)
+            self.redeliver.append(offset)
+            count += 1
+        self.redelivered += count
+        return count
+
+    # -- end of stream ------------------------------------------------------------------------------------
+    def drained(self) -> bool:
+        """True once the stream has ended and this group has nothing more to send (or to wait acks for)."""
+        log = self.log
+        if log.end is None:
+            return False
+        self._skip_expired()
+        if self.policy.lossless:
+            return (
+                self.cursor >= log.head
+                and not self.inflight
+                and not any(o not in self.acked and o >= self.committed for o in self.redeliver)
+            )
+        next_decimated = self.cursor + (self.origin - self.cursor) % self.policy.every
+        if self.policy.kind == "decimate" and next_decimated >= log.head:
+            self.skipped += max(0, log.head - self.cursor)
+            self.cursor = max(self.cursor, log.head)
+        return self.cursor >= log.head
+
+    @property
+    def retain_from(self) -> int | None:
+        """The oldest offset this group still needs (lossless only)."""
+        return self.committed if self.policy.lossless else None
+
+    @property
+    def lag(self) -> int:
+        return self.log.head - (self.committed if self.policy.lossless else self.cursor)
+
+    # -- persistence --------------------------------------------------------------------------------------
+    def state(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "policy": str(self.policy),
+            "origin": self.origin,
+            "cursor": self.cursor,
+            "committed": self.committed,
+            "acked": sorted(self.acked),
+            "delivered": self.delivered,
+            "bytes_out": self.bytes_out,
+            "skipped": self.skipped,
+            "expired": self.expired,
+            "redelivered": self.redelivered,
+        }
+
+    @classmethod
+    def from_state(cls, log: StreamLog, d: dict[str, Any]) -> Group:
+        policy = Policy.parse(d["policy"])
+        committed = int(d["committed"])
+        group = cls(
+            name=str(d["name"]),
+            policy=policy,
+            log=log,
+            origin=int(d["origin"]),
+            cursor=committed if policy.lossless else int(d["cursor"]),
+            committed=committed,
+            acked={int(o) for o in d.get("acked", [])},
+        )
+        group.delivered = int(d.get("delivered", 0))
+        group.bytes_out = int(d.get("bytes_out", 0))
+        group.skipped = int(d.get("skipped", 0))
+        group.expired = int(d.get("expired", 0))
+        group.redelivered = int(d.get("redelivered", 0))
+        return group
+
+
+def monotonic() -> float:
+    return time.monotonic()

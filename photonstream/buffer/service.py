@@ -1,0 +1,747 @@
+"""The buffer service: one ZeroMQ ROUTER socket, one I/O loop, many streams, groups and members.
+
+Producers (the ``buffer`` handler) and consumers (``photonstream.client.subscribe``) talk to the same socket; see
+``protocol.py`` for the framing. The loop receives without copying (``copy=False``), keeps the received
+``zmq.Frame`` objects in the log and sends the same frames to every group (libzmq shares them by reference), so
+the per-message work is a small header and some bookkeeping, whatever the size of the payload.
+
+Flow control: consumers get at most their credit; producers get cumulative acks and stop when their window is
+full, so a stream that is out of memory and disk budget (with a lossless group still needing its oldest data)
+slows its producer by holding acks back (a WAIT message says why) instead of dropping anything.
+
+Member liveness: consumers send a heartbeat (or any message) at least every second while they wait; a member
+silent for ``member_timeout_s`` is removed and its unacked messages go to the other members. A send to a peer
+whose connection is gone (ROUTER_MANDATORY: EHOSTUNREACH) removes it at once.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import json
+import re
+import shutil
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import zmq
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from photonstream.buffer import protocol as P
+from photonstream.buffer.groups import Group, Policy, monotonic, parse_start, start_offset
+from photonstream.buffer.log import GROUPS_FILE, META_FILE, StreamLog, stream_dir
+from photonstream.config.base import one_line
+from photonstream.errors import ConfigError, PhotonstreamError
+
+ADDRESS = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}/[0-9]{1,12}/[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+SPILL_DIR = "_spill"
+MB = 1 << 20
+GB = 1 << 30
+
+
+class BufferSettings(BaseModel):
+    """How the buffer binds, where it keeps data, and its budgets (bytes and seconds)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    bind: str = Field("tcp://127.0.0.1:5600", description="ZeroMQ endpoint to bind (tcp://HOST:PORT, port * = any)")
+    data_dir: Path | None = Field(None, description="where durable streams and spilled data go (None: memory only)")
+    memory_per_stream: int = Field(1 * GB, ge=1, description="bytes of payload one stream may hold in memory")
+    memory_total: int = Field(4 * GB, ge=1, description="bytes of payload all streams together may hold in memory")
+    disk_per_stream: int | None = Field(None, ge=1, description="bytes one stream may hold on disk (None: no limit)")
+    disk_total: int | None = Field(None, ge=1, description="bytes all streams may hold on disk (None: no limit)")
+    retention_bytes: int | None = Field(None, ge=1, description="keep at most this many bytes per stream")
+    retention_s: float | None = Field(None, gt=0, description="keep messages at most this long")
+    spill: bool = Field(True, description="spill a full memory log to data_dir instead of dropping or blocking")
+    segment_bytes: int = Field(256 * MB, ge=4096, description="size at which a new segment file is started")
+    max_message_bytes: int = Field(1 * GB, ge=1, description="larger producer messages are refused")
+    ack_timeout_s: float = Field(30.0, gt=0, description="lossless: redeliver a message not acked this long")
+    member_timeout_s: float = Field(10.0, gt=0, description="a consumer silent this long has left its group")
+    fsync: bool = Field(False, description="fsync durable data every second (power-loss safety; slower)")
+    io_threads: int = Field(2, ge=1, le=16, description="libzmq I/O threads")
+
+    @classmethod
+    def build(cls, **values: Any) -> BufferSettings:
+        try:
+            return cls(**values)
+        except ValidationError as exc:
+            raise ConfigError(one_line(exc, prefix="buffer")) from None
+
+
+@dataclass(eq=False)
+class Stream:
+    log: StreamLog
+    groups: dict[str, Group] = field(default_factory=dict)
+    producer_identity: bytes | None = None
+    blocked: str = ""  # why producer acks are held ("" when not)
+    wait_sent_at: float = 0.0
+    errors: int = 0
+    groups_dirty: bool = False
+
+    @property
+    def started(self) -> bool:
+        return self.log.start is not None
+
+    def retain_from(self) -> int | None:
+        needs = [g.retain_from for g in self.groups.values() if g.retain_from is not None]
+        return min(needs) if needs else None
+
+
+class ServiceError(PhotonstreamError):
+    """The buffer service cannot start (bind failed, unreadable data directory)."""
+
+    http_status = 503
+
+
+class BufferService:
+    """Run with ``start()`` (a background thread, for embedding) or ``serve_forever()``; stop with ``stop()``."""
+
+    def __init__(self, settings: BufferSettings | None = None, context: zmq.Context | None = None) -> None:
+        self.settings = settings or BufferSettings()
+        self._own_context = context is None
+        self.context = context or zmq.Context(io_threads=self.settings.io_threads)
+        self.streams: dict[str, Stream] = {}
+        self._members: dict[bytes, tuple[Stream, Group]] = {}
+        self._pending_acks: dict[tuple[bytes, str], int] = {}
+        self._dispatch_later: set[str] = set()  # streams that lost a member while sending
+        self._stop = threading.Event()
+        self._ready = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._socket: zmq.Socket | None = None
+        self._startup_error: BaseException | None = None
+        self.endpoint = ""
+        self.started_at = time.time()
+        self._snapshot: dict[str, Any] = {}
+        self._rates: dict[str, tuple[float, int, int]] = {}
+        self._next_tick = 0.0
+        self._next_persist = 0.0
+        self._next_sync = 0.0
+        self._next_snapshot = 0.0
+
+    # -- lifecycle ----------------------------------------------------------------------------------------
+    def _bind(self) -> None:
+        sock = self.context.socket(zmq.ROUTER)
+        sock.setsockopt(zmq.ROUTER_MANDATORY, 1)
+        sock.setsockopt(zmq.SNDHWM, 0)
+        sock.setsockopt(zmq.RCVHWM, 0)
+        sock.setsockopt(zmq.LINGER, 0)
+        try:
+            sock.bind(self.settings.bind)
+        except zmq.ZMQError as exc:
+            sock.close()
+            raise ServiceError(f"buffer: cannot bind {self.settings.bind} ({exc})") from None
+        self._socket = sock
+        self.endpoint = sock.getsockopt_string(zmq.LAST_ENDPOINT)
+
+    def _recover(self) -> None:
+        root = self.settings.data_dir
+        if root is None:
+            return
+        try:
+            root.mkdir(parents=True, exist_ok=True)
+            shutil.rmtree(root / SPILL_DIR, ignore_errors=True)  # spilled data of non-durable streams is gone
+            metas = sorted(root.glob(f"*/*/*/{META_FILE}"))
+        except OSError as exc:
+            raise ServiceError(f"buffer: cannot use data directory {root} ({exc.strerror})") from None
+        for meta in metas:
+            log = StreamLog.recover(meta.parent, self.settings.segment_bytes)
+            stream = Stream(log)
+            groups_file = meta.parent / GROUPS_FILE
+            if groups_file.exists():
+                for state in json.loads(groups_file.read_text()).get("groups", []):
+                    group = Group.from_state(log, state)
+                    stream.groups[group.name] = group
+            self.streams[log.address] = stream
+
+    def start(self) -> str:
+        """Bind and run the loop in a background thread; returns the bound endpoint."""
+        self._thread = threading.Thread(target=self._run, name="photonstream-buffer", daemon=True)
+        self._thread.start()
+        self._ready.wait()
+        if self._startup_error is not None:
+            raise self._startup_error
+        return self.endpoint
+
+    def serve_forever(self) -> None:
+        """Bind and run the loop in this thread until ``stop()`` (or KeyboardInterrupt)."""
+        self._run()
+        if self._startup_error is not None:
+            raise self._startup_error
+
+    def stop(self, timeout: float = 10.0) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout)
+
+    def __enter__(self) -> BufferService:
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def _run(self) -> None:
+        try:
+            self._recover()
+            self._bind()
+        except BaseException as exc:
+            self._startup_error = exc
+            self._ready.set()
+            return
+        self._ready.set()
+        try:
+            self._loop()
+        except KeyboardInterrupt:
+            pass
+        finally:
+            self._shutdown()
+
+    def _shutdown(self) -> None:
+        for stream in self.streams.values():
+            self._persist(stream)
+            stream.log.close()
+        if self._socket is not None:
+            self._socket.close(linger=0)
+        if self._own_context:
+            self.context.term()
+        if self.settings.data_dir is not None:
+            shutil.rmtree(self.settings.data_dir / SPILL_DIR, ignore_errors=True)
+
+    # -- the loop -----------------------------------------------------------------------------------------
+    def _loop(self) -> None:
+        sock = self._socket
+        assert sock is not None
+        poller = zmq.Poller()
+        poller.register(sock, zmq.POLLIN)
+        while not self._stop.is_set():
+            if poller.poll(self._poll_timeout_ms()):
+                for _ in range(64):
+                    try:
+                        parts = sock.recv_multipart(zmq.NOBLOCK, copy=False)
+                    except zmq.Again:
+                        break
+                    self._on_message(parts)
+            self._flush_producer_acks()
+            now = monotonic()
+            if now >= self._next_tick:
+                self._tick(now)
+                self._next_tick = now + 0.05
+
+    def _poll_timeout_ms(self) -> int:
+        timeout = 0.05
+        now = monotonic()
+        for stream in self.streams.values():
+            for group in stream.groups.values():
+                at = group.wake_at()
+                if at is not None:
+                    timeout = min(timeout, max(0.0, at - now))
+        return max(0, int(timeout * 1000))
+
+    def _on_message(self, parts: list[zmq.Frame]) -> None:
+        identity = parts[0].bytes
+        if len(parts) < 4 or parts[1].bytes != P.PROTOCOL:
+            self._reply(identity, P.ERR, {"c": "protocol", "m": "not a photonstream buffer message (protocol PSB1)"})
+            return
+        command = parts[2].bytes
+        try:
+            header = P.unpack(parts[3])
+            if command == P.PUB:
+                self._on_publish(identity, header, parts[4:])
+            elif command == P.CRED:
+                self._on_credit(identity, header)
+            elif command == P.SUB:
+                self._on_subscribe(identity, header)
+            elif command == P.HB:
+                self._on_heartbeat(identity)
+            elif command == P.BYE:
+                self._on_bye(identity)
+            elif command == P.STATS:
+                self._reply(identity, P.STATS, None, [json.dumps(self.stats_now()).encode()])
+            else:
+                raise P.ProtocolError("unknown-command", f"unknown command {command[:16]!r}")
+        except P.ProtocolError as exc:
+            self._reply(identity, P.ERR, {"c": exc.code, "m": str(exc), "s": _get(parts, 3)})
+        except ConfigError as exc:
+            self._reply(identity, P.ERR, {"c": "bad-request", "m": str(exc)})
+
+    def _reply(self, identity: bytes, command: bytes, header: dict[str, Any] | None, frames: list[Any] = ()) -> bool:
+        assert self._socket is not None
+        head = P.pack(header) if header is not None else b""
+        try:
+            self._socket.send_multipart([identity, P.PROTOCOL, command, head, *frames], flags=zmq.NOBLOCK, copy=False)
+            return True
+        except zmq.ZMQError as exc:
+            if exc.errno in (errno.EHOSTUNREACH, errno.EAGAIN):
+                self._member_gone(identity)
+                return False
+            raise
+
+    # -- producers ----------------------------------------------------------------------------------------
+    def _producer_error(self, identity: bytes, header: dict[str, Any], code: str, message: str) -> None:
+        stream = self.streams.get(str(header.get("s", "")))
+        if stream is not None:
+            stream.errors += 1
+        self._reply(identity, P.ERR, {"s": header.get("s"), "n": header.get("n"), "c": code, "m": message})
+
+    def _on_publish(self, identity: bytes, header: dict[str, Any], payload: list[zmq.Frame]) -> None:
+        address = header.get("s")
+        kind = header.get("k")
+        if not isinstance(address, str) or not ADDRESS.match(address):
+            raise P.ProtocolError("bad-address", f"stream address {address!r} is not experiment/run/stream-id")
+        if kind not in P.KINDS:
+            raise P.ProtocolError("bad-kind", f"{address}: unknown message kind {kind!r}")
+        try:
+            n = int(header["n"])
+            seq = int(header.get("q", -1))
+            producer = str(header["p"])
+        except (KeyError, TypeError, ValueError):
+            raise P.ProtocolError("malformed", f"{address}: PUB header needs integer n and a producer id p") from None
+        size = sum(len(f) for f in payload)
+        limit = self.settings.max_message_bytes
+        if size > limit:
+            self._producer_error(
+                identity, header, "oversized", f"{address}: message of {size} bytes exceeds the limit of {limit} bytes"
+            )
+            return
+        if not payload:
+            self._producer_error(identity, header, "malformed", f"{address}: PUB without payload")
+            return
+        stream = self.streams.get(address)
+        if kind == "start" and (stream is None or not stream.started):
+            durable = bool(header.get("d", False))
+            if durable and self.settings.data_dir is None:
+                self._producer_error(
+                    identity,
+                    header,
+                    "no-data-dir",
+                    f"{address}: a durable stream needs a buffer started with --data-dir",
+                )
+                return
+            stream = self._open_stream(address, durable, str(header.get("z", "")), producer)
+            try:
+                stream.log.add_control("start", n, seq, payload, time.time_ns())
+            except OSError as exc:
+                self._producer_error(identity, header, "disk", f"{address}: cannot write start message ({exc})")
+                return
+            stream.producer_identity = identity
+            self._pending_acks[(identity, address)] = n
+            self._greet_waiting_members(stream)
+            return
+        if stream is None or not stream.started:
+            self._producer_error(
+                identity,
+                header,
+                "no-start",
+                f"{address}: the stream has no start message (the buffer may have restarted "
+                "without this non-durable stream)",
+            )
+            return
+        log = stream.log
+        if producer != log.producer:
+            self._producer_error(
+                identity,
+                header,
+                "other-producer",
+                f"{address}: the stream is written by another producer; use a new run number",
+            )
+            return
+        stream.producer_identity = identity
+        if n <= log.last_transport_seq:  # a resend after a reconnect: already stored
+            self._pending_acks[(identity, address)] = log.last_transport_seq
+            return
+        if n != log.last_transport_seq + 1:
+            self._reply(identity, P.NACK, {"s": address, "n": log.last_transport_seq + 1})
+            return
+        if log.end is not None:
+            self._producer_error(identity, header, "ended", f"{address}: the stream has already ended")
+            return
+        now_ns = time.time_ns()
+        try:
+            if kind in P.DATA_KINDS:
+                log.append(kind, n, seq, payload, now_ns)
+            else:
+                log.add_control(kind, n, seq, payload, now_ns)
+        except OSError as exc:
+            self._producer_error(
+                identity, header, "disk", f"{address}: cannot write to {log.directory}: {exc.strerror}"
+            )
+            return
+        self._pending_acks[(identity, address)] = n
+        self._enforce(stream)
+        self._dispatch(stream)
+
+    def _open_stream(self, address: str, durable: bool, serializer: str, producer: str) -> Stream:
+        stream = self.streams.get(address)
+        if stream is None:
+            stream = Stream(StreamLog(address))
+            self.streams[address] = stream
+        log = stream.log
+        log.durable = durable
+        log.serializer = serializer
+        log.producer = producer
+        log.segment_bytes = self.settings.segment_bytes
+        root = self.settings.data_dir
+        if root is not None:
+            log.directory = stream_dir(root, address) if durable else stream_dir(root / SPILL_DIR, address)
+        log.open_files()
+        stream.groups_dirty = True
+        return stream
+
+    def _flush_producer_acks(self) -> None:
+        if not self._pending_acks:
+            return
+        held: dict[tuple[bytes, str], int] = {}
+        for (identity, address), n in self._pending_acks.items():
+            stream = self.streams.get(address)
+            if stream is not None and stream.blocked:
+                held[(identity, address)] = n
+                continue
+            self._reply(identity, P.ACK, {"s": address, "n": n})
+        self._pending_acks = held
+
+    # -- budgets ------------------------------------------------------------------------------------------
+    def _memory_total(self) -> int:
+        return sum(s.log.mem_bytes for s in self.streams.values())
+
+    def _disk_total(self) -> int:
+        return sum(s.log.disk_bytes for s in self.streams.values())
+
+    def _disk_over(self, log: StreamLog) -> bool:
+        s = self.settings
+        return (s.disk_per_stream is not None and log.disk_bytes > s.disk_per_stream) or (
+            s.disk_total is not None and self._disk_total() > s.disk_total
+        )
+
+    def _enforce(self, stream: Stream) -> None:
+        """Apply retention and the memory and disk budgets; block the producer if a lossless group prevents it."""
+        s = self.settings
+        log = stream.log
+        retain = stream.retain_from()
+        limit = log.head if retain is None else retain
+        reasons: list[str] = []
+        # retention: age and size, never past what a lossless group still needs
+        if s.retention_s is not None:
+            oldest_ns = time.time_ns() - int(s.retention_s * 1e9)
+            while log.first < limit and (r := log.get(log.first)) is not None and r.ts_ns < oldest_ns:
+                log.evict_before(log.first + 1)
+        if s.retention_bytes is not None:
+            while log.first < limit and log.held_bytes > s.retention_bytes:
+                log.evict_before(self._eviction_step(log, limit))
+        # disk budget: delete whole old segments nobody needs
+        while self._disk_over(log):
+            seg = log.oldest_segment()
+            if seg is None or seg.last_offset >= limit or seg is log._active():
+                reasons.append(f"disk budget full ({log.disk_bytes} bytes on disk)")
+                break
+            log.evict_before(seg.last_offset + 1)
+        # memory budget: durable → drop the cached copy; else spill to disk, or drop what nobody needs
+        while log.mem_bytes > s.memory_per_stream or self._memory_total() > s.memory_total:
+            record = log.oldest_in_memory()
+            if record is None:
+                break
+            can_spill = log.durable or (s.spill and log.directory is not None and not self._disk_over(log))
+            if can_spill:
+                try:
+                    log.release_memory(spill=True)
+                    continue
+                except OSError as exc:
+                    reasons.append(f"cannot spill to {log.directory}: {exc.strerror}")
+            if record.offset < limit:
+                log.evict_before(record.offset + 1)
+                continue
+            if not reasons:
+                reasons.append(f"memory budget full ({log.mem_bytes} bytes in memory) and no room on disk")
+            break
+        if reasons:
+            laggards = sorted(g.name for g in stream.groups.values() if g.retain_from is not None)
+            stream.blocked = f"{log.address}: {'; '.join(reasons)}; lossless group(s) {', '.join(laggards)} lag behind"
+        else:
+            stream.blocked = ""
+
+    @staticmethod
+    def _eviction_step(log: StreamLog, limit: int) -> int:
+        """Where evicting the oldest data lands: the end of its segment on disk, or one record in memory."""
+        record = log.get(log.first)
+        if record is not None and record.segment is not None:
+            return min(record.segment.last_offset + 1, limit)
+        return min(log.first + 1, limit)
+
+    # -- consumers ----------------------------------------------------------------------------------------
+    def _on_subscribe(self, identity: bytes, header: dict[str, Any]) -> None:
+        address = header.get("s")
+        if not isinstance(address, str) or not ADDRESS.match(address):
+            raise ConfigError(f"stream: {address!r} is not experiment/run/stream-id")
+        group_name = str(header.get("g", "default"))
+        if not group_name or len(group_name) > 128:
+            raise ConfigError("group: must be 1-128 characters")
+        policy = Policy.parse(str(header.get("pol", "lossless")))
+        start = parse_start(header.get("st", "beginning"))
+        credit = max(1, min(int(header.get("c", 16)), P.MAX_CREDIT))
+        stream = self.streams.get(address)
+        if stream is None:
+            stream = Stream(StreamLog(address))  # a consumer may come before the producer
+            self.streams[address] = stream
+        group = stream.groups.get(group_name)
+        if group is None:
+            group = Group(group_name, policy, stream.log, origin=start_offset(stream.log, start))
+            stream.groups[group_name] = group
+            stream.groups_dirty = True
+        elif group.policy != policy:
+            raise ConfigError(
+                f"policy: group {group_name!r} of {address} already uses policy {group.policy}, not {policy}"
+            )
+        self._forget_member(identity)
+        group.join(identity, str(header.get("m", "")), credit, monotonic())
+        self._members[identity] = (stream, group)
+        if stream.started:
+            self._greet(stream, group, identity)
+            self._dispatch(stream)
+
+    def _greet_waiting_members(self, stream: Stream) -> None:
+        for group in stream.groups.values():
+            for identity in list(group.members):
+                self._greet(stream, group, identity)
+        self._dispatch(stream)
+
+    def _greet(self, stream: Stream, group: Group, identity: bytes) -> None:
+        """Send a (new) member the start message and the calibration in force for its group."""
+        log = stream.log
+        assert log.start is not None
+        start = {"s": log.address, "g": group.name, "z": log.serializer, "o": group.cursor, "pol": str(group.policy)}
+        if not self._reply(identity, P.START, start, log.start.frames or []):
+            return
+        if group.calibrations_sent:
+            offset, record = log.calibrations[group.calibrations_sent - 1]
+            self._reply(identity, P.CAL, {"o": offset, "q": record.seq}, record.frames or [])
+
+    def _on_credit(self, identity: bytes, header: dict[str, Any]) -> None:
+        entry = self._members.get(identity)
+        if entry is None:
+            self._reply(identity, P.REJOIN, {})
+            return
+        stream, group = entry
+        member = group.members.get(identity)
+        if member is None:
+            self._reply(identity, P.REJOIN, {})
+            return
+        member.last_seen = monotonic()
+        member.credit = min(member.credit + int(header.get("c", 0)), P.MAX_CREDIT)
+        acked = header.get("a")
+        if acked and group.policy.lossless:
+            before = group.committed
+            group.ack([int(o) for o in acked])
+            if group.committed != before:
+                stream.groups_dirty = True
+                if stream.blocked:
+                    self._enforce(stream)
+        self._dispatch(stream)
+
+    def _on_heartbeat(self, identity: bytes) -> None:
+        entry = self._members.get(identity)
+        if entry is None or identity not in entry[1].members:
+            self._reply(identity, P.REJOIN, {})
+            return
+        entry[1].members[identity].last_seen = monotonic()
+        self._reply(identity, P.HB, {})
+
+    def _on_bye(self, identity: bytes) -> None:
+        entry = self._forget_member(identity)
+        if entry is not None:
+            self._dispatch(entry[0])
+
+    def _forget_member(self, identity: bytes) -> tuple[Stream, Group] | None:
+        entry = self._members.pop(identity, None)
+        if entry is not None:
+            entry[1].leave(identity)
+        return entry
+
+    def _member_gone(self, identity: bytes) -> None:
+        entry = self._forget_member(identity)
+        if entry is not None:
+            self._dispatch_later.add(entry[0].log.address)
+
+    # -- delivery -----------------------------------------------------------------------------------------
+    def _dispatch(self, stream: Stream) -> None:
+        if not stream.started:
+            return
+        log = stream.log
+        now = monotonic()
+        ack_timeout = self.settings.ack_timeout_s
+        for group in list(stream.groups.values()):
+            while True:
+                pick = group.next_delivery(now, ack_timeout)
+                if pick is None:
+                    break
+                member, offset = pick
+                record = log.get(offset)
+                if record is None:
+                    continue
+                self._send_calibrations(stream, group, upto=offset)
+                try:
+                    frames = log.payload(record)
+                except (OSError, KeyError):
+                    group.expired += 1
+                    continue
+                header = {"o": offset, "q": record.seq, "k": record.kind, "h": log.head, "x": group.skipped}
+                if self._reply(member.identity, P.MSG, header, frames):
+                    group.bytes_out += record.nbytes
+            if group.drained():
+                self._send_end(stream, group)
+        if self._dispatch_later:
+            pending = [self.streams[a] for a in self._dispatch_later if a in self.streams]
+            self._dispatch_later = set()
+            for other in pending:
+                self._dispatch(other)
+
+    def _send_calibrations(self, stream: Stream, group: Group, upto: int | None) -> None:
+        calibrations = stream.log.calibrations
+        while group.calibrations_sent < len(calibrations):
+            offset, record = calibrations[group.calibrations_sent]
+            if upto is not None and offset > upto:
+                break
+            group.calibrations_sent += 1
+            for identity in list(group.members):
+                self._reply(identity, P.CAL, {"o": offset, "q": record.seq}, record.frames or [])
+
+    def _send_end(self, stream: Stream, group: Group) -> None:
+        log = stream.log
+        assert log.end is not None
+        waiting = [m for m in group.members.values() if not m.end_sent]
+        if not waiting:
+            return
+        self._send_calibrations(stream, group, upto=None)
+        header = {"o": log.head, "x": group.skipped, "r": group.redelivered, "e": group.expired}
+        for member in waiting:
+            member.end_sent = True
+            self._reply(member.identity, P.END, header, log.end.frames or [])
+
+    # -- timers -------------------------------------------------------------------------------------------
+    def _tick(self, now: float) -> None:
+        member_deadline = now - self.settings.member_timeout_s
+        for stream in list(self.streams.values()):
+            touched = False
+            for group in stream.groups.values():
+                for identity, member in list(group.members.items()):
+                    if member.last_seen < member_deadline:
+                        self._forget_member(identity)
+                        touched = True
+                if group.expire_unacked(now):
+                    touched = True
+            if stream.blocked or self.settings.retention_s is not None:
+                self._enforce(stream)
+            if stream.blocked and stream.producer_identity is not None and now - stream.wait_sent_at > 0.5:
+                stream.wait_sent_at = now
+                self._reply(stream.producer_identity, P.WAIT, {"s": stream.log.address, "r": stream.blocked})
+            if touched or stream.started:
+                self._dispatch(stream)
+        if now >= self._next_persist:
+            self._next_persist = now + 0.2
+            for stream in self.streams.values():
+                if stream.groups_dirty:
+                    self._persist(stream)
+        if self.settings.fsync and now >= self._next_sync:
+            self._next_sync = now + 1.0
+            for stream in self.streams.values():
+                if stream.log.durable:
+                    stream.log.sync()
+        if now >= self._next_snapshot:
+            self._next_snapshot = now + 1.0
+            self._snapshot = self.stats_now()
+
+    def _persist(self, stream: Stream) -> None:
+        """Write the groups' committed offsets of a durable stream (atomic rename; survives kill -9)."""
+        stream.groups_dirty = False
+        log = stream.log
+        if not log.durable or log.directory is None or not log.directory.exists():
+            return
+        state = {"groups": [g.state() for g in stream.groups.values()]}
+        tmp = log.directory / (GROUPS_FILE + ".tmp")
+        with contextlib.suppress(OSError):
+            tmp.write_text(json.dumps(state))
+            tmp.replace(log.directory / GROUPS_FILE)
+
+    # -- state --------------------------------------------------------------------------------------------
+    def stats(self) -> dict[str, Any]:
+        """The state as of the last second (safe to call from any thread)."""
+        return self._snapshot or {"service": {"endpoint": self.endpoint}, "streams": {}}
+
+    def stats_now(self) -> dict[str, Any]:
+        """Per stream and group: messages and bytes in and out, rates, lag, memory and disk fill, losses."""
+        s = self.settings
+        now = time.monotonic()
+        streams: dict[str, Any] = {}
+        for address, stream in self.streams.items():
+            log = stream.log
+            rate_msgs, rate_bytes = self._rate(f"in:{address}", now, log.messages_in, log.bytes_in)
+            groups: dict[str, Any] = {}
+            for name, g in stream.groups.items():
+                g_msgs, g_bytes = self._rate(f"out:{address}:{name}", now, g.delivered, g.bytes_out)
+                groups[name] = {
+                    "policy": str(g.policy),
+                    "members": len(g.members),
+                    "cursor": g.cursor,
+                    "committed": g.committed if g.policy.lossless else g.cursor,
+                    "lag": g.lag,
+                    "delivered": g.delivered,
+                    "bytes_out": g.bytes_out,
+                    "rate_msgs": g_msgs,
+                    "rate_bytes": g_bytes,
+                    "skipped": g.skipped,
+                    "expired": g.expired,
+                    "redelivered": g.redelivered,
+                    "inflight": len(g.inflight),
+                    "member_credit": {m.member_id or m.identity.hex(): m.credit for m in g.members.values()},
+                    "member_inflight": {m.member_id or m.identity.hex(): len(m.inflight) for m in g.members.values()},
+                    "ended": bool(g.members) and all(m.end_sent for m in g.members.values()),
+                }
+            streams[address] = {
+                "durable": log.durable,
+                "serializer": log.serializer,
+                "started": stream.started,
+                "ended": log.end is not None,
+                "first": log.first,
+                "head": log.head,
+                "messages_in": log.messages_in,
+                "bytes_in": log.bytes_in,
+                "rate_msgs": rate_msgs,
+                "rate_bytes": rate_bytes,
+                "memory_bytes": log.mem_bytes,
+                "memory_fill": log.mem_bytes / s.memory_per_stream,
+                "disk_bytes": log.disk_bytes,
+                "disk_fill": log.disk_bytes / s.disk_per_stream if s.disk_per_stream else None,
+                "blocked": stream.blocked,
+                "producer_errors": stream.errors,
+                "groups": groups,
+            }
+        return {
+            "service": {
+                "endpoint": self.endpoint,
+                "data_dir": str(s.data_dir) if s.data_dir else None,
+                "uptime_s": round(time.time() - self.started_at, 3),
+                "memory_bytes": self._memory_total(),
+                "memory_budget": s.memory_total,
+                "disk_bytes": self._disk_total(),
+                "disk_budget": s.disk_total,
+                "streams": len(self.streams),
+                "members": len(self._members),
+            },
+            "streams": streams,
+        }
+
+    def _rate(self, key: str, now: float, messages: int, nbytes: int) -> tuple[float, float]:
+        previous = self._rates.get(key)
+        self._rates[key] = (now, messages, nbytes)
+        if previous is None or now - previous[0] < 1e-3:
+            return 0.0, 0.0
+        dt = now - previous[0]
+        return round((messages - previous[1]) / dt, 3), round((nbytes - previous[2]) / dt, 1)
+
+
+def _get(parts: list[zmq.Frame], i: int) -> Any:
+    try:
+        return P.unpack(parts[i]).get("s")
+    except (P.ProtocolError, IndexError):
+        return None

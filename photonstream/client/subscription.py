@@ -1,0 +1,336 @@
+"""Reading a stream from the buffer service: ``subscribe(endpoint, stream, group=..., policy=..., start=...)``.
+
+The iterator yields the stream's messages decoded by its serializer (``photonstream.frames`` classes): the start
+message first (also to a consumer that joins late), calibration updates and data messages as the group's policy
+lets them through, and the end message last; then it stops. With ``decode=False`` it yields ``Delivery`` objects
+(offset, kind and the raw frames) instead.
+
+A data message is acked (and its credit returned) when the application asks for the next one, so a consumer that
+dies while holding messages has them redelivered to the other members of its group. Delivery is at-least-once;
+the subscription drops duplicates by offset (the buffer's per-stream sequence number), so the application sees
+each message once. Heartbeats go out whenever the iterator waits; an application that spends longer than the
+buffer's member timeout on one message is taken for gone (its messages are redelivered) and rejoins on its next
+call.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections import deque
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import zmq
+
+from photonstream.buffer import protocol as P
+from photonstream.buffer.groups import Policy, parse_start
+from photonstream.errors import ConfigError, PhotonstreamError
+from photonstream.frames import EndMessage, Message, StartMessage
+from photonstream.serializers.base import Serializer
+from photonstream.serializers.base import create as create_serializer
+
+SEEN_LIMIT = 200_000  # offsets remembered for dropping duplicates
+
+
+class ConsumerError(PhotonstreamError):
+    """The buffer cannot be reached or refused the subscription. (503)"""
+
+    http_status = 503
+
+
+@dataclass(slots=True)
+class Delivery:
+    """One message as the buffer sent it: ``frames`` are the serializer's bytes, undecoded."""
+
+    kind: str  # start | calibration | event | batch | end
+    offset: int
+    seq: int
+    frames: list[Any]
+    head: int = 0  # the log's head when it was sent (lag = head - offset - 1)
+
+    @property
+    def nbytes(self) -> int:
+        return sum(P.nbytes_of(f) for f in self.frames)
+
+
+@dataclass
+class SubscriptionStats:
+    received: int = 0  # data messages received (duplicates included)
+    yielded: int = 0  # data messages handed to the application
+    bytes: int = 0  # payload bytes handed to the application
+    duplicates: int = 0  # redelivered copies dropped
+    skipped: int = 0  # messages the group's policy skipped (as reported by the buffer)
+    expired: int = 0  # messages evicted before the group got them
+    redelivered: int = 0  # messages the group had to redeliver
+    rejoins: int = 0
+    lag: int = 0  # messages in the log after the last one received
+    started: float = field(default_factory=time.perf_counter)
+
+
+_FINISHED = object()
+
+
+class Subscription(Iterator[Any]):
+    def __init__(
+        self,
+        endpoint: str,
+        stream: str,
+        group: str = "default",
+        policy: str = "lossless",
+        start: str | int = "beginning",
+        credit: int = 16,
+        *,
+        decode: bool = True,
+        heartbeat_s: float = 1.0,
+        timeout_s: float | None = None,
+        member: str | None = None,
+        context: zmq.Context | None = None,
+    ) -> None:
+        Policy.parse(policy)
+        parse_start(start)
+        if not 1 <= credit <= P.MAX_CREDIT:
+            raise ConfigError(f"credit: must be between 1 and {P.MAX_CREDIT} (got {credit})")
+        self.endpoint = endpoint
+        self.stream = stream
+        self.group = group
+        self.policy = policy
+        self.start_spec = start
+        self.credit = credit
+        self.decode = decode
+        self.heartbeat_s = heartbeat_s
+        self.timeout_s = timeout_s
+        self.member = member or uuid.uuid4().hex[:12]
+        self.stats = SubscriptionStats()
+        self.start: StartMessage | None = None
+        self.end: EndMessage | None = None
+        self.serializer_name = ""
+        self._serializer: Serializer | None = None
+        self._queue: deque[tuple[bytes, dict[str, Any], list[Any]]] = deque()
+        self._seen: set[int] = set()
+        self._calibrations_seen: set[int] = set()
+        self._pending_acks: list[int] = []
+        self._pending_credit = 0
+        self._last_offset: int | None = None  # yielded, not yet acked
+        self._greeted = False
+        self._done = False
+        self._sent_at = 0.0
+        self._heard_at = time.monotonic()
+        self._socket = (context or zmq.Context.instance()).socket(zmq.DEALER)
+        self._socket.setsockopt(zmq.LINGER, 1000)
+        self._socket.connect(endpoint)
+        self._subscribe()
+
+    # -- wire ---------------------------------------------------------------------------------------------
+    def _send(self, command: bytes, header: dict[str, Any]) -> None:
+        self._socket.send_multipart([P.PROTOCOL, command, P.pack(header)])
+        self._sent_at = time.monotonic()
+
+    def _subscribe(self) -> None:
+        self._send(
+            P.SUB,
+            {
+                "s": self.stream,
+                "g": self.group,
+                "pol": self.policy,
+                "st": self.start_spec,
+                "c": self.credit,
+                "m": self.member,
+            },
+        )
+
+    def _flush(self) -> None:
+        if self._pending_credit or self._pending_acks:
+            self._send(P.CRED, {"c": self._pending_credit, "a": self._pending_acks})
+            self._pending_credit = 0
+            self._pending_acks = []
+
+    def commit(self) -> None:
+        """Ack everything yielded so far, now (auto-ack otherwise happens on the next call)."""
+        self._ack_last()
+        self._flush()
+
+    def _ack_last(self) -> None:
+        if self._last_offset is not None:
+            self._pending_acks.append(self._last_offset)
+            self._pending_credit += 1
+            self._last_offset = None
+
+    # -- iteration ----------------------------------------------------------------------------------------
+    def __iter__(self) -> Subscription:
+        return self
+
+    def __next__(self) -> Any:
+        if self._done:
+            raise StopIteration
+        self._ack_last()
+        if self._pending_credit >= max(1, self.credit // 4):
+            self._flush()
+        while True:
+            while self._queue:
+                item = self._next_from_queue()
+                if item is _FINISHED:
+                    self.close()
+                    return self.end if self.decode else self._end_delivery
+                if item is not None:
+                    return item
+            self._flush()
+            self._receive()
+
+    def _next_from_queue(self) -> Any:
+        command, header, frames = self._queue.popleft()
+        if command == P.MSG:
+            offset = int(header["o"])
+            self.stats.lag = max(0, int(header.get("h", 0)) - offset - 1)
+            self.stats.skipped = int(header.get("x", self.stats.skipped))
+            if offset in self._seen:
+                self.stats.duplicates += 1
+                self._pending_acks.append(offset)
+                self._pending_credit += 1
+                return None
+            self._remember(offset)
+            self._last_offset = offset
+            self.stats.yielded += 1
+            delivery = Delivery(
+                str(header.get("k", "event")), offset, int(header.get("q", -1)), frames, int(header.get("h", 0))
+            )
+            self.stats.bytes += delivery.nbytes
+            return self._decoded(delivery) if self.decode else delivery
+        if command == P.START:
+            delivery = Delivery("start", -1, -1, frames)
+            return self._decoded(delivery) if self.decode else delivery
+        if command == P.CAL:
+            seq = int(header.get("q", -1))
+            if seq in self._calibrations_seen:
+                return None
+            self._calibrations_seen.add(seq)
+            delivery = Delivery("calibration", int(header.get("o", -1)), seq, frames)
+            return self._decoded(delivery) if self.decode else delivery
+        # END
+        self.stats.skipped = int(header.get("x", self.stats.skipped))
+        self.stats.redelivered = int(header.get("r", 0))
+        self.stats.expired = int(header.get("e", 0))
+        self.stats.lag = 0
+        self._end_delivery = Delivery("end", int(header.get("o", -1)), -1, frames)
+        if self.decode:
+            message = self._decode(frames)
+            if isinstance(message, EndMessage):
+                self.end = message
+        return _FINISHED
+
+    def _remember(self, offset: int) -> None:
+        self._seen.add(offset)
+        if len(self._seen) > SEEN_LIMIT:
+            for old in sorted(self._seen)[: SEEN_LIMIT // 2]:
+                self._seen.discard(old)
+
+    def _decode(self, frames: list[Any]) -> Message:
+        if self._serializer is None:
+            self._serializer = create_serializer(self.serializer_name or "msgpack")
+        return self._serializer.decode([f.buffer if hasattr(f, "buffer") else f for f in frames])
+
+    def _decoded(self, delivery: Delivery) -> Message:
+        message = self._decode(delivery.frames)
+        if isinstance(message, StartMessage):
+            self.start = message
+        return message
+
+    def _receive(self) -> None:
+        """Wait for the buffer (heartbeating), and queue what it sends."""
+        sock = self._socket
+        if not sock.poll(int(self.heartbeat_s * 1000)):
+            now = time.monotonic()
+            if self.timeout_s is not None and now - self._heard_at > self.timeout_s:
+                raise ConsumerError(
+                    f"buffer {self.endpoint}: no answer for {self.timeout_s:g} s while reading {self.stream}"
+                )
+            self._send(P.HB, {})
+            return
+        while True:
+            try:
+                parts = sock.recv_multipart(zmq.NOBLOCK, copy=False)
+            except zmq.Again:
+                break
+            self._heard_at = time.monotonic()
+            if len(parts) < 3 or parts[0].bytes != P.PROTOCOL:
+                continue
+            header = P.unpack(parts[2]) if len(parts[2]) else {}
+            self._on_reply(parts[1].bytes, header, parts[3:])
+        if time.monotonic() - self._sent_at > self.heartbeat_s:
+            self._send(P.HB, {})
+
+    def _on_reply(self, command: bytes, header: dict[str, Any], frames: list[Any]) -> None:
+        if command == P.MSG:
+            self.stats.received += 1
+            self._queue.append((command, header, frames))
+        elif command == P.START:
+            self.serializer_name = str(header.get("z", "")) or self.serializer_name
+            if not self._greeted:
+                self._greeted = True
+                self._queue.append((command, header, frames))
+        elif command in (P.CAL, P.END):
+            self._queue.append((command, header, frames))
+        elif command == P.REJOIN:
+            self._rejoin()
+        elif command == P.ERR:
+            message = f"buffer {self.endpoint}: {header.get('m', 'refused')}"
+            if header.get("c") == "bad-request":
+                raise ConfigError(message)
+            raise ConsumerError(message)
+
+    def _rejoin(self) -> None:
+        """The buffer forgot this member (restart, or we were silent too long): subscribe again.
+
+        Data messages received but not yet handed out are dropped: the buffer redelivers them.
+        """
+        self.stats.rejoins += 1
+        self._queue = deque(item for item in self._queue if item[0] != P.MSG)
+        self._pending_credit = 0
+        self._subscribe()
+        if self._pending_acks:
+            self._send(P.CRED, {"c": 0, "a": self._pending_acks})
+            self._pending_acks = []
+
+    # -- end ----------------------------------------------------------------------------------------------
+    def close(self) -> None:
+        """Ack what was handed out, leave the group, close the socket (idempotent)."""
+        if self._socket.closed:
+            return
+        self._done = True
+        try:
+            self._ack_last()
+            self._flush()
+            self._send(P.BYE, {})
+        finally:
+            self._socket.close()
+
+    def __enter__(self) -> Subscription:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __del__(self) -> None:
+        sock = getattr(self, "_socket", None)
+        if sock is not None and not sock.closed:
+            sock.close(linger=0)
+
+
+def subscribe(
+    endpoint: str,
+    stream: str,
+    group: str = "default",
+    policy: str = "lossless",
+    start: str | int = "beginning",
+    credit: int = 16,
+    **options: Any,
+) -> Subscription:
+    """Join ``group`` of ``stream`` (``experiment/run/stream-id``) at the buffer ``endpoint``; iterate the result.
+
+    ``policy``: lossless | latest | decimate:N | sample:RATE (fixed when the group is created). ``start`` (for a
+    new group): beginning | newest | offset:N | time:EPOCH_S | time:ISO-8601. ``credit``: how many messages the
+    buffer may send ahead of the application. Options: ``decode`` (False: yield raw ``Delivery`` objects),
+    ``timeout_s`` (raise ``ConsumerError`` after this long with no word from the buffer), ``heartbeat_s``.
+    """
+    return Subscription(endpoint, stream, group, policy, start, credit, **options)
