@@ -60,12 +60,40 @@ def synthetic_tof_source(tmp: Path) -> dict[str, Any]:
     return {"type": "synthetic-tof", "events": 6, "seed": 5}
 
 
+def stream2_source(tmp: Path) -> dict[str, Any]:
+    """A simulated DECTRIS detector (spec-built CBOR, bslz4 and lz4) feeding the pipeline's stream2 source."""
+    from tests import stream2_simulator as sim
+
+    rng = np.random.default_rng(11)
+    images = [
+        {
+            "threshold_1": rng.integers(0, 4000, (24, 32)).astype(np.uint16),
+            "threshold_2": rng.integers(0, 9, (24, 32)).astype(np.uint8),
+        }
+        for _ in range(4)
+    ]
+    messages = [sim.start_message(7, ["threshold_1", "threshold_2"], (24, 32), np.zeros((24, 32)), "uint16")]
+    messages += [
+        sim.image_message(
+            7, i, {"threshold_1": (img["threshold_1"], "bslz4"), "threshold_2": (img["threshold_2"], "lz4")}
+        )
+        for i, img in enumerate(images)
+    ]
+    detector = sim.SimulatedDetector([*messages, sim.end_message(7)])
+    detector.start()
+    STREAM2_EXPECTED[:] = [Frame(event=i, arrays=img) for i, img in enumerate(images)]
+    return {"type": "stream2", "address": detector.address}
+
+
+STREAM2_EXPECTED: list[Frame] = []
+
 SOURCES: dict[str, Callable[[Path], dict[str, Any]]] = {
     "hdf5": hdf5_source,
     "hdf5-follow": hdf5_follow_source,
     "psana": psana_source,
     "synthetic-diffraction": synthetic_diffraction_source,
     "synthetic-tof": synthetic_tof_source,
+    "stream2": stream2_source,
 }
 
 CASES = [(source, "msgpack") for source in SOURCES] + [
@@ -118,7 +146,7 @@ def test_every_event_arrives_in_order_bit_exact(source_name: str, serializer: st
     if source_name not in sources.names():
         pytest.skip(f"source {source_name!r} is not registered")
     source = SOURCES[source_name](tmp_path)
-    expected = expected_frames(source)
+    expected = list(STREAM2_EXPECTED) if source_name == "stream2" else expected_frames(source)
     assert expected, "the source yielded nothing"
     received = run_to_reader(tmp_path, source, serializer)
     assert isinstance(received[0], StartMessage) and received[0].experiment == "e2e"
