@@ -83,6 +83,7 @@ class Hitfinder(StepBase):
         self.algorithm = "peakfinder8" if self._pf8 is not None else "numpy"
         self._start: StartMessage | None = None
         self._radius: np.ndarray | None = None
+        self._mask: np.ndarray | None = None
 
     def setup(self, start: StartMessage) -> None:
         self._start = start
@@ -104,9 +105,9 @@ class Hitfinder(StepBase):
         flat = np.ascontiguousarray(modules.reshape(n_modules * rows, cols), dtype=np.float32)
         if self._radius is None or self._radius.shape != flat.shape:
             self._radius = _radius_map(modules.shape, self._start)
-        mask = np.ones(flat.shape, dtype=np.int8)
+            self._mask = np.ones(flat.shape, dtype=np.int8)  # peakfinder8: 1 = use the pixel
         result = self._pf8(  # type: ignore[misc]
-            o.max_peaks, flat, mask, self._radius, cols, rows, 1, n_modules,
+            o.max_peaks, flat, self._mask, self._radius, cols, rows, 1, n_modules,
             o.threshold, o.min_snr, o.min_pixels, o.max_pixels, o.background_radius,
         )  # fmt: skip
         fast, slow, intensity = (np.asarray(v, dtype=np.float32) for v in result[:3])
