@@ -1,0 +1,345 @@
+"""The Slurm job backend: real Slurm through its command-line tools (sbatch, squeue, sacct, scancel).
+
+``submit`` writes a batch script (``#SBATCH`` lines from the job's Resources; ``srun`` when it asks for several
+ranks) and hands it to ``sbatch --parsable`` on stdin. ``status`` asks ``squeue`` while the job is active and
+``sacct`` once it has ended (exit code, reason; sacct remembers jobs squeue has forgotten), falling back to
+``squeue`` + ``scontrol`` where no slurmdbd runs. ``cancel`` is ``scancel``: Slurm sends SIGTERM and, ``KillWait``
+seconds later, SIGKILL. ``logs`` reads the job's output file, so the API must see the filesystem the job writes to
+(as login nodes do).
+
+``batch_script`` and ``job_status_from_slurm`` are shared with the SF API backend, which submits the same scripts.
+"""
+
+from __future__ import annotations
+
+import re
+import shlex
+import subprocess
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from photonstream.errors import ConfigError
+from photonstream.jobs.base import JobSpec, JobState, JobStatus
+from photonstream.jobs.common import (
+    REASON_TAIL_BYTES,
+    REASON_TAIL_LINES,
+    JobBackendError,
+    JobNotFoundError,
+    JobRecords,
+    default_state_dir,
+    failure_reason,
+    log_path_of,
+    read_tail,
+)
+
+_PENDING = {"PENDING", "CONFIGURING", "REQUEUED", "REQUEUE_FED", "REQUEUE_HOLD", "RESV_DEL_HOLD"}
+_RUNNING = {"RUNNING", "COMPLETING", "RESIZING", "SIGNALING", "STAGE_OUT", "STOPPED", "SUSPENDED"}
+_FAILED = {
+    "FAILED",
+    "NODE_FAIL",
+    "OUT_OF_MEMORY",
+    "TIMEOUT",
+    "BOOT_FAIL",
+    "DEADLINE",
+    "PREEMPTED",
+    "SPECIAL_EXIT",
+    "REVOKED",
+}
+_SCHEDULER_NAME = re.compile(r"^[A-Za-z0-9_.,:+-]+$")
+_ENVIRONMENT_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+# how long a job sbatch accepted may stay invisible to sacct and squeue before it counts as lost
+_VISIBILITY_GRACE_S = 60.0
+
+
+# --- batch scripts -------------------------------------------------------------------------------------------------
+
+
+def slurm_time(seconds: int) -> str:
+    """Slurm's ``days-hours:minutes:seconds`` time format."""
+    days, rest = divmod(seconds, 86400)
+    hours, rest = divmod(rest, 3600)
+    minutes, seconds = divmod(rest, 60)
+    return f"{days}-{hours:02d}:{minutes:02d}:{seconds:02d}"
+
+
+def array_log_path(log_path: str) -> str:
+    """The output pattern of an array job: ``run.log`` → ``run-%a.log`` (``%a``: the task index)."""
+    path = Path(log_path)
+    return str(path.with_name(f"{path.stem}-%a{path.suffix}"))
+
+
+def _path_option(what: str, value: str, spec: JobSpec) -> str:
+    if any(character.isspace() for character in value):
+        raise ConfigError(f"job {spec.name}: the {what} {value!r} holds whitespace, which #SBATCH lines cannot carry")
+    return value
+
+
+def batch_script(spec: JobSpec, log_path: str | None = None) -> str:
+    """The ``sbatch`` script that runs ``spec``; ``log_path`` (default: ``log_path_of(spec)``) gets stdout+stderr."""
+    resources = spec.resources
+    # '%' starts a Slurm filename pattern (%j, %a): a literal one is written '%%'
+    output = _path_option("log path", log_path or log_path_of(spec), spec).replace("%", "%%")
+    if resources.array is not None:
+        output = array_log_path(output)
+    lines = [
+        "#!/bin/bash",
+        f"#SBATCH --job-name={spec.name}",
+        f"#SBATCH --nodes={resources.nodes}",
+        f"#SBATCH --ntasks={resources.ranks}",
+        f"#SBATCH --cpus-per-task={resources.cores_per_rank}",
+        f"#SBATCH --time={slurm_time(resources.time_limit_s)}",
+    ]
+    if resources.memory_mb is not None:
+        lines.append(f"#SBATCH --mem={resources.memory_mb}M")
+    for option in ("partition", "qos", "account"):
+        value = getattr(resources, option)
+        if value is None:
+            continue
+        if not _SCHEDULER_NAME.match(value):
+            raise ConfigError(f"job {spec.name}: resources.{option} {value!r} is not a valid Slurm name")
+        lines.append(f"#SBATCH --{option}={value}")
+    if resources.array is not None:
+        lines.append(f"#SBATCH --array=0-{resources.array - 1}")
+    lines.append(f"#SBATCH --output={output}")
+    lines.append(f"#SBATCH --chdir={_path_option('workdir', spec.workdir, spec)}")
+    for name, value in spec.environment.items():
+        if not _ENVIRONMENT_NAME.match(name):
+            raise ConfigError(f"job {spec.name}: environment variable name {name!r} is not valid")
+        lines.append(f"export {name}={shlex.quote(value)}")
+    command = shlex.join(spec.command)
+    if resources.ranks > 1:
+        srun = f"srun --ntasks={resources.ranks} --cpus-per-task={resources.cores_per_rank}"
+        lines.append(f"exec {srun} {command}")
+    else:
+        lines.append(f"exec {command}")
+    return "\n".join(lines) + "\n"
+
+
+# --- states --------------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class SlurmJobRow:
+    """One job (or array task) as sacct or squeue reports it."""
+
+    job_id: str
+    state: str  # e.g. RUNNING, "CANCELLED by 0", COMPLETED
+    exit_code: str = ""  # "exit:signal", e.g. "3:0"; empty when unknown (squeue)
+    reason: str = ""
+
+
+def job_state_of(slurm_state: str) -> JobState:
+    """Our state for a Slurm state (``CANCELLED by 1000`` and ``RUNNING+`` suffixes allowed)."""
+    base = slurm_state.split()[0].rstrip("+") if slurm_state.strip() else ""
+    if base in _PENDING:
+        return JobState.PENDING
+    if base == "COMPLETED":
+        return JobState.COMPLETED
+    if base == "CANCELLED":
+        return JobState.CANCELLED
+    if base in _FAILED:
+        return JobState.FAILED
+    # RUNNING and its relatives, and states newer Slurm versions add: Slurm will report an end state later
+    return JobState.RUNNING
+
+
+def exit_code_of(slurm_exit_code: str) -> int | None:
+    """``"3:0"`` → 3; ``"0:9"`` (killed by signal 9) → -9, like ``subprocess``; unknown → None."""
+    try:
+        code, _, signal = slurm_exit_code.partition(":")
+        code_value, signal_value = int(code), int(signal or 0)
+    except ValueError:
+        return None
+    return -signal_value if signal_value else code_value
+
+
+def job_status_from_slurm(job_id: str, rows: list[SlurmJobRow], log_tail: str = "") -> JobStatus:
+    """One JobStatus for a job from its rows (several for a job array: the least advanced task decides)."""
+    if not rows:
+        raise ValueError("no rows")
+    states = [job_state_of(row.state) for row in rows]
+    for wanted in (JobState.RUNNING, JobState.PENDING, JobState.FAILED, JobState.CANCELLED, JobState.COMPLETED):
+        if wanted in states:
+            row = rows[states.index(wanted)]
+            break
+    state = job_state_of(row.state)
+    exit_code = exit_code_of(row.exit_code) if row.exit_code else None
+    slurm_reason = row.reason if row.reason not in ("", "None", "(null)") else ""
+    if state == JobState.FAILED:
+        summary = row.state.split()[0]
+        if exit_code is not None and exit_code < 0:
+            summary += f" (signal {-exit_code})"
+        elif exit_code:
+            summary += f" (exit code {exit_code})"
+        if slurm_reason:
+            summary += f", {slurm_reason}"
+        if len(rows) > 1:
+            summary = f"task {row.job_id}: {summary}"
+        reason = failure_reason(summary, log_tail)
+    elif state == JobState.CANCELLED:
+        reason = row.state
+    else:
+        reason = slurm_reason
+    return JobStatus(job_id=job_id, state=state, exit_code=exit_code, reason=reason)
+
+
+def parse_rows(text: str, fields: int) -> list[SlurmJobRow]:
+    """``|``-separated lines (``sacct -P``, ``squeue -o %i|%T|%r``) → rows; job steps (``123.batch``) dropped."""
+    rows = []
+    for line in text.splitlines():
+        parts = line.strip().split("|")
+        if len(parts) < fields or "." in parts[0]:
+            continue
+        if fields == 4:
+            rows.append(SlurmJobRow(job_id=parts[0], state=parts[1], exit_code=parts[2], reason=parts[3]))
+        else:
+            rows.append(SlurmJobRow(job_id=parts[0], state=parts[1], reason=parts[2]))
+    return rows
+
+
+# --- the backend ---------------------------------------------------------------------------------------------------
+
+
+class SlurmBackend:
+    """Submit, watch and cancel jobs through the Slurm CLI on this host.
+
+    >>> backend = SlurmBackend()  # sbatch, squeue, sacct, scancel on PATH
+    """
+
+    name = "slurm"
+
+    def __init__(
+        self,
+        state_dir: str | Path | None = None,
+        command_timeout_s: float = 30.0,
+        sbatch: str = "sbatch",
+        squeue: str = "squeue",
+        sacct: str = "sacct",
+        scancel: str = "scancel",
+        scontrol: str = "scontrol",
+    ) -> None:
+        self.records = JobRecords(Path(state_dir or default_state_dir()) / "slurm")
+        self.command_timeout_s = command_timeout_s
+        self._tools = {"sbatch": sbatch, "squeue": squeue, "sacct": sacct, "scancel": scancel, "scontrol": scontrol}
+
+    def submit(self, spec: JobSpec) -> str:
+        log_path = log_path_of(spec)
+        script = batch_script(spec, log_path)
+        try:
+            Path(spec.workdir).mkdir(parents=True, exist_ok=True)
+            Path(log_path).parent.mkdir(parents=True, exist_ok=True)
+        except OSError as error:
+            raise ConfigError(f"job {spec.name}: cannot create {error.filename}: {error.strerror}") from error
+        result = self._run("sbatch", "--parsable", stdin=script)
+        if result.returncode != 0:
+            raise JobBackendError(f"sbatch refused job {spec.name}: {_last_line(result.stderr)}")
+        job_id = result.stdout.strip().split(";")[0]
+        if not job_id.isdigit():
+            raise JobBackendError(f"sbatch answered {result.stdout.strip()!r}, not a job id")
+        self.records.save(
+            job_id, {"name": spec.name, "log_path": log_path, "array": spec.resources.array, "submitted": time.time()}
+        )
+        return job_id
+
+    def status(self, job_id: str) -> JobStatus:
+        rows = self._current_rows(job_id)
+        if not rows:
+            record = self.records.load(job_id)
+            if record is not None and time.time() - record["submitted"] < _VISIBILITY_GRACE_S:
+                return JobStatus(job_id=job_id, state=JobState.PENDING, reason="submitted; not yet listed by Slurm")
+            if record is None:
+                raise JobNotFoundError(f"slurm backend: Slurm knows no job {job_id}")
+            return JobStatus(job_id=job_id, state=JobState.LOST, reason=f"Slurm no longer knows job {job_id}")
+        status = job_status_from_slurm(job_id, rows)
+        if status.state == JobState.FAILED:
+            tail = self.logs(job_id, REASON_TAIL_LINES, REASON_TAIL_BYTES)
+            status = job_status_from_slurm(job_id, rows, tail)
+        return status
+
+    def cancel(self, job_id: str) -> None:
+        """``scancel``; returns at once (Slurm sends SIGTERM, then SIGKILL after its ``KillWait``)."""
+        result = self._run("scancel", job_id)
+        if result.returncode != 0 and not self.status(job_id).state.finished:
+            raise JobBackendError(f"scancel {job_id} failed: {_last_line(result.stderr)}")
+
+    def logs(self, job_id: str, tail_lines: int | None = None, max_bytes: int = 1_000_000) -> str:
+        record = self.records.load(job_id)
+        if record is None:
+            log_path = self._scontrol_field(job_id, "StdOut")
+            if log_path is None:
+                raise JobNotFoundError(f"slurm backend: no record of job {job_id} and Slurm does not know it")
+            return read_tail(log_path, tail_lines, max_bytes)
+        if not record.get("array"):
+            return read_tail(record["log_path"], tail_lines, max_bytes)
+        pattern = array_log_path(record["log_path"])
+        parts = []
+        for task in range(record["array"]):
+            text = read_tail(pattern.replace("%a", str(task)), tail_lines, max_bytes)
+            if text:
+                parts.append(f"==> task {task} <==\n{text}")
+        return "".join(parts)[-max_bytes:]
+
+    def available(self) -> tuple[bool, str]:
+        """Whether a Slurm controller answers here, and if not, why (for tests and health checks)."""
+        try:
+            result = self._run("scontrol", "ping")
+        except JobBackendError as error:
+            return False, str(error)
+        if result.returncode != 0 or "UP" not in result.stdout:
+            return False, f"scontrol ping: {_last_line(result.stdout + result.stderr)}"
+        return True, ""
+
+    # --- internals -----------------------------------------------------------------------------------------------
+
+    def _run(self, tool: str, *args: str, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
+        argv = [self._tools[tool], *args]
+        try:
+            return subprocess.run(
+                argv, input=stdin, capture_output=True, text=True, timeout=self.command_timeout_s, check=False
+            )
+        except FileNotFoundError as error:
+            raise JobBackendError(
+                f"slurm backend: {argv[0]!r} not found (install the Slurm client, e.g. apt-get install slurm-client)"
+            ) from error
+        except subprocess.TimeoutExpired as error:
+            raise JobBackendError(f"slurm backend: {tool} did not answer in {self.command_timeout_s:g} s") from error
+
+    def _current_rows(self, job_id: str) -> list[SlurmJobRow]:
+        """The freshest view: squeue (slurmctld itself) while the job is active; sacct (the accounting database,
+        which lags slurmctld by a moment and would show a running job as pending) once it has ended; squeue plus
+        scontrol's exit code where there is no database or it has not caught up."""
+        queue_rows = self._squeue_rows(job_id)
+        if any(not job_state_of(row.state).finished for row in queue_rows):
+            return queue_rows
+        accounting_rows = self._sacct_rows(job_id)
+        if accounting_rows and not (queue_rows and any(not job_state_of(r.state).finished for r in accounting_rows)):
+            return accounting_rows
+        if len(queue_rows) == 1:
+            exit_code = self._scontrol_field(job_id, "ExitCode") or ""
+            row = queue_rows[0]
+            return [SlurmJobRow(row.job_id, row.state, exit_code, row.reason)]
+        return queue_rows
+
+    def _sacct_rows(self, job_id: str) -> list[SlurmJobRow]:
+        result = self._run("sacct", "-P", "-n", "-X", "-j", job_id, "--format=JobID,State,ExitCode,Reason")
+        return parse_rows(result.stdout, 4) if result.returncode == 0 else []
+
+    def _squeue_rows(self, job_id: str) -> list[SlurmJobRow]:
+        result = self._run("squeue", "-h", "-j", job_id, "--states=all", "-o", "%i|%T|%r")
+        return parse_rows(result.stdout, 3) if result.returncode == 0 else []
+
+    def _scontrol_field(self, job_id: str, field: str) -> str | None:
+        result = self._run("scontrol", "show", "job", "-o", job_id)
+        if result.returncode != 0:
+            return None
+        for word in result.stdout.split():
+            key, _, value = word.partition("=")
+            if key == field:
+                return value
+        return None
+
+
+def _last_line(text: str) -> str:
+    lines = [line for line in text.strip().splitlines() if line.strip()]
+    return lines[-1] if lines else "(no output)"
