@@ -9,10 +9,13 @@ from scipy.spatial import cKDTree
 
 from photonstream.config.pipeline import validate_pipeline
 from photonstream.errors import ConfigError, MissingDependencyError, StepError
+from photonstream.frames import StartMessage
 from photonstream.pipeline import Pipeline
 from photonstream.processing.hitfinder import _peakfinder8
 from photonstream.sources.synthetic_diffraction import SyntheticDiffraction, SyntheticDiffractionOptions
 from tests.processing._steps import make_frame, make_step, parse_step
+
+SMALL_SOURCE = {"detector": "custom", "shape": [2, 200, 200], "pixel_size_m": 200e-6, "module_grid": [1, 2]}
 
 
 def gaussian_peaks(shape: tuple[int, int], centres: list[tuple[float, float]], photons: float, seed: int) -> np.ndarray:
@@ -104,12 +107,12 @@ def test_errors_name_the_array_and_the_option() -> None:
         parse_step({"type": "hitfinder", "algorithm": "magic"})
 
 
-def test_peakfinder8_without_psana_says_what_to_install() -> None:
-    if _peakfinder8() is not None:
-        pytest.skip("psana is installed")
-    with pytest.raises(MissingDependencyError, match="psana"):
-        make_step({"type": "hitfinder", "algorithm": "peakfinder8"})
-    assert make_step({"type": "hitfinder"}).algorithm == "numpy"  # auto falls back
+def test_auto_uses_peakfinder8_only_when_psana_imports() -> None:
+    has_psana = _peakfinder8() is not None
+    assert make_step({"type": "hitfinder"}).algorithm == ("peakfinder8" if has_psana else "numpy")
+    if not has_psana:
+        with pytest.raises(MissingDependencyError, match="psana"):
+            make_step({"type": "hitfinder", "algorithm": "peakfinder8"})
 
 
 @pytest.mark.psana
@@ -125,18 +128,18 @@ def test_peakfinder8_finds_the_hand_made_peaks() -> None:
     distance, _ = cKDTree(peaks[:, :2]).query(np.array(centres))
     assert np.all(distance < 1.0)
 
+    # Multi-module synthetic hits: peakfinder8's peaks come back in the flattened frame, on the true spots.
+    source = SyntheticDiffraction(SyntheticDiffractionOptions(**SMALL_SOURCE, events=4, hit_fraction=1.0))
+    info = source.open()
+    step.setup(StartMessage(stream_id="pf8", geometry=info.geometry, source=info.details))
+    for frame in source.events():
+        [frame] = step.apply(frame)
+        distance, _ = cKDTree(frame.metadata["spots"][:, :2]).query(frame.metadata["peaks"][:, :2])
+        assert frame.metadata["n_peaks"] > 3 and np.mean(distance < 1.5) > 0.9
+
 
 def test_hits_are_counted_by_the_pipeline() -> None:
-    source = {
-        "type": "synthetic-diffraction",
-        "detector": "custom",
-        "shape": [2, 200, 200],
-        "pixel_size_m": 200e-6,
-        "module_grid": [1, 2],
-        "events": 8,
-        "hit_fraction": 0.5,
-        "seed": 4,
-    }
+    source = {"type": "synthetic-diffraction", **SMALL_SOURCE, "events": 8, "hit_fraction": 0.5, "seed": 4}
     config = {"source": source, "steps": [{"type": "hitfinder", "algorithm": "numpy"}], "handlers": [{"type": "null"}]}
     end = Pipeline(validate_pipeline(config)).run()
     assert end.reason == "completed", end.error
