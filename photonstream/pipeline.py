@@ -186,8 +186,8 @@ class Pipeline:
         finally:
             with contextlib.suppress(Exception):  # a failing close must not hide the run's outcome
                 self.source.close()
-        if progress is not None:
-            progress(self.stats)
+        if progress is not None and self.stats.counts["read"] % progress_every != 0:
+            progress(self.stats)  # the final figures, unless the loop just reported them
         self.stats.counts["dropped"] = self.stats.counts["read"] - self.stats.events_sent
         end = EndMessage(
             stream_id=cfg.stream.stream_id,
