@@ -1,0 +1,181 @@
+"""The tables: streams and their transitions, the policy (identities, groups, grants, roles), revocations, datasets,
+and the audit log. Change a table here and add an alembic revision in ``migrations/versions`` (a test compares them).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Any
+
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Boolean,
+    DateTime,
+    ForeignKey,
+    Integer,
+    MetaData,
+    String,
+    Text,
+    TypeDecorator,
+    UniqueConstraint,
+)
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+NAMING = {
+    "ix": "ix_%(column_0_label)s",
+    "uq": "uq_%(table_name)s_%(column_0_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+
+class UTCDateTime(TypeDecorator[dt.datetime]):
+    """Timezone-aware UTC in Python, naive UTC in the database (SQLite keeps no zone; PostgreSQL gets the same)."""
+
+    impl = DateTime
+    cache_ok = True
+
+    def process_bind_param(self, value: dt.datetime | None, dialect: Any) -> dt.datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError("UTCDateTime needs a timezone-aware datetime")
+        return value.astimezone(dt.UTC).replace(tzinfo=None)
+
+    def process_result_value(self, value: dt.datetime | None, dialect: Any) -> dt.datetime | None:
+        return None if value is None else value.replace(tzinfo=dt.UTC)
+
+
+def utcnow() -> dt.datetime:
+    return dt.datetime.now(dt.UTC)
+
+
+class Base(DeclarativeBase):
+    metadata = MetaData(naming_convention=NAMING)
+
+
+class Stream(Base):
+    """One stream request and where it stands."""
+
+    __tablename__ = "streams"
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    owner: Mapped[str] = mapped_column(String(128), index=True)
+    experiment: Mapped[str] = mapped_column(String(64), index=True)
+    runs: Mapped[list[int]] = mapped_column(JSON)
+    detectors: Mapped[list[str]] = mapped_column(JSON)
+    state: Mapped[str] = mapped_column(String(16), index=True)
+    reason: Mapped[str] = mapped_column(Text, default="")
+    created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, index=True)
+    updated_at: Mapped[dt.datetime] = mapped_column(UTCDateTime)
+    starting_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    streaming_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    finished_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    spec: Mapped[dict[str, Any]] = mapped_column(JSON)
+    data_endpoint: Mapped[dict[str, Any]] = mapped_column(JSON)
+    consumer_public_key: Mapped[str] = mapped_column(String(40))
+    job_backend: Mapped[str] = mapped_column(String(32))
+    job_id: Mapped[str | None] = mapped_column(String(256), nullable=True)
+    workdir: Mapped[str | None] = mapped_column(Text, nullable=True)
+    credential_kind: Mapped[str] = mapped_column(String(16))
+    credential_id: Mapped[str] = mapped_column(String(128), default="")
+    credential_expires_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    estimated_end_at: Mapped[dt.datetime] = mapped_column(UTCDateTime)
+
+
+class StreamTransition(Base):
+    """Every state a stream entered, in order (the SSE feed and the history)."""
+
+    __tablename__ = "stream_transitions"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    stream_id: Mapped[str] = mapped_column(ForeignKey("streams.id", ondelete="CASCADE"), index=True)
+    at: Mapped[dt.datetime] = mapped_column(UTCDateTime)
+    from_state: Mapped[str | None] = mapped_column(String(16), nullable=True)
+    to_state: Mapped[str] = mapped_column(String(16))
+    reason: Mapped[str] = mapped_column(Text, default="")
+    actor: Mapped[str] = mapped_column(String(128), default="")
+
+
+class Identity(Base):
+    """An identity the service has seen or an admin named; ``disabled`` refuses it whatever it presents."""
+
+    __tablename__ = "identities"
+
+    name: Mapped[str] = mapped_column(String(128), primary_key=True)
+    created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime)
+    last_seen_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    disabled: Mapped[bool] = mapped_column(Boolean, default=False)
+
+
+class GroupMember(Base):
+    __tablename__ = "group_members"
+
+    group_name: Mapped[str] = mapped_column(String(64), primary_key=True)
+    identity: Mapped[str] = mapped_column(String(128), primary_key=True)
+
+
+class ExperimentGrant(Base):
+    """``subject`` (an identity or a group) may read ``experiment`` ('*': every experiment)."""
+
+    __tablename__ = "experiment_grants"
+    __table_args__ = (UniqueConstraint("subject_kind", "subject", "experiment"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    subject_kind: Mapped[str] = mapped_column(String(16))  # identity | group
+    subject: Mapped[str] = mapped_column(String(128), index=True)
+    experiment: Mapped[str] = mapped_column(String(64))
+
+
+class RoleBinding(Base):
+    """``subject`` (an identity or a group) holds ``role`` (user, operator, admin)."""
+
+    __tablename__ = "role_bindings"
+    __table_args__ = (UniqueConstraint("subject_kind", "subject", "role"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    subject_kind: Mapped[str] = mapped_column(String(16))
+    subject: Mapped[str] = mapped_column(String(128), index=True)
+    role: Mapped[str] = mapped_column(String(16))
+
+
+class RevokedCredential(Base):
+    """A certificate serial (hex) or token id refused from the next request on."""
+
+    __tablename__ = "revoked_credentials"
+
+    kind: Mapped[str] = mapped_column(String(16), primary_key=True)  # certificate | token
+    credential_id: Mapped[str] = mapped_column(String(128), primary_key=True)
+    revoked_at: Mapped[dt.datetime] = mapped_column(UTCDateTime)
+    revoked_by: Mapped[str] = mapped_column(String(128))
+    reason: Mapped[str] = mapped_column(Text, default="")
+
+
+class Dataset(Base):
+    """A run of an experiment that can be streamed: its detectors and size (the catalogue behind /v1/datasets)."""
+
+    __tablename__ = "datasets"
+
+    experiment: Mapped[str] = mapped_column(String(64), primary_key=True)
+    run: Mapped[int] = mapped_column(Integer, primary_key=True)
+    detectors: Mapped[list[str]] = mapped_column(JSON)
+    size_bytes: Mapped[int] = mapped_column(BigInteger, default=0)
+    events: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+    updated_at: Mapped[dt.datetime] = mapped_column(UTCDateTime)
+
+
+class AuditEntry(Base):
+    """One authorization decision: who, did what, to which object, and the outcome."""
+
+    __tablename__ = "audit_log"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    at: Mapped[dt.datetime] = mapped_column(UTCDateTime, index=True)
+    request_id: Mapped[str] = mapped_column(String(64), default="")
+    identity: Mapped[str] = mapped_column(String(128), index=True)
+    action: Mapped[str] = mapped_column(String(64))
+    object: Mapped[str] = mapped_column(String(256))
+    outcome: Mapped[str] = mapped_column(String(16))  # allow | deny | error
+    detail: Mapped[str] = mapped_column(Text, default="")
