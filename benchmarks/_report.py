@@ -23,5 +23,5 @@ def report(title: str, rows: list[dict[str, Any]], summary: dict[str, Any], json
             table.add_column(column, justify="left" if column == "case" else "right")
         for row in rows:
             table.add_row(*(f"{v:,.1f}" if isinstance(v, float) else str(v) for v in row.values()))
-        Console(stderr=False).print(table)
+        Console(width=160).print(table)
     print(json.dumps(summary, sort_keys=True))

@@ -21,6 +21,7 @@ import hdf5plugin
 import numpy as np
 from pydantic import Field
 
+from photonstream.codecs import encode_array
 from photonstream.config.base import PluginOptions
 from photonstream.errors import SerializerError
 from photonstream.frames import EncodedArray, Message, message_from_dict
@@ -57,6 +58,14 @@ def _filter_kwargs(options: Hdf5Options) -> dict[str, Any]:
     raise AssertionError(options.compression)
 
 
+def _have_bitshuffle() -> bool:
+    try:
+        import bitshuffle  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
 def _json_default(obj: Any) -> Any:
     value = plain_scalar(obj)
     if value is obj:
@@ -67,6 +76,7 @@ def _json_default(obj: Any) -> Any:
 class _Writer:
     def __init__(self, options: Hdf5Options) -> None:
         self.filters = _filter_kwargs(options)
+        self.codec = options.compression if _have_bitshuffle() else "filter"
         self.min_bytes = options.min_compress_bytes
 
     def write(self, group: h5py.Group, tree: dict[str, Any], compress: bool = False) -> None:
@@ -78,9 +88,7 @@ class _Writer:
                 self._array(group, name, value, compress)
             elif isinstance(value, EncodedArray):
                 self._encoded(group, name, value)
-            elif isinstance(value, list) and any(
-                isinstance(v, dict | np.ndarray | EncodedArray) for v in value
-            ):
+            elif isinstance(value, list) and any(isinstance(v, dict | np.ndarray | EncodedArray) for v in value):
                 sub = group.create_group(name)
                 sub.attrs[LIST_ATTR] = len(value)
                 self.write(sub, {str(i): v for i, v in enumerate(value)}, compress)
@@ -91,21 +99,28 @@ class _Writer:
         if value.dtype.hasobject:
             raise TypeError(f"array {name!r} holds Python objects")
         value = contiguous(value)
-        if compress and self.filters and value.nbytes >= self.min_bytes and value.ndim > 0:
-            group.create_dataset(name, data=value, chunks=value.shape, **self.filters)
-        else:
+        if not (compress and self.filters and value.nbytes >= self.min_bytes and value.ndim > 0):
             group.create_dataset(name, data=value)
+        elif self.codec == "bslz4" and value.dtype.kind in "uif" and value.dtype.isnative:
+            # The bitshuffle package writes the filter's exact chunk format ~3x faster than the filter itself.
+            self._bslz4_chunk(group, name, encode_array(value, "bslz4"))
+        else:
+            group.create_dataset(name, data=value, chunks=value.shape, **self.filters)
+
+    def _bslz4_chunk(self, group: h5py.Group, name: str, value: EncodedArray) -> h5py.Dataset:
+        ds = group.create_dataset(
+            name,
+            shape=value.shape,
+            dtype=np.dtype(value.dtype),
+            chunks=value.shape,
+            **hdf5plugin.Bitshuffle(cname="lz4"),
+        )
+        ds.id.write_direct_chunk((0,) * len(value.shape), value.data)
+        return ds
 
     def _encoded(self, group: h5py.Group, name: str, value: EncodedArray) -> None:
         if value.codec == "bslz4" and len(value.shape) > 0:
-            ds = group.create_dataset(
-                name,
-                shape=value.shape,
-                dtype=np.dtype(value.dtype),
-                chunks=value.shape,
-                **hdf5plugin.Bitshuffle(cname="lz4"),
-            )
-            ds.id.write_direct_chunk((0,) * len(value.shape), value.data)
+            ds = self._bslz4_chunk(group, name, value)
         else:
             ds = group.create_dataset(name, data=np.frombuffer(value.data, dtype=np.uint8))
             ds.attrs[SHAPE_ATTR] = json.dumps(list(value.shape))
@@ -169,6 +184,4 @@ class Hdf5Serializer:
             with h5py.File(io.BytesIO(image if isinstance(image, bytes) else bytes(image)), "r") as f:
                 return message_from_dict(_read(f))
         except Exception as exc:
-            raise SerializerError(
-                f"hdf5: malformed or truncated message ({type(exc).__name__}: {exc})"
-            ) from None
+            raise SerializerError(f"hdf5: malformed or truncated message ({type(exc).__name__}: {exc})") from None

@@ -79,3 +79,14 @@ def test_detect_rejects_unknown_bytes() -> None:
 
 def test_registry_lists_builtins() -> None:
     assert {"msgpack", "hdf5"} <= set(registry.names())
+
+
+@pytest.mark.parametrize("compression", ["bslz4", "lz4", "zstd", "gzip"])
+@pytest.mark.parametrize("dtype", ["<u2", "<u4", "<f4", ">i4"])
+def test_hdf5_compressed_event_arrays_round_trip(compression: str, dtype: str) -> None:
+    frame = sample_frame()
+    frame.arrays["data"] = np.random.default_rng(1).poisson(0.3, (4, 64, 96)).astype(dtype)  # sparse, like data
+    serializer = create("hdf5", compression=compression)
+    image = serializer.encode(frame)[0]
+    assert len(image) < len(create("hdf5").encode(frame)[0]) - frame.arrays["data"].nbytes // 2  # really compressed
+    assert_same_message(frame, serializer.decode([image]))
