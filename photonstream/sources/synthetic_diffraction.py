@@ -44,6 +44,7 @@ from photonstream.sources._crystal import (
     symmetry_unique,
 )
 from photonstream.sources._detector_layout import PRESETS, PanelLayout, square_grid
+from photonstream.sources._pacing import paced_indices
 from photonstream.sources.base import Shard, SourceInfo, registry
 
 LYSOZYME_CELL = (79.1, 79.1, 37.9, 90.0, 90.0, 90.0)
@@ -248,17 +249,7 @@ class SyntheticDiffraction:
         )
 
     def events(self) -> Iterator[Frame]:
-        rate = self.options.rate_hz
-        started = time.perf_counter()
-        emitted = 0
-        for index in range(self.options.events):
-            if not self._shard.owns(index):
-                continue
-            if rate > 0:
-                delay = started + emitted / rate - time.perf_counter()
-                if delay > 0:
-                    time.sleep(delay)
-            emitted += 1
+        for index in paced_indices(self.options.events, self._shard, self.options.rate_hz):
             yield self.frame(index)
 
     def close(self) -> None:

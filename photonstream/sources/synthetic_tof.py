@@ -25,6 +25,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from photonstream.config.base import PluginOptions
 from photonstream.frames import Frame, Geometry
+from photonstream.sources._pacing import paced_indices
 from photonstream.sources.base import Shard, SourceInfo, registry
 
 
@@ -151,17 +152,7 @@ class SyntheticTof:
         )
 
     def events(self) -> Iterator[Frame]:
-        rate = self.options.rate_hz
-        started = time.perf_counter()
-        emitted = 0
-        for index in range(self.options.events):
-            if not self._shard.owns(index):
-                continue
-            if rate > 0:
-                delay = started + emitted / rate - time.perf_counter()
-                if delay > 0:
-                    time.sleep(delay)
-            emitted += 1
+        for index in paced_indices(self.options.events, self._shard, self.options.rate_hz):
             yield self.frame(index)
 
     def close(self) -> None:
