@@ -47,9 +47,10 @@ def tail_text(data: bytes, tail_lines: int | None = None, max_bytes: int = 1_000
     """The last ``max_bytes`` of ``data`` as text (a line cut by the limit is dropped), then its last ``tail_lines``."""
     if max_bytes <= 0:
         return ""
-    cut = len(data) > max_bytes
+    # the first kept line is partial unless the byte before the kept part ends a line
+    starts_mid_line = len(data) > max_bytes and data[-max_bytes - 1 : -max_bytes] != b"\n"
     data = data[-max_bytes:]
-    if cut and b"\n" in data:
+    if starts_mid_line and b"\n" in data:
         data = data[data.index(b"\n") + 1 :]
     text = data.decode("utf-8", errors="replace")
     if tail_lines is not None:
