@@ -1,11 +1,16 @@
-"""Log tails and log paths shared by the backends."""
+"""Log tails, log paths and records shared by the backends; building a backend by name."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
+
+from photonstream.errors import ConfigError
+from photonstream.jobs import get_backend
 from photonstream.jobs.base import JobSpec
 from photonstream.jobs.common import JobRecords, log_path_of, read_tail, tail_text
+from photonstream.jobs.local import LocalBackend
 
 
 def test_tail_by_lines_and_bytes() -> None:
@@ -37,3 +42,15 @@ def test_job_records_round_trip(tmp_path: Path) -> None:
     assert records.load("1") is None
     records.save("perlmutter-1", {"log_path": "/x", "array": None})
     assert records.load("perlmutter-1") == {"log_path": "/x", "array": None}
+
+
+def test_get_backend_builds_by_name_and_names_bad_options(tmp_path: Path) -> None:
+    backend = get_backend("local", state_dir=tmp_path, max_concurrent=2)
+    assert isinstance(backend, LocalBackend)
+    assert backend.max_concurrent == 2
+    with pytest.raises(ConfigError, match="unknown job backend 'pbs'; known: local, sfapi, slurm"):
+        get_backend("pbs")
+    with pytest.raises(ConfigError, match="unknown option"):
+        get_backend("local", state_dir=tmp_path, max_concurent=2)
+    with pytest.raises(ConfigError, match=r"missing option.*client_id"):
+        get_backend("sfapi", private_key="x")
