@@ -1,6 +1,6 @@
 """The process that watches one local job: runs its command, enforces its time limit, records how it ended.
 
-Started by the local backend as ``python -I _shepherd.py --log L --exit-file E --time-limit S --grace G -- CMD...``
+Started by the local backend as ``python -I -S _shepherd.py --log L --exit-file E --time-limit S --grace G -- CMD...``
 in a new session, so the shepherd leads the job's process group and the command runs inside it. The exit record
 (JSON, written atomically) is what lets a backend that did not start the job -- a new one after an API restart --
 still learn its exit code. Standard library only: it is run by path, without importing photonstream.
@@ -109,6 +109,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("command", nargs=argparse.REMAINDER)
     args = parser.parse_args(argv)
     command = args.command[1:] if args.command[:1] == ["--"] else args.command
+    if os.getpgid(0) != os.getpid():
+        # the job's process group must be ours alone: the backend starts us in a new session, anyone else may not
+        os.setsid()
 
     received: list[int] = []
 

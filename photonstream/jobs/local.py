@@ -283,7 +283,8 @@ class LocalBackend:
             exit_file.unlink(missing_ok=True)
             argv = [
                 sys.executable,
-                "-I",
+                "-I",  # isolated: the job's PYTHON* variables are the job's, not the shepherd's
+                "-S",  # no site packages: the shepherd needs only the standard library, and starts faster
                 str(SHEPHERD),
                 "--log",
                 str(log_path),

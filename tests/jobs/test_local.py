@@ -2,16 +2,19 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import sqlite3
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
 from photonstream.jobs import _shepherd
 from photonstream.jobs.base import JobSpec, JobState, Resources
-from photonstream.jobs.local import LocalBackend, find_mpirun
+from photonstream.jobs.local import SHEPHERD, LocalBackend, find_mpirun
 from tests.jobs.conftest import process_alive, wait_until
 
 PATIENCE_S = 15
@@ -194,3 +197,16 @@ def test_a_reused_pid_is_not_taken_for_the_job(backend: LocalBackend, tmp_path: 
     assert after_restart.status(job_id).state == JobState.LOST
     after_restart.cancel(job_id)  # must not signal this test process
     assert process_alive(os.getpid())
+
+
+def test_the_shepherd_never_signals_the_group_it_was_started_in(tmp_path: Path) -> None:
+    # run directly, not in a new session: cleaning up its job must not reach this test process's group
+    log, exit_file = tmp_path / "log", tmp_path / "exit.json"
+    options = ["--log", str(log), "--exit-file", str(exit_file), "--time-limit", "30", "--grace", "0.5"]
+    command = ["sh", "-c", "sleep 300 & echo $!"]
+    completed = subprocess.run([sys.executable, "-I", "-S", str(SHEPHERD), *options, "--", *command], timeout=30)
+
+    assert completed.returncode == 0
+    assert json.loads(exit_file.read_text())["exit_code"] == 0
+    left_behind = int(log.read_text())
+    wait_until(lambda: not process_alive(left_behind), PATIENCE_S, "the background sleep to end")
