@@ -139,11 +139,12 @@ class SimulatedDetector(threading.Thread):
             for message in self.messages:  # PUSH blocks until a PULL peer is connected
                 self.socket.send(message)
                 self.sent += 1
-        except zmq.Again:
-            pass
-        finally:
+        except (zmq.Again, zmq.ContextTerminated):
+            self.socket.close(linger=0)
+        else:
             self.socket.close()
 
     def stop(self) -> None:
-        self.join(timeout=10)
+        """End the thread now: terminating the context wakes a send still waiting for a client."""
         self.context.term()
+        self.join(timeout=10)
