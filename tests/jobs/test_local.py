@@ -174,6 +174,7 @@ def test_a_job_whose_processes_vanished_is_lost_not_running(backend: LocalBacken
     group = backend.process_group(job_id)
     assert group is not None
     os.killpg(group, signal.SIGKILL)  # shepherd included: no exit record is written
+    wait_until(lambda: not process_alive(group), PATIENCE_S, "the killed shepherd to end")
 
     status = LocalBackend(state_dir=backend.state_dir).status(job_id)
 
