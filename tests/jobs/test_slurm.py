@@ -179,3 +179,17 @@ def test_sbatch_refusal_is_one_readable_error(slurm_cluster: None, tmp_path: Pat
     spec = JobSpec(name="nope", command=["true"], workdir=str(tmp_path), resources=Resources(partition="nosuchpart"))
     with pytest.raises(JobBackendError, match=r"sbatch refused job nope: .*partition"):
         SlurmBackend(state_dir=tmp_path / "state").submit(spec)
+
+
+@pytest.mark.slurm
+def test_without_accounting_squeue_and_scontrol_give_state_and_exit_code(slurm_cluster: None, tmp_path: Path) -> None:
+    # sacct = `false`: what a cluster without slurmdbd answers (an error), so the fallback path is the one used
+    backend = SlurmBackend(state_dir=tmp_path / "state", sacct="false")
+    spec = JobSpec(name="no-dbd", command=["sh", "-c", "echo gone-wrong; exit 5"], workdir=str(tmp_path))
+    job_id = backend.submit(spec)
+    wait_until(lambda: backend.status(job_id).state.finished, 30, f"job {job_id} to end")
+
+    status = backend.status(job_id)
+    assert status.state == JobState.FAILED
+    assert status.exit_code == 5
+    assert "gone-wrong" in status.reason
