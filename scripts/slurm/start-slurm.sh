@@ -61,7 +61,7 @@ wait_until() {
 start_daemon() {
   local name=$1 pidfile=$2
   shift 2
-  if is_running "$pidfile" "$name"; then log "$name already running (not ours; left alone)"; return 0; fi
+  if is_running "$pidfile" "$name"; then log "$name already running; left as it is"; return 0; fi
   rm -f "$pidfile"
   "$@"
   wait_until "is_running $pidfile $name"
