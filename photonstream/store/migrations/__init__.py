@@ -1,0 +1,1 @@
+"""Alembic migrations of the photonstream store (env.py and versions/)."""

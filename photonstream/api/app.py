@@ -1,0 +1,197 @@
+"""The FastAPI app factory: ``create_app(settings)`` opens the database (migrating it), wires authentication, the
+launcher and the routes, and maps errors onto HTTP statuses:
+
+- ``PhotonstreamError`` → its ``http_status`` with ``{"detail": ...}`` (a 422 as a list of field errors);
+- malformed requests → 422, each error with ``loc`` and a readable ``field`` path;
+- anything else → 500 with only a request id (the traceback goes to the log, never to the caller).
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from photonstream.api.auth.certificates import CertificateVerifier
+from photonstream.api.auth.principal import Authenticator
+from photonstream.api.auth.tokens import OwnIssuerKeys, TokenVerifier
+from photonstream.api.deps import Services
+from photonstream.api.errors import CredentialLifetimeError
+from photonstream.api.launcher import Backends, Launcher
+from photonstream.api.middleware import ApiMetrics, BodySizeLimitMiddleware, RequestContextMiddleware, request_id_of
+from photonstream.api.routers import admin, datasets, health, streams
+from photonstream.api.settings import ApiSettings
+from photonstream.config.pipeline import PLUGIN_NAMES
+from photonstream.errors import ConfigError, PhotonstreamError
+from photonstream.jobs.base import JobBackend
+from photonstream.store.db import Database
+from photonstream.store.policy import PolicyStore
+from photonstream.store.streams import StreamStore
+
+log = logging.getLogger("photonstream.api")
+
+DESCRIPTION = """Request streams of X-ray experiment data; follow and cancel them.
+
+Authenticate with a client certificate from the service's CA (mutual TLS), a bearer token (our issuer or the
+configured OIDC issuer), or both, as the service is configured. Every decision is audited."""
+
+
+def field_path(loc: tuple[Any, ...] | list[Any]) -> str:
+    """('body', 'pipeline', 'steps', 1, 'roi', 'x0') → 'pipeline.steps[1].x0' (the union's plugin tag dropped)."""
+    out = ""
+    previous: Any = None
+    parts = list(loc)
+    if parts and parts[0] in ("body", "query", "path", "header"):
+        parts = parts[1:]
+    for part in parts:
+        tag_position = previous in ("source", "serializer") or isinstance(previous, int)
+        if isinstance(part, str) and tag_position and (part in PLUGIN_NAMES or part.startswith("function-")):
+            previous = part
+            continue
+        if isinstance(part, int):
+            out += f"[{part}]"
+        else:
+            out += f".{part}" if out else str(part)
+        previous = part
+    return out or "(body)"
+
+
+def _loc_of(field: str) -> list[str | int]:
+    loc: list[str | int] = ["body"]
+    for name, index in re.findall(r"([^.\[\]]+)|\[(\d+)\]", field):
+        loc.append(int(index) if index else name)
+    return loc
+
+
+def _error_response(request: Request, exc: PhotonstreamError) -> JSONResponse:
+    status = exc.http_status
+    rid = request_id_of(request.scope)
+    body: dict[str, Any]
+    if status == 422:
+        message = str(exc)
+        field, sep, msg = message.partition(": ")
+        if not sep or " " in field.strip():
+            field, msg = "(body)", message
+        body = {"detail": [{"loc": _loc_of(field), "field": field, "msg": msg, "type": "value_error"}]}
+        if isinstance(exc, CredentialLifetimeError):
+            body.update({k: v.isoformat() for k, v in exc.extra.items()})
+    else:
+        body = {"detail": str(exc)}
+    body["request_id"] = rid
+    headers = {}
+    if status == 401:
+        headers["WWW-Authenticate"] = 'Bearer realm="photonstream"'
+    if status >= 500:
+        log.error("request %s: %s: %s", rid, type(exc).__name__, exc)
+    return JSONResponse(body, status_code=status, headers=headers)
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    @app.exception_handler(PhotonstreamError)
+    async def photonstream_error(request: Request, exc: PhotonstreamError) -> JSONResponse:
+        return _error_response(request, exc)
+
+    @app.exception_handler(RequestValidationError)
+    async def validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
+        errors = [
+            {
+                "loc": [p if isinstance(p, int) else str(p) for p in e.get("loc", ())],
+                "field": field_path(e.get("loc", ())),
+                "msg": e.get("msg", "invalid"),
+                "type": e.get("type", "value_error"),
+            }
+            for e in exc.errors()
+        ]
+        return JSONResponse({"detail": errors, "request_id": request_id_of(request.scope)}, status_code=422)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        return JSONResponse(
+            {"detail": str(exc.detail), "request_id": request_id_of(request.scope)},
+            status_code=exc.status_code,
+            headers=exc.headers,
+        )
+
+
+def build_services(settings: ApiSettings, backends: dict[str, JobBackend] | None = None) -> Services:
+    db = Database(settings.resolved_database_url, schema=settings.database_schema)
+    if settings.migrate_on_startup:
+        db.upgrade()
+    certificates = None
+    if settings.client_certificates != "off":
+        if settings.ca_dir is None:
+            raise ConfigError("ca_dir: client certificates need the CA directory (ca.crt, crl.pem)")
+        certificates = CertificateVerifier(settings.ca_dir)
+    tokens = None
+    if settings.tokens:
+        own = OwnIssuerKeys(settings.ca_dir) if settings.ca_dir is not None else None
+        if own is None and not settings.oidc_jwks_url:
+            raise ConfigError("tokens: need ca_dir (our issuer's token.jwks.json) or oidc_jwks_url")
+        tokens = TokenVerifier(
+            own_keys=own,
+            own_issuer=settings.token_issuer,
+            audience=settings.token_audience,
+            oidc_jwks_url=settings.oidc_jwks_url,
+            oidc_issuer=settings.oidc_issuer,
+            oidc_audience=settings.oidc_audience,
+            oidc_identity_claim=settings.oidc_identity_claim,
+        )
+    policy = PolicyStore(db)
+    stream_store = StreamStore(db)
+    pool = Backends(settings, backends)
+    return Services(
+        settings=settings,
+        db=db,
+        streams=stream_store,
+        policy=policy,
+        authenticator=Authenticator(
+            certificates_mode=settings.client_certificates,
+            accept_tokens=settings.tokens,
+            certificates=certificates,
+            tokens=tokens,
+            policy=policy,
+            admins=set(settings.admins),
+        ),
+        backends=pool,
+        launcher=Launcher(settings, stream_store, pool),
+        metrics=ApiMetrics(),
+    )
+
+
+def create_app(settings: ApiSettings | None = None, backends: dict[str, JobBackend] | None = None) -> FastAPI:
+    """The API for ``settings``; ``backends`` replaces job backends by name (else they are made on first use)."""
+    settings = settings or ApiSettings()
+    svc = build_services(settings, backends)
+    svc.metrics.registry.register(health.StreamStateCollector(svc.streams))
+
+    @asynccontextmanager
+    async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
+        if settings.launcher:
+            svc.launcher.start()
+        try:
+            yield
+        finally:
+            svc.launcher.stop()
+            svc.backends.close()
+            svc.db.dispose()
+
+    app = FastAPI(
+        title="photonstream",
+        version=health.package_version(),
+        description=DESCRIPTION,
+        lifespan=lifespan,
+    )
+    app.state.services = svc
+    install_error_handlers(app)
+    for module in (streams, datasets, health, admin):
+        app.include_router(module.router)
+    app.add_middleware(BodySizeLimitMiddleware, max_bytes=settings.max_body_bytes)
+    app.add_middleware(RequestContextMiddleware, metrics=svc.metrics)
+    return app

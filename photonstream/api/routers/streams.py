@@ -1,0 +1,299 @@
+"""/v1/streams: create, list, show, cancel, logs, events.
+
+A stream the caller may not see (another user's, for a caller without operator or admin) answers exactly like one
+that does not exist: 404 with the same message, so ids cannot be probed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import json
+import time
+import uuid
+from collections.abc import AsyncIterator
+from typing import Annotated
+
+import zmq
+from fastapi import APIRouter, Depends, Header, Query, Request, Response
+from fastapi.responses import StreamingResponse
+from starlette.concurrency import run_in_threadpool
+
+from photonstream.api.binding import bind_pipelines
+from photonstream.api.deps import Context, context
+from photonstream.api.errors import CredentialLifetimeError, NotFoundError, PermissionDeniedError
+from photonstream.api.schemas import (
+    ErrorBody,
+    StreamInfo,
+    StreamLogs,
+    StreamPage,
+    StreamRequest,
+    StreamStateName,
+    StreamTransitionInfo,
+    ValidationErrorBody,
+)
+from photonstream.errors import ConfigError
+from photonstream.store.models import Stream, utcnow
+from photonstream.store.streams import StreamNotFoundError, StreamState
+
+router = APIRouter(prefix="/v1/streams", tags=["streams"])
+
+AUTH_ERRORS = {
+    401: {"model": ErrorBody, "description": "no valid credential"},
+    403: {"model": ErrorBody, "description": "not allowed (ungranted experiment, disabled identity)"},
+    413: {"model": ErrorBody, "description": "request body too large"},
+    422: {"model": ValidationErrorBody, "description": "malformed request; each error names its field"},
+}
+NOT_FOUND = {404: {"model": ErrorBody, "description": "no such stream (or not yours)"}}
+KEEPALIVE_S = 15.0
+
+
+def stream_info(stream: Stream, secret_key: str | None = None) -> StreamInfo:
+    endpoint = json.loads(json.dumps(stream.data_endpoint))
+    if secret_key is not None:
+        endpoint["curve"]["client_secret_key"] = secret_key
+    return StreamInfo(
+        id=uuid.UUID(stream.id),
+        owner=stream.owner,
+        experiment=stream.experiment,
+        runs=stream.runs,
+        detectors=stream.detectors,
+        state=stream.state,  # type: ignore[arg-type]
+        reason=stream.reason,
+        created_at=stream.created_at,
+        updated_at=stream.updated_at,
+        starting_at=stream.starting_at,
+        streaming_at=stream.streaming_at,
+        finished_at=stream.finished_at,
+        job_backend=stream.job_backend,
+        job_id=stream.job_id,
+        data_endpoint=endpoint,
+        credential_expires_at=stream.credential_expires_at,
+        estimated_end_at=stream.estimated_end_at,
+        spec=stream.spec.get("request", {}),
+    )
+
+
+def visible_stream(ctx: Context, stream_id: uuid.UUID, action: str) -> Stream:
+    """The stream if the caller may see it; 404 (the same for absent and foreign) otherwise, audited either way."""
+    obj = f"stream:{stream_id}"
+    try:
+        stream = ctx.svc.streams.get(str(stream_id))
+    except StreamNotFoundError:
+        ctx.audit.deny(action, obj, "no such stream")
+        raise NotFoundError(f"stream {stream_id} not found") from None
+    if not ctx.principal.may_see_stream(stream.owner):
+        ctx.audit.deny(action, obj, f"owned by {stream.owner}")
+        raise NotFoundError(f"stream {stream_id} not found")
+    ctx.audit.allow(action, obj)
+    return stream
+
+
+@router.post(
+    "",
+    status_code=201,
+    response_model=StreamInfo,
+    responses=AUTH_ERRORS,
+    summary="Request a stream",
+    description="Validates the request, binds the pipeline to the experiment and runs, stores the stream (queued) "
+    "and answers with its id, state and data endpoint, including the consumers' CURVE secret key (shown once). "
+    "Refused with 422 when the caller's credential expires before the stream's estimated end "
+    "(now + resources.time_limit_s).",
+)
+def create_stream(body: StreamRequest, response: Response, ctx: Context = Depends(context)) -> StreamInfo:
+    principal, settings = ctx.principal, ctx.svc.settings
+    obj = f"experiment:{body.experiment}"
+    if not principal.may_read(body.experiment):
+        ctx.audit.deny("stream.create", obj, "experiment not granted")
+        raise PermissionDeniedError(f"experiment {body.experiment!r} is not granted to {principal.identity!r}")
+    backend = body.job_backend or settings.job_backend
+    if not ctx.svc.backends.allowed(backend):
+        raise ConfigError(f"job_backend: {backend!r} is not one of {', '.join(settings.job_backends)}")
+    now = utcnow()
+    estimated_end = now + dt.timedelta(seconds=body.resources.time_limit_s)
+    if principal.expires_at is not None and principal.expires_at < estimated_end:
+        ctx.audit.deny("stream.create", obj, "credential expires before the stream's estimated end")
+        raise CredentialLifetimeError(
+            f"resources.time_limit_s: your {principal.credential} expires at {principal.expires_at.isoformat()}, "
+            f"before the stream's estimated end at {estimated_end.isoformat()}; renew the credential or ask for "
+            "a shorter time limit",
+            credential_expires_at=principal.expires_at,
+            estimated_end_at=estimated_end,
+        )
+    stream_id = uuid.uuid4()
+    try:
+        pipelines = bind_pipelines(body, stream_id.hex, settings)
+    except PermissionDeniedError as exc:
+        ctx.audit.deny("stream.create", obj, str(exc))
+        raise
+    public_key, secret_key = (key.decode() for key in zmq.curve_keypair())
+    endpoint = {
+        "address": settings.buffer_endpoint,
+        "streams": [config.stream.address for config in pipelines],
+        "consumer_groups": [group.model_dump() for group in body.consumers],
+        "curve": {"server_public_key": settings.buffer_public_key, "client_public_key": public_key},
+    }
+    stream = Stream(
+        id=str(stream_id),
+        owner=principal.identity,
+        experiment=body.experiment,
+        runs=body.runs,
+        detectors=body.detectors,
+        spec={
+            "request": body.model_dump(mode="json"),
+            "pipelines": [config.model_dump(mode="json") for config in pipelines],
+        },
+        data_endpoint=endpoint,
+        consumer_public_key=public_key,
+        job_backend=backend,
+        credential_kind=principal.credential,
+        credential_id=principal.credential_id[:128],
+        credential_expires_at=principal.expires_at,
+        estimated_end_at=estimated_end,
+    )
+    stream = ctx.svc.streams.create(stream, actor=principal.identity)
+    ctx.audit.allow("stream.create", obj, f"stream {stream.id}")
+    ctx.svc.launcher.wake()
+    response.headers["Location"] = f"/v1/streams/{stream.id}"
+    return stream_info(stream, secret_key)
+
+
+@router.get("", response_model=StreamPage, responses=AUTH_ERRORS, summary="List streams")
+def list_streams(
+    ctx: Context = Depends(context),
+    state: Annotated[list[StreamStateName] | None, Query(description="any of these states")] = None,
+    experiment: Annotated[str | None, Query(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")] = None,
+    owner: Annotated[str | None, Query(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.@-]{0,127}$")] = None,
+    offset: Annotated[int, Query(ge=0, le=10**9)] = 0,
+    limit: Annotated[int, Query(ge=1, le=500)] = 50,
+) -> StreamPage:
+    """Newest first. A user sees their own streams (asking for another owner gives an empty page); operators and
+    admins see every stream."""
+    principal = ctx.principal
+    limit = min(limit, ctx.svc.settings.page_limit_max)
+    if not principal.is_operator:
+        if owner is not None and owner != principal.identity:
+            ctx.audit.allow("stream.list", f"owner:{owner}", "not visible: empty page")
+            return StreamPage(items=[], total=0, offset=offset, limit=limit, next_offset=None)
+        owner = principal.identity
+    page = ctx.svc.streams.find(states=state or [], experiment=experiment, owner=owner, offset=offset, limit=limit)
+    ctx.audit.allow("stream.list", f"owner:{owner or '*'}")
+    next_offset = offset + len(page.items) if offset + len(page.items) < page.total else None
+    return StreamPage(
+        items=[stream_info(s) for s in page.items],
+        total=page.total,
+        offset=offset,
+        limit=limit,
+        next_offset=next_offset,
+    )
+
+
+@router.get("/{stream_id}", response_model=StreamInfo, responses={**AUTH_ERRORS, **NOT_FOUND}, summary="Show a stream")
+def get_stream(stream_id: uuid.UUID, ctx: Context = Depends(context)) -> StreamInfo:
+    return stream_info(visible_stream(ctx, stream_id, "stream.read"))
+
+
+@router.delete(
+    "/{stream_id}",
+    response_model=StreamInfo,
+    responses={**AUTH_ERRORS, **NOT_FOUND, 409: {"model": ErrorBody, "description": "the stream already ended"}},
+    summary="Cancel a stream",
+)
+def cancel_stream(stream_id: uuid.UUID, ctx: Context = Depends(context)) -> StreamInfo:
+    stream = visible_stream(ctx, stream_id, "stream.cancel")
+    cancelled, note = ctx.svc.launcher.cancel(stream, ctx.principal.identity)
+    if note:
+        ctx.audit.record("stream.cancel", f"stream:{stream_id}", "error", note)
+    return stream_info(cancelled)
+
+
+@router.get(
+    "/{stream_id}/logs",
+    response_model=StreamLogs,
+    responses={**AUTH_ERRORS, **NOT_FOUND},
+    summary="What the stream's job printed",
+)
+def stream_logs(
+    stream_id: uuid.UUID,
+    ctx: Context = Depends(context),
+    tail: Annotated[int | None, Query(ge=1, le=100_000, description="last N lines (default 200)")] = None,
+    head: Annotated[int | None, Query(ge=1, le=100_000, description="first N lines")] = None,
+    max_bytes: Annotated[int, Query(ge=1, le=10 * 1024 * 1024, description="at most this many bytes")] = 65536,
+) -> StreamLogs:
+    if tail is not None and head is not None:
+        raise ConfigError("tail: give tail or head, not both")
+    stream = visible_stream(ctx, stream_id, "stream.logs")
+    text = ctx.svc.launcher.logs(stream, tail=tail if head is None else None, head=head, max_bytes=max_bytes)
+    if head is None and tail is None:
+        text = "".join(text.splitlines(keepends=True)[-200:])
+    return StreamLogs(stream_id=stream_id, text=text, lines=len(text.splitlines()), bytes=len(text.encode()))
+
+
+@router.get(
+    "/{stream_id}/transitions",
+    response_model=list[StreamTransitionInfo],
+    responses={**AUTH_ERRORS, **NOT_FOUND},
+    summary="Every state the stream entered",
+)
+def stream_transitions(stream_id: uuid.UUID, ctx: Context = Depends(context)) -> list[StreamTransitionInfo]:
+    visible_stream(ctx, stream_id, "stream.read")
+    return [
+        StreamTransitionInfo(id=t.id, at=t.at, from_state=t.from_state, to_state=t.to_state, reason=t.reason)  # type: ignore[arg-type]
+        for t in ctx.svc.streams.transitions(str(stream_id))
+    ]
+
+
+def _sse(event: str, data: dict[str, object], event_id: int | None = None) -> str:
+    head = f"id: {event_id}\n" if event_id is not None else ""
+    return f"{head}event: {event}\ndata: {json.dumps(data, default=str)}\n\n"
+
+
+@router.get(
+    "/{stream_id}/events",
+    response_class=StreamingResponse,
+    responses={
+        **AUTH_ERRORS,
+        **NOT_FOUND,
+        200: {
+            "description": "server-sent events: 'state' per transition (id = transition id), 'end' when finished",
+            "content": {"text/event-stream": {"schema": {"type": "string"}}},
+        },
+    },
+    summary="Follow a stream's state changes (server-sent events)",
+)
+async def stream_events(
+    stream_id: uuid.UUID,
+    request: Request,
+    ctx: Context = Depends(context),
+    after: Annotated[int, Query(ge=0, le=2**62, description="only transitions after this id")] = 0,
+    last_event_id: Annotated[str | None, Header(include_in_schema=False)] = None,
+) -> StreamingResponse:
+    await run_in_threadpool(visible_stream, ctx, stream_id, "stream.events")
+    if last_event_id and last_event_id.isdigit():
+        after = max(after, int(last_event_id))
+    poll_s = ctx.svc.settings.events_poll_s
+    store = ctx.svc.streams
+
+    async def events() -> AsyncIterator[str]:
+        last, quiet_since = after, time.monotonic()
+        while True:
+            rows = await run_in_threadpool(store.transitions, str(stream_id), last)
+            for t in rows:
+                last = t.id
+                data = {"stream_id": str(stream_id), "from": t.from_state, "to": t.to_state, "reason": t.reason}
+                yield _sse("state", {**data, "at": t.at.isoformat()}, t.id)
+                quiet_since = time.monotonic()
+            current = await run_in_threadpool(store.get, str(stream_id))
+            if StreamState(current.state).finished and not rows:
+                yield _sse("end", {"stream_id": str(stream_id), "state": current.state, "reason": current.reason})
+                return
+            if await request.is_disconnected():
+                return
+            if time.monotonic() - quiet_since > KEEPALIVE_S:
+                yield ": keep-alive\n\n"
+                quiet_since = time.monotonic()
+            await asyncio.sleep(poll_s)
+
+    return StreamingResponse(
+        events(), media_type="text/event-stream", headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+    )

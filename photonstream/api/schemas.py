@@ -1,0 +1,279 @@
+"""Request and response bodies of the API (``/v1``); the typed client reads the same models.
+
+A stream request names data (experiment, runs, detectors), what to do with it (a pipeline without handlers: the
+service sends every stream to its buffer), who consumes it (consumer groups with loss policies) and where it runs
+(job backend and resources).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import uuid
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from photonstream.config.pipeline import SerializerConfig, SourceConfig, StepConfig
+from photonstream.jobs.base import Resources
+from photonstream.serializers.base import registry as serializer_registry
+
+NAME = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
+IDENTITY = r"^[A-Za-z0-9][A-Za-z0-9_.@-]{0,127}$"
+POLICY = r"^(lossless|latest|decimate:[1-9][0-9]{0,8}|sample:[0-9]{1,9}(\.[0-9]{1,9})?)$"
+StreamStateName = Literal["queued", "starting", "streaming", "completed", "failed", "cancelled"]
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class PipelineSpec(Strict):
+    """The processing part of a pipeline config: source, steps and serializer (handlers are the service's)."""
+
+    source: SourceConfig  # type: ignore[valid-type]
+    steps: list[StepConfig] = Field(default_factory=list, max_length=64)  # type: ignore[valid-type]
+    serializer: SerializerConfig = Field(  # type: ignore[valid-type]
+        default_factory=lambda: serializer_registry.get("msgpack").Options()
+    )
+    max_events: int | None = Field(None, ge=0, description="stop after this many source events (per run)")
+
+
+class ConsumerGroup(Strict):
+    """A consumer group of the stream's buffer: members share its messages; the policy decides loss."""
+
+    name: str = Field(pattern=NAME, description="group name, e.g. indexers")
+    policy: str = Field(
+        "lossless", pattern=POLICY, description="lossless | latest | decimate:N | sample:RATE (per second)"
+    )
+
+    @field_validator("policy")
+    @classmethod
+    def _positive_rate(cls, value: str) -> str:
+        if value.startswith("sample:") and float(value.split(":", 1)[1]) <= 0:
+            raise ValueError("sample:RATE needs RATE > 0")
+        return value
+
+
+class StreamRequest(Strict):
+    """POST /v1/streams."""
+
+    experiment: str = Field(pattern=NAME, description="experiment to read, e.g. xpptut15")
+    runs: list[int] = Field(min_length=1, max_length=64, description="run numbers (several need a source with runs)")
+    detectors: list[str] = Field(default_factory=list, max_length=16, description="detectors to read")
+    pipeline: PipelineSpec
+    consumers: list[ConsumerGroup] = Field(
+        default_factory=lambda: [ConsumerGroup(name="default")], min_length=1, max_length=32
+    )
+    job_backend: str | None = Field(None, pattern=NAME, description="where the job runs (default: the service's)")
+    resources: Resources = Field(default_factory=Resources)
+
+    @field_validator("runs")
+    @classmethod
+    def _runs(cls, runs: list[int]) -> list[int]:
+        if any(run < 0 or run > 10**9 for run in runs):
+            raise ValueError("run numbers must be between 0 and 1000000000")
+        if len(set(runs)) != len(runs):
+            raise ValueError("runs must not repeat")
+        return runs
+
+    @field_validator("detectors")
+    @classmethod
+    def _detectors(cls, detectors: list[str]) -> list[str]:
+        import re
+
+        for name in detectors:
+            if not re.match(NAME, name):
+                raise ValueError(f"detector {name!r}: use 1-64 letters, digits, '_', '.', '-'")
+        return detectors
+
+    @model_validator(mode="after")
+    def _unique_groups(self) -> StreamRequest:
+        names = [group.name for group in self.consumers]
+        if len(set(names)) != len(names):
+            raise ValueError("consumers: group names must be unique")
+        return self
+
+
+class CurveCredentials(BaseModel):
+    """ZeroMQ CURVE keys (Z85) for the stream's consumers; the secret key is shown once, in the create response."""
+
+    server_public_key: str | None = Field(None, description="the buffer's public key (None: buffer without CURVE)")
+    client_public_key: str
+    client_secret_key: str | None = Field(None, description="only in the response to POST /v1/streams")
+
+
+class DataEndpoint(BaseModel):
+    """What a consumer needs to read the stream from the buffer."""
+
+    address: str = Field(description="the buffer's endpoint, e.g. tcp://buffer.example:5600")
+    streams: list[str] = Field(description="buffer stream addresses experiment/run/stream-id, one per run")
+    consumer_groups: list[ConsumerGroup]
+    curve: CurveCredentials
+
+
+class StreamInfo(BaseModel):
+    id: uuid.UUID
+    owner: str
+    experiment: str
+    runs: list[int]
+    detectors: list[str]
+    state: StreamStateName
+    reason: str
+    created_at: dt.datetime
+    updated_at: dt.datetime
+    starting_at: dt.datetime | None
+    streaming_at: dt.datetime | None
+    finished_at: dt.datetime | None
+    job_backend: str
+    job_id: str | None
+    data_endpoint: DataEndpoint
+    credential_expires_at: dt.datetime | None
+    estimated_end_at: dt.datetime
+    spec: dict[str, Any] = Field(description="the request as accepted")
+
+
+class StreamPage(BaseModel):
+    items: list[StreamInfo]
+    total: int
+    offset: int
+    limit: int
+    next_offset: int | None
+
+
+class StreamTransitionInfo(BaseModel):
+    id: int
+    at: dt.datetime
+    from_state: StreamStateName | None
+    to_state: StreamStateName
+    reason: str
+
+
+class StreamLogs(BaseModel):
+    stream_id: uuid.UUID
+    text: str
+    lines: int
+    bytes: int
+
+
+class DatasetInfo(BaseModel):
+    experiment: str
+    run: int
+    detectors: list[str]
+    size_bytes: int
+    events: int | None
+
+
+class DatasetList(BaseModel):
+    items: list[DatasetInfo]
+
+
+class Health(BaseModel):
+    status: Literal["ok", "degraded"]
+    database: Literal["ok", "unreachable"]
+    schema_revision: str | None
+    version: str
+    auth_modes: list[str]
+
+
+class ErrorBody(BaseModel):
+    detail: str
+    request_id: str | None = None
+
+
+class FieldError(BaseModel):
+    loc: list[str | int]
+    field: str
+    msg: str
+    type: str
+
+
+class ValidationErrorBody(BaseModel):
+    detail: list[FieldError]
+    request_id: str | None = None
+
+
+class LifetimeErrorBody(BaseModel):
+    detail: str
+    credential_expires_at: dt.datetime
+    estimated_end_at: dt.datetime
+    request_id: str | None = None
+
+
+# --- admin ---------------------------------------------------------------------------------------------------
+
+
+class Grant(Strict):
+    subject_kind: Literal["identity", "group"]
+    subject: str = Field(pattern=IDENTITY)
+    experiment: str = Field(pattern=r"^(\*|[A-Za-z0-9][A-Za-z0-9_.-]{0,63})$", description="'*': every experiment")
+
+
+class RoleBindingBody(Strict):
+    subject_kind: Literal["identity", "group"]
+    subject: str = Field(pattern=IDENTITY)
+    role: Literal["user", "operator", "admin"]
+
+
+class Membership(Strict):
+    group: str = Field(pattern=NAME)
+    identity: str = Field(pattern=IDENTITY)
+
+
+class IdentityState(Strict):
+    identity: str = Field(pattern=IDENTITY)
+    disabled: bool
+
+
+class Revocation(Strict):
+    kind: Literal["certificate", "token"]
+    credential_id: str = Field(
+        pattern=r"^[A-Za-z0-9:._-]{1,128}$", description="certificate serial (hex) or token id (jti)"
+    )
+    reason: str = Field("", max_length=1000)
+
+
+class RevocationInfo(BaseModel):
+    kind: str
+    credential_id: str
+    revoked_at: dt.datetime
+    revoked_by: str
+    reason: str
+
+
+class DatasetBody(Strict):
+    experiment: str = Field(pattern=NAME)
+    run: int = Field(ge=0, le=10**9)
+    detectors: list[str] = Field(default_factory=list, max_length=64)
+    size_bytes: int = Field(0, ge=0, le=2**62)
+    events: int | None = Field(None, ge=0, le=2**62)
+
+
+class PolicySnapshot(BaseModel):
+    grants: list[dict[str, Any]]
+    roles: list[dict[str, Any]]
+    members: list[dict[str, Any]]
+    identities: list[dict[str, Any]]
+
+
+class AuditEntryInfo(BaseModel):
+    id: int
+    at: dt.datetime
+    request_id: str
+    identity: str
+    action: str
+    object: str
+    outcome: str
+    detail: str
+
+
+class Changed(BaseModel):
+    changed: bool
+
+
+class Me(BaseModel):
+    identity: str
+    groups: list[str]
+    experiments: list[str]
+    roles: list[str]
+    credential: str
+    credential_expires_at: dt.datetime | None

@@ -1,0 +1,109 @@
+"""Settings of the API service (one pydantic model; ``photonstream serve`` fills it from its options or a YAML file)."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from photonstream.config.base import one_line
+from photonstream.errors import ConfigError
+
+CertificateMode = Literal["off", "optional", "required"]
+
+
+class ApiSettings(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    state_dir: Path = Field(Path("photonstream-state"), description="database file, job state, stream workdirs")
+    database_url: str | None = Field(None, description="SQLAlchemy URL (default: SQLite file in state_dir)")
+    database_schema: str | None = Field(None, description="PostgreSQL schema for every table")
+    migrate_on_startup: bool = Field(True, description="apply alembic migrations when the app starts")
+
+    ca_dir: Path | None = Field(None, description="our CA directory: ca.crt, crl.pem, token.jwks.json")
+    client_certificates: CertificateMode = Field(
+        "optional", description="mutual TLS: off, optional (certificate or token), required (always a certificate)"
+    )
+    tokens: bool = Field(True, description="accept bearer tokens (with certificates required: as well, not instead)")
+    token_issuer: str = Field("photonstream", description="iss of our own tokens")
+    token_audience: str = Field("photonstream-api", description="aud every token must carry")
+    oidc_jwks_url: str | None = Field(None, description="JWKS of an external OIDC issuer")
+    oidc_issuer: str | None = Field(None, description="iss of the external issuer's tokens")
+    oidc_audience: str | None = Field(None, description="aud for external tokens (default: token_audience)")
+    oidc_identity_claim: str = Field("sub", description="claim naming the identity in external tokens")
+    admins: list[str] = Field(default_factory=list, description="identities that are admins whatever the policy says")
+
+    job_backend: str = Field("local", description="default job backend: local | slurm | sfapi")
+    job_backends: list[str] = Field(default_factory=lambda: ["local"], description="backends requests may name")
+    local_max_concurrent: int | None = Field(None, ge=1, description="local backend: jobs running at once")
+    sfapi: dict[str, Any] = Field(default_factory=dict, description="SfApiBackend arguments (client_id, ...)")
+    run_command: list[str] = Field(
+        default_factory=lambda: [sys.executable, "-m", "photonstream"],
+        min_length=1,
+        description="how a job starts photonstream (then: run PIPELINE.yaml)",
+    )
+    launcher: bool = Field(True, description="launch queued streams and follow their jobs in this process")
+    launcher_interval_s: float = Field(1.0, gt=0, description="how often the launcher looks at active streams")
+    launch_timeout_s: float = Field(300.0, gt=0, description="a stream starting this long without a job fails")
+
+    buffer_endpoint: str = Field("tcp://127.0.0.1:5600", description="the buffer service streams go to")
+    buffer_public_key: str | None = Field(None, description="the buffer's CURVE public key (Z85)")
+    stream_handlers: list[dict[str, Any]] | None = Field(
+        None, description="handlers every stream gets (default: the buffer handler at buffer_endpoint)"
+    )
+    data_root: str | None = Field(
+        None, description="template of the directory an experiment's files live in, e.g. /data/{experiment}"
+    )
+    allow_source_addresses: list[str] = Field(
+        default_factory=list, description="network sources (stream2 address) streams may read from"
+    )
+
+    max_body_bytes: int = Field(1 << 20, ge=1024, description="larger request bodies are refused (413)")
+    page_limit_max: int = Field(500, ge=1)
+    events_poll_s: float = Field(0.5, gt=0, description="how often /events looks for new transitions")
+
+    @model_validator(mode="after")
+    def _consistent(self) -> ApiSettings:
+        if self.job_backend not in self.job_backends:
+            raise ValueError(f"job_backend {self.job_backend!r} must be one of job_backends {self.job_backends}")
+        if self.oidc_jwks_url and not self.oidc_issuer:
+            raise ValueError("oidc_issuer is needed with oidc_jwks_url")
+        if self.client_certificates == "off" and not self.tokens:
+            raise ValueError("client_certificates is off and tokens are off: nobody could authenticate")
+        return self
+
+    @property
+    def auth_modes(self) -> list[str]:
+        """'mtls' and/or 'token', as /v1/health reports them."""
+        return (["mtls"] if self.client_certificates != "off" else []) + (["token"] if self.tokens else [])
+
+    @property
+    def resolved_database_url(self) -> str:
+        if self.database_url:
+            return self.database_url
+        return f"sqlite:///{(self.state_dir / 'photonstream.db').expanduser().resolve()}"
+
+    @property
+    def workdirs(self) -> Path:
+        return self.state_dir / "streams"
+
+
+def load_settings(path: str | Path | None = None, **overrides: Any) -> ApiSettings:
+    """Settings from a YAML file (optional) with ``overrides`` on top; one-line ConfigError when invalid."""
+    raw: dict[str, Any] = {}
+    if path is not None:
+        try:
+            loaded = yaml.safe_load(Path(path).read_text()) or {}
+        except (OSError, yaml.YAMLError) as exc:
+            raise ConfigError(f"{path}: cannot read settings ({exc})") from None
+        if not isinstance(loaded, dict):
+            raise ConfigError(f"{path}: settings must be a mapping")
+        raw.update(loaded)
+    raw.update({k: v for k, v in overrides.items() if v is not None})
+    try:
+        return ApiSettings.model_validate(raw)
+    except ValidationError as exc:
+        raise ConfigError(one_line(exc, prefix=str(path) if path else "settings")) from None
