@@ -203,6 +203,18 @@ def bench_pipeline(
     bench_main(events=events, json_only=as_json)
 
 
+@bench_app.command("startup")
+@friendly
+def bench_startup(
+    as_json: bool = typer.Option(False, "--json", help="only the JSON line"),
+    runs: int = typer.Option(5, min=1, help="jobs per backend (the median is reported)"),
+) -> None:
+    """Time from job submission to a running job, and from cancel to its processes being gone (local, Slurm)."""
+    from benchmarks.startup import main as bench_main
+
+    bench_main(runs=runs, json_only=as_json)
+
+
 @app.command()
 @friendly
 def demo(
