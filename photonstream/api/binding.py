@@ -59,6 +59,16 @@ def _constant_files(value: Any, where: str) -> list[tuple[str, str]]:
     return found
 
 
+def _relocate(message: str) -> str:
+    """'(root): Value error, steps[0]: reason' → 'steps[0]: reason' (a whole-config check that names its field)."""
+    if message.startswith("(root): "):
+        inner = message.removeprefix("(root): ").removeprefix("Value error, ")
+        field, sep, _ = inner.partition(": ")
+        if sep and " " not in field:
+            return inner
+    return message
+
+
 def default_handlers(settings: ApiSettings) -> list[dict[str, Any]]:
     if settings.stream_handlers is not None:
         return [dict(handler) for handler in settings.stream_handlers]
@@ -96,8 +106,8 @@ def bind_pipelines(request: StreamRequest, stream_id: str, settings: ApiSettings
     if len(request.runs) > 1 and not reads_runs:
         raise ConfigError(f"runs: source '{kind}' reads one run; ask for one run per stream")
     given_run = raw_source.get("run")
-    if reads_runs and given_run is not None and request.runs != [given_run]:
-        raise ConfigError(f"pipeline.source.run: {given_run} is not the requested run(s) {request.runs}")
+    if reads_runs and given_run is not None and given_run not in request.runs:
+        raise ConfigError(f"pipeline.source.run: {given_run} is not among the requested runs {request.runs}")
     detector = raw_source.get("detector")
     if request.detectors and "detector" in fields and detector is not None and detector not in request.detectors:
         raise ConfigError(f"pipeline.source.detector: {detector!r} is not among detectors {request.detectors}")
@@ -122,5 +132,5 @@ def bind_pipelines(request: StreamRequest, stream_id: str, settings: ApiSettings
         try:
             configs.append(validate_pipeline(raw))
         except ConfigError as exc:
-            raise ConfigError(f"pipeline.{exc}") from None
+            raise ConfigError(f"pipeline.{_relocate(str(exc))}") from None
     return configs

@@ -45,7 +45,10 @@ def make_backend(name: str, settings: ApiSettings) -> JobBackend:
     if name == "sfapi":
         from photonstream.jobs.sfapi import SfApiBackend
 
-        return SfApiBackend(state_dir=state_dir, **settings.sfapi)
+        try:
+            return SfApiBackend(state_dir=state_dir, **settings.sfapi)
+        except TypeError as exc:
+            raise ConfigError(f"sfapi: the settings' sfapi section does not fit the backend ({exc})") from None
     raise ConfigError(f"job_backend: {name!r} is not one of local, slurm, sfapi")
 
 

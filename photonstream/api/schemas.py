@@ -16,6 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 from photonstream.config.pipeline import SerializerConfig, SourceConfig, StepConfig
 from photonstream.jobs.base import Resources
 from photonstream.serializers.base import registry as serializer_registry
+from photonstream.sources.base import registry as source_registry
 
 NAME = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
 IDENTITY = r"^[A-Za-z0-9][A-Za-z0-9_.@-]{0,127}$"
@@ -66,6 +67,29 @@ class StreamRequest(Strict):
     )
     job_backend: str | None = Field(None, pattern=NAME, description="where the job runs (default: the service's)")
     resources: Resources = Field(default_factory=Resources)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _source_reads_the_requested_run(cls, data: Any) -> Any:
+        """A source with exp/run options (psana) gets them from the request, so it need not repeat them."""
+        if not isinstance(data, dict) or not isinstance(data.get("pipeline"), dict):
+            return data
+        source = data["pipeline"].get("source")
+        runs = data.get("runs")
+        if not isinstance(source, dict) or source.get("files") or not isinstance(runs, list) or not runs:
+            return data
+        try:
+            fields = source_registry.get(source.get("type")).Options.model_fields
+        except (LookupError, TypeError):
+            return data
+        if "run" not in fields:
+            return data
+        filled = dict(source)
+        if filled.get("run") is None:
+            filled["run"] = runs[0]
+        if "exp" in fields and filled.get("exp") is None:
+            filled["exp"] = data.get("experiment")
+        return {**data, "pipeline": {**data["pipeline"], "source": filled}}
 
     @field_validator("runs")
     @classmethod

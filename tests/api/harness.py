@@ -133,8 +133,10 @@ class ApiHarness:
         return TestClient(with_client_certificate(app or self.app, pem), headers=headers)
 
     def close(self) -> None:
-        for app in [self.app]:
-            app.state.services.db.dispose()
+        services = self.app.state.services
+        services.launcher.stop()
+        services.backends.close()
+        services.db.dispose()
 
 
 def stream_request(experiment: str = EXPERIMENT, **changes: Any) -> dict[str, Any]:
