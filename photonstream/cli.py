@@ -14,6 +14,8 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from photonstream.buffer.cli import buffer_app, consume
+from photonstream.consumers.cli import train_app
 from photonstream.errors import ConfigError, PhotonstreamError
 
 app = typer.Typer(help="Stream X-ray experiment data on request.", no_args_is_help=True, add_completion=False)
@@ -21,6 +23,9 @@ bench_app = typer.Typer(
     help="Benchmarks (table for people, one JSON object on the last line).", no_args_is_help=True
 )
 app.add_typer(bench_app, name="bench")
+app.add_typer(buffer_app, name="buffer")
+app.add_typer(train_app, name="train", help="Train models live on a stream (PyTorch).")
+app.command("consume")(consume)
 
 console = Console()
 err_console = Console(stderr=True)
@@ -213,6 +218,28 @@ def bench_startup(
     from benchmarks.startup import main as bench_main
 
     bench_main(runs=runs, json_only=as_json)
+
+
+@bench_app.command("tof")
+@friendly
+def bench_tof(as_json: bool = typer.Option(False, "--json", help="only the JSON line")) -> None:
+    """Time-of-flight analysis: traces/s and MB/s per core, and the cores 10 kHz × 10,000 samples needs."""
+    from benchmarks.tof import main as bench_main
+
+    bench_main(json_only=as_json)
+
+
+@bench_app.command("buffer")
+@friendly
+def bench_buffer(
+    frame_mb: float = typer.Option(4.0, help="frame size in MB for the ZeroMQ comparisons"),
+    seconds: float = typer.Option(3.0, help="seconds per case"),
+    as_json: bool = typer.Option(False, "--json", help="only the JSON line"),
+) -> None:
+    """The buffer against raw ZeroMQ, libzmq's proxy, PUB/SUB, NATS JetStream and Redis Streams."""
+    from benchmarks.buffer import main as bench_main
+
+    bench_main(frame_mb=frame_mb, seconds=seconds, json_only=as_json)
 
 
 @app.command()
