@@ -95,11 +95,11 @@ def fetch_stats(endpoint: str, timeout_s: float = 5.0) -> dict[str, Any]:
     sock.setsockopt(zmq.LINGER, 0)
     try:
         sock.connect(endpoint)
-        sock.send_multipart([P.PROTOCOL, P.STATS, P.pack({})])
+        sock.send_multipart([P.envelope(P.STATS)])
         if not sock.poll(int(timeout_s * 1000)):
             raise ConsumerError(f"buffer {endpoint}: no answer in {timeout_s:g} s")
         parts = sock.recv_multipart()
-        return json.loads(parts[3])
+        return json.loads(parts[1])
     finally:
         sock.close()
 

@@ -1,8 +1,10 @@
 """Wire framing between the buffer service and its producers and consumers (version 1).
 
-Every message is a ZeroMQ multipart message ``[PROTOCOL, command, header, *payload]`` (a ROUTER socket adds the
-peer's identity in front). ``header`` is a small msgpack map; ``payload`` is a stream message exactly as its
-serializer encoded it: the buffer stores and forwards those frames as opaque bytes and never decodes them.
+Every message is a ZeroMQ multipart message ``[envelope, *payload]`` (a ROUTER socket adds the peer's identity
+in front). The envelope is ``b"PSB1"`` (protocol and version), one command byte and a small msgpack map (the
+header); ``payload`` is a stream message exactly as its serializer encoded it: the buffer stores and forwards
+those frames as opaque bytes and never decodes them. One envelope frame per message keeps the per-message work
+(and the number of ZeroMQ frames) small.
 
 Producer → buffer
     PUB   {s: stream address, p: producer id, n: transport seq, q: message seq, k: kind,
@@ -33,21 +35,21 @@ import msgpack
 
 PROTOCOL = b"PSB1"
 
-PUB = b"PUB"
-ACK = b"ACK"
-NACK = b"NACK"
-WAIT = b"WAIT"
-ERR = b"ERR"
-SUB = b"SUB"
-CRED = b"CRED"
-HB = b"HB"
-BYE = b"BYE"
-STATS = b"STATS"
-START = b"START"
-CAL = b"CAL"
-MSG = b"MSG"
-END = b"END"
-REJOIN = b"REJOIN"
+PUB = b"P"
+ACK = b"A"
+NACK = b"N"
+WAIT = b"W"
+ERR = b"E"
+SUB = b"S"
+CRED = b"C"
+HB = b"H"
+BYE = b"B"
+STATS = b"T"
+START = b"s"
+CAL = b"c"
+MSG = b"m"
+END = b"e"
+REJOIN = b"R"
 
 KINDS = ("start", "event", "batch", "calibration", "end")
 DATA_KINDS = frozenset({"event", "batch"})
@@ -63,22 +65,25 @@ class ProtocolError(ValueError):
         self.code = code
 
 
-def pack(header: dict[str, Any]) -> bytes:
-    return msgpack.packb(header, use_bin_type=True)
+def envelope(command: bytes, header: dict[str, Any] | None = None) -> bytes:
+    """The first frame of a message: protocol tag, command byte, msgpack header."""
+    return PROTOCOL + command + (msgpack.packb(header, use_bin_type=True) if header else b"\x80")
 
 
-def unpack(frame: Any) -> dict[str, Any]:
-    """Decode a header frame (bytes, memoryview or zmq.Frame) into a dict, or raise ProtocolError."""
+def open_envelope(frame: Any) -> tuple[bytes, dict[str, Any]]:
+    """(command, header) of an envelope frame (bytes, memoryview or zmq.Frame), or raise ProtocolError."""
     raw = frame.bytes if hasattr(frame, "bytes") else bytes(frame)
+    if len(raw) < 5 or raw[:4] != PROTOCOL:
+        raise ProtocolError("protocol", "not a photonstream buffer message (protocol PSB1)")
     if len(raw) > 65536:
         raise ProtocolError("malformed", f"header of {len(raw)} bytes is too large (limit 65536)")
     try:
-        header = msgpack.unpackb(raw, raw=False, strict_map_key=False)
+        header = msgpack.unpackb(raw[5:], raw=False, strict_map_key=False)
     except Exception as exc:
         raise ProtocolError("malformed", f"header is not msgpack ({type(exc).__name__})") from None
     if not isinstance(header, dict):
         raise ProtocolError("malformed", f"header must be a map, got {type(header).__name__}")
-    return header
+    return raw[4:5], header
 
 
 def frame_bytes(frame: Any) -> bytes:

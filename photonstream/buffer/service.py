@@ -242,14 +242,12 @@ class BufferService:
 
     def _on_message(self, parts: list[zmq.Frame]) -> None:
         identity = parts[0].bytes
-        if len(parts) < 4 or parts[1].bytes != P.PROTOCOL:
-            self._reply(identity, P.ERR, {"c": "protocol", "m": "not a photonstream buffer message (protocol PSB1)"})
-            return
-        command = parts[2].bytes
         try:
-            header = P.unpack(parts[3])
+            if len(parts) < 2:
+                raise P.ProtocolError("protocol", "not a photonstream buffer message (protocol PSB1)")
+            command, header = P.open_envelope(parts[1])
             if command == P.PUB:
-                self._on_publish(identity, header, parts[4:])
+                self._on_publish(identity, header, parts[2:])
             elif command == P.CRED:
                 self._on_credit(identity, header)
             elif command == P.SUB:
@@ -261,17 +259,16 @@ class BufferService:
             elif command == P.STATS:
                 self._reply(identity, P.STATS, None, [json.dumps(self.stats_now()).encode()])
             else:
-                raise P.ProtocolError("unknown-command", f"unknown command {command[:16]!r}")
+                raise P.ProtocolError("unknown-command", f"unknown command {command!r}")
         except P.ProtocolError as exc:
-            self._reply(identity, P.ERR, {"c": exc.code, "m": str(exc), "s": _get(parts, 3)})
+            self._reply(identity, P.ERR, {"c": exc.code, "m": str(exc)})
         except ConfigError as exc:
             self._reply(identity, P.ERR, {"c": "bad-request", "m": str(exc)})
 
     def _reply(self, identity: bytes, command: bytes, header: dict[str, Any] | None, frames: list[Any] = ()) -> bool:
         assert self._socket is not None
-        head = P.pack(header) if header is not None else b""
         try:
-            self._socket.send_multipart([identity, P.PROTOCOL, command, head, *frames], flags=zmq.NOBLOCK, copy=False)
+            self._socket.send_multipart([identity, P.envelope(command, header), *frames], flags=zmq.NOBLOCK, copy=False)
             return True
         except zmq.ZMQError as exc:
             if exc.errno in (errno.EHOSTUNREACH, errno.EAGAIN):
@@ -442,16 +439,18 @@ class BufferService:
             record = log.oldest_in_memory()
             if record is None:
                 break
-            can_spill = log.durable or (s.spill and log.directory is not None and not self._disk_over(log))
-            if can_spill:
+            if log.durable:
+                log.release_memory(spill=False)  # already on disk: drop the cached copy
+                continue
+            if record.offset < limit:  # no lossless group needs it: forget it rather than spill it
+                log.evict_before(record.offset + 1)
+                continue
+            if s.spill and log.directory is not None and not self._disk_over(log):
                 try:
                     log.release_memory(spill=True)
                     continue
                 except OSError as exc:
                     reasons.append(f"cannot spill to {log.directory}: {exc.strerror}")
-            if record.offset < limit:
-                log.evict_before(record.offset + 1)
-                continue
             if not reasons:
                 reasons.append(f"memory budget full ({log.mem_bytes} bytes in memory) and no room on disk")
             break
@@ -738,10 +737,3 @@ class BufferService:
             return 0.0, 0.0
         dt = now - previous[0]
         return round((messages - previous[1]) / dt, 3), round((nbytes - previous[2]) / dt, 1)
-
-
-def _get(parts: list[zmq.Frame], i: int) -> Any:
-    try:
-        return P.unpack(parts[i]).get("s")
-    except (P.ProtocolError, IndexError):
-        return None

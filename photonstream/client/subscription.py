@@ -124,7 +124,7 @@ class Subscription(Iterator[Any]):
 
     # -- wire ---------------------------------------------------------------------------------------------
     def _send(self, command: bytes, header: dict[str, Any]) -> None:
-        self._socket.send_multipart([P.PROTOCOL, command, P.pack(header)])
+        self._socket.send(P.envelope(command, header))
         self._sent_at = time.monotonic()
 
     def _subscribe(self) -> None:
@@ -253,10 +253,11 @@ class Subscription(Iterator[Any]):
             except zmq.Again:
                 break
             self._heard_at = time.monotonic()
-            if len(parts) < 3 or parts[0].bytes != P.PROTOCOL:
+            try:
+                command, header = P.open_envelope(parts[0])
+            except P.ProtocolError:
                 continue
-            header = P.unpack(parts[2]) if len(parts[2]) else {}
-            self._on_reply(parts[1].bytes, header, parts[3:])
+            self._on_reply(command, header, parts[1:])
         if time.monotonic() - self._sent_at > self.heartbeat_s:
             self._send(P.HB, {})
 

@@ -87,7 +87,7 @@ class BufferHandler:
             raise HandlerError("buffer: the first message of a stream must be its start message")
         header["s"] = self.stream
         size = sum(P.nbytes_of(f) for f in frames)
-        parts = [P.PROTOCOL, P.PUB, P.pack(header), *frames]
+        parts = [P.envelope(P.PUB, header), *frames]
         self._unacked.append((self._next_n, size, parts))
         self._unacked_bytes += size
         self._next_n += 1
@@ -147,9 +147,10 @@ class BufferHandler:
             except zmq.Again:
                 return
             self._heard_at = time.monotonic()
-            if len(parts) < 3 or parts[0] != P.PROTOCOL:
+            try:
+                command, header = P.open_envelope(parts[0])
+            except P.ProtocolError:
                 continue
-            command, header = parts[1], P.unpack(parts[2])
             if command == P.ACK:
                 self._acked(int(header["n"]))
             elif command == P.NACK:

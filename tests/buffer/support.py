@@ -55,10 +55,10 @@ def remote_stats(endpoint: str, timeout: float = 5.0) -> dict[str, Any]:
     sock.setsockopt(zmq.LINGER, 0)
     sock.connect(endpoint)
     try:
-        sock.send_multipart([P.PROTOCOL, P.STATS, P.pack({})])
+        sock.send_multipart([P.envelope(P.STATS)])
         if not sock.poll(int(timeout * 1000)):
             raise AssertionError(f"no STATS answer from {endpoint}")
-        return json.loads(sock.recv_multipart()[3])
+        return json.loads(sock.recv_multipart()[1])
     finally:
         sock.close()
 

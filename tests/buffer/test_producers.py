@@ -26,8 +26,9 @@ def raw_request(endpoint: str, *parts: bytes) -> dict[str, Any]:
         sock.send_multipart(list(parts))
         assert sock.poll(5000), "no answer"
         reply = sock.recv_multipart()
-        assert reply[1] == P.ERR
-        return P.unpack(reply[2])
+        command, header = P.open_envelope(reply[0])
+        assert command == P.ERR
+        return header
     finally:
         sock.close()
 
@@ -37,16 +38,14 @@ def test_malformed_messages_get_a_clear_error_and_other_streams_flow(service: Bu
     good.start()
     good.frames(5)
     assert raw_request(service.endpoint, b"hello")["c"] == "protocol"
-    assert raw_request(service.endpoint, P.PROTOCOL, P.PUB, b"\xc1not msgpack")["c"] == "malformed"
-    bad_address = raw_request(service.endpoint, P.PROTOCOL, P.PUB, P.pack({"s": "../etc", "k": "event"}), b"x")
+    assert raw_request(service.endpoint, P.PROTOCOL + P.PUB + b"\xc1not msgpack")["c"] == "malformed"
+    bad_address = raw_request(service.endpoint, P.envelope(P.PUB, {"s": "../etc", "k": "event"}), b"x")
     assert bad_address["c"] == "bad-address" and "experiment/run/stream-id" in bad_address["m"]
-    bad_kind = raw_request(service.endpoint, P.PROTOCOL, P.PUB, P.pack({"s": STREAM, "k": "image"}), b"x")
+    bad_kind = raw_request(service.endpoint, P.envelope(P.PUB, {"s": STREAM, "k": "image"}), b"x")
     assert "unknown message kind" in bad_kind["m"]
-    no_start = raw_request(
-        service.endpoint, P.PROTOCOL, P.PUB, P.pack({"s": STREAM, "k": "event", "n": 1, "p": "x"}), b"x"
-    )
+    no_start = raw_request(service.endpoint, P.envelope(P.PUB, {"s": STREAM, "k": "event", "n": 1, "p": "x"}), b"x")
     assert no_start["c"] == "no-start"
-    assert raw_request(service.endpoint, P.PROTOCOL, b"FLY", P.pack({}))["c"] == "unknown-command"
+    assert raw_request(service.endpoint, P.envelope(b"F"))["c"] == "unknown-command"
     good.frames(5)
     good.end()
     good.close()
