@@ -1,0 +1,283 @@
+"""Merging per-frame results: indexing statistics, scaled mean intensities per ASU reflection, CC with the truth.
+
+    run_merger("tcp://*:5700", workers=2, mtz_path="run42.mtz")   # workers: run_xtal_worker(..., "tcp://host:5700")
+
+``Merger.add(result)`` takes the per-frame dicts the workers publish (see ``worker.FrameResult``). ``merged()``
+scales each frame to the current merged set (k_f = Σ I_ref·I_f / Σ I_f², a few rounds, k_f limited to
+[``min_scale``, ``max_scale``]) and averages: I_h = mean over observations of k_f·I_fh, σ_h = the standard error
+of that mean (or the propagated σ for a single observation). ``report()`` gives the rates, the cell spread and,
+where a reference is known (a synthetic run: the structure model from the start message's source details), the
+Pearson CC of merged intensities with the reference |F|² over reflections seen at least ``min_observations`` times.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import zmq
+
+from photonstream.consumers.pull import StreamTimeout
+from photonstream.consumers.xtal._wire import unpack
+from photonstream.consumers.xtal.powder import PowderPattern
+from photonstream.sources._crystal import UnitCell, random_structure
+
+
+@dataclass(frozen=True)
+class MergedIntensities:
+    hkl: np.ndarray  # (N, 3) int32, ASU
+    intensity: np.ndarray
+    sigma: np.ndarray
+    multiplicity: np.ndarray  # observations per reflection
+    frame_scales: dict[int, float]
+
+
+def reference_from_source(source: dict[str, Any]) -> Callable[[np.ndarray], np.ndarray] | None:
+    """The ground-truth |F(hkl)|² of a synthetic-diffraction run, rebuilt from its start message's details."""
+    if source.get("generator") != "synthetic-diffraction":
+        return None
+    model = random_structure(
+        UnitCell(*source["unit_cell"]),
+        int(source["seed"]),
+        str(source["space_group"]),
+        int(source["atoms"]),
+        b_factor=float(source["b_factor"]),
+    )
+    return model.intensities
+
+
+def pearson(x: np.ndarray, y: np.ndarray) -> float | None:
+    if len(x) < 3 or np.std(x) == 0 or np.std(y) == 0:
+        return None
+    return float(np.corrcoef(x, y)[0, 1])
+
+
+@dataclass
+class Merger:
+    min_observations: int = 2
+    scale_rounds: int = 3
+    min_scale: float = 0.2
+    max_scale: float = 5.0
+    reference: Callable[[np.ndarray], np.ndarray] | None = None
+    frames: int = 0
+    hits_found: int = 0
+    true_hits: int = 0
+    true_hits_found: int = 0
+    indexed: int = 0
+    indexed_true_hits: int = 0
+    cells: list[tuple[float, ...]] = field(default_factory=list)
+    _events: list[int] = field(default_factory=list)
+    _hkl: list[np.ndarray] = field(default_factory=list)
+    _intensity: list[np.ndarray] = field(default_factory=list)
+    _sigma: list[np.ndarray] = field(default_factory=list)
+    _reference_cache: dict[bytes, float] = field(default_factory=dict)
+    history: list[dict[str, Any]] = field(default_factory=list)
+
+    def add(self, result: dict[str, Any]) -> None:
+        self.frames += 1
+        hit = bool(result.get("hit"))
+        true_hit = result.get("true_hit")
+        self.hits_found += hit
+        indexed = bool(result.get("indexed"))
+        if true_hit is not None:
+            self.true_hits += bool(true_hit)
+            self.true_hits_found += bool(true_hit) and hit
+            self.indexed_true_hits += bool(true_hit) and indexed
+        if not indexed:
+            return
+        self.indexed += 1
+        self.cells.append(tuple(float(v) for v in result["cell"]))
+        reflections = result.get("reflections") or {}
+        hkl = np.asarray(reflections.get("hkl", np.zeros((0, 3))), dtype=np.int32).reshape(-1, 3)
+        if len(hkl):
+            self._events.append(int(result["event"]))
+            self._hkl.append(hkl)
+            self._intensity.append(np.asarray(reflections["I"], dtype=np.float64))
+            self._sigma.append(np.asarray(reflections["sigma"], dtype=np.float64))
+
+    # -- merging ----------------------------------------------------------------------------------------------
+    def merged(self) -> MergedIntensities:
+        if not self._hkl:
+            empty = np.zeros(0)
+            return MergedIntensities(np.zeros((0, 3), np.int32), empty, empty, np.zeros(0, np.int64), {})
+        hkl = np.concatenate(self._hkl)
+        intensity = np.concatenate(self._intensity)
+        sigma = np.concatenate(self._sigma)
+        frame_of = np.repeat(np.arange(len(self._hkl)), [len(h) for h in self._hkl])
+        unique, which = np.unique(hkl, axis=0, return_inverse=True)
+        which = which.reshape(-1)
+        n_unique, n_frames = len(unique), len(self._hkl)
+        multiplicity = np.bincount(which, minlength=n_unique)
+        scales = np.ones(n_frames)
+        for round_ in range(self.scale_rounds + 1):
+            scaled = intensity * scales[frame_of]
+            mean = np.bincount(which, scaled, n_unique) / multiplicity
+            if round_ == self.scale_rounds:
+                break
+            reference = mean[which]
+            numerator = np.bincount(frame_of, reference * intensity, n_frames)
+            denominator = np.bincount(frame_of, intensity * intensity, n_frames)
+            with np.errstate(invalid="ignore", divide="ignore"):
+                fitted = np.where(denominator > 0, numerator / denominator, 1.0)
+            scales = np.clip(np.nan_to_num(fitted, nan=1.0), self.min_scale, self.max_scale)
+            scales /= np.mean(scales)  # the overall scale is arbitrary; keep it near the data's own
+        spread = np.bincount(which, (scaled - mean[which]) ** 2, n_unique)
+        propagated = np.sqrt(np.bincount(which, (sigma * scales[frame_of]) ** 2, n_unique)) / multiplicity
+        standard_error = np.sqrt(spread / np.maximum(multiplicity - 1, 1) / multiplicity)
+        merged_sigma = np.where(multiplicity > 1, np.maximum(standard_error, 1e-6), propagated)
+        return MergedIntensities(
+            unique.astype(np.int32),
+            mean,
+            merged_sigma,
+            multiplicity,
+            {event: float(k) for event, k in zip(self._events, scales, strict=True)},
+        )
+
+    def cc_with_reference(self, merged: MergedIntensities) -> tuple[float | None, int]:
+        """Pearson CC with the reference over reflections seen ``min_observations`` times, and how many."""
+        usable = merged.multiplicity >= self.min_observations
+        if self.reference is None or usable.sum() < 3:
+            return None, int(usable.sum())
+        truth = self._reference(merged.hkl[usable])
+        return pearson(merged.intensity[usable], truth), int(usable.sum())
+
+    def _reference(self, hkl: np.ndarray) -> np.ndarray:
+        assert self.reference is not None
+        keys = [row.tobytes() for row in np.ascontiguousarray(hkl, dtype=np.int32)]
+        missing = [i for i, key in enumerate(keys) if key not in self._reference_cache]
+        if missing:
+            values = self.reference(hkl[missing])
+            for i, value in zip(missing, values, strict=True):
+                self._reference_cache[keys[i]] = float(value)
+        return np.array([self._reference_cache[key] for key in keys])
+
+    # -- reporting --------------------------------------------------------------------------------------------
+    def cell_statistics(self) -> dict[str, list[float]] | None:
+        if not self.cells:
+            return None
+        cells = np.array(self.cells)
+        return {"mean": cells.mean(axis=0).round(4).tolist(), "std": cells.std(axis=0).round(4).tolist()}
+
+    def report(self) -> dict[str, Any]:
+        merged = self.merged()
+        cc, cc_reflections = self.cc_with_reference(merged)
+        summary = {
+            "frames": self.frames,
+            "hits_found": self.hits_found,
+            "indexed": self.indexed,
+            "true_hits": self.true_hits,
+            "indexed_true_hits": self.indexed_true_hits,
+            "indexing_rate": round(self.indexed_true_hits / self.true_hits, 4) if self.true_hits else None,
+            "indexed_per_hit_found": round(self.indexed / self.hits_found, 4) if self.hits_found else None,
+            "hit_recall": round(self.true_hits_found / self.true_hits, 4) if self.true_hits else None,
+            "cell": self.cell_statistics(),
+            "unique_reflections": len(merged.hkl),
+            "observations": int(merged.multiplicity.sum()),
+            "mean_multiplicity": round(float(merged.multiplicity.mean()), 3) if len(merged.hkl) else 0.0,
+            "cc_reference": None if cc is None else round(cc, 4),
+            "cc_reflections": cc_reflections,
+        }
+        self.history.append({key: summary[key] for key in ("frames", "indexed", "cc_reference", "cc_reflections")})
+        return summary
+
+
+def receive_results(endpoint: str, idle_timeout_s: float = 60.0, bind: bool = True) -> Iterator[dict[str, Any]]:
+    """Records PUSHed by workers to ``endpoint`` (bound here); raises ``StreamTimeout`` after a silent spell."""
+    ctx = zmq.Context.instance()
+    sock = ctx.socket(zmq.PULL)
+    sock.setsockopt(zmq.LINGER, 0)
+    sock.setsockopt(zmq.RCVHWM, 10_000)
+    (sock.bind if bind else sock.connect)(endpoint)
+    try:
+        while True:
+            if not sock.poll(int(idle_timeout_s * 1000)):
+                raise StreamTimeout(f"xtal merger: no result on {endpoint} within {idle_timeout_s:g} s")
+            yield unpack(sock.recv())
+    finally:
+        sock.close()
+
+
+@dataclass
+class MergeOutcome:
+    report: dict[str, Any]
+    history: list[dict[str, Any]]
+    merged: MergedIntensities
+    powder: PowderPattern | None
+    workers: dict[str, dict[str, Any]]
+    mtz_path: str | None
+    seconds: float
+
+
+def run_merger(
+    results: str | Iterable[dict[str, Any]],
+    workers: int = 1,
+    *,
+    mtz_path: str | Path | None = None,
+    report_every: int = 50,
+    on_report: Callable[[dict[str, Any]], None] | None = None,
+    idle_timeout_s: float = 60.0,
+) -> MergeOutcome:
+    """Merge worker records until ``workers`` end records have arrived; write MTZ at the end if asked.
+
+    ``results`` is an endpoint to bind (workers PUSH to it) or any iterable of records. Every ``report_every``
+    frames ``on_report`` gets the running report (rates, cell spread, CC with the reference where known).
+    """
+    records = receive_results(results, idle_timeout_s) if isinstance(results, str) else iter(results)
+    merger = Merger()
+    powder: PowderPattern | None = None
+    finished: dict[str, dict[str, Any]] = {}
+    symmetry: dict[str, Any] = {}
+    began = time.perf_counter()
+    for record in records:
+        kind = record.get("type")
+        if kind == "start":
+            if not symmetry:
+                symmetry = {k: record[k] for k in ("unit_cell", "space_group", "wavelength_a")}
+                merger.reference = reference_from_source(record.get("source") or {})
+        elif kind == "result":
+            merger.add(record)
+            if on_report is not None and report_every and merger.frames % report_every == 0:
+                on_report(merger.report())
+        elif kind in ("powder", "end"):
+            if record.get("powder") is not None:
+                pattern = PowderPattern.from_dict(record["powder"])
+                if powder is None:
+                    powder = pattern
+                else:
+                    powder.add(pattern)
+            if kind == "end":
+                finished[str(record["worker"])] = {k: v for k, v in record.items() if k != "powder"}
+                if len(finished) >= workers:
+                    break
+    report = merger.report()
+    if on_report is not None:
+        on_report(report)
+    merged = merger.merged()
+    written = None
+    if mtz_path is not None and symmetry and len(merged.hkl):
+        from photonstream.consumers.xtal._cctbx import write_mtz
+
+        write_mtz(
+            str(mtz_path),
+            merged.hkl,
+            merged.intensity,
+            merged.sigma,
+            merged.multiplicity,
+            tuple(symmetry["unit_cell"]),
+            str(symmetry["space_group"]),
+            float(symmetry["wavelength_a"]),
+        )
+        written = str(mtz_path)
+    return MergeOutcome(
+        report=report,
+        history=list(merger.history),
+        merged=merged,
+        powder=powder,
+        workers=finished,
+        mtz_path=written,
+        seconds=time.perf_counter() - began,
+    )

@@ -1,0 +1,365 @@
+"""Crystallography consumers: geometry, spot finding, known-cell indexing, integration and merging on synthetic
+stills with ground truth (in this process, numpy only), then a distributed run: a pipeline into the buffer, two
+worker processes sharing the frames as one consumer group, and a merger process writing MTZ (cctbx, pyFAI)."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from photonstream.config.pipeline import validate_pipeline
+from photonstream.consumers.xtal._wire import pack, unpack
+from photonstream.consumers.xtal.geometry import DetectorModel
+from photonstream.consumers.xtal.indexing import KnownCellIndexer
+from photonstream.consumers.xtal.integrate import IntegrationSettings, Integrator
+from photonstream.consumers.xtal.merge import Merger, reference_from_source
+from photonstream.consumers.xtal.spots import find_spots
+from photonstream.consumers.xtal.worker import XtalOptions
+from photonstream.frames import StartMessage
+from photonstream.pipeline import Pipeline
+from photonstream.sources._crystal import UnitCell, space_group_operators, symmetry_unique
+from photonstream.sources.synthetic_diffraction import (
+    SyntheticDiffraction,
+    SyntheticDiffractionOptions,
+    structure_model_for,
+)
+from tests.buffer.support import free_port, group_state, start_service, wait_until
+
+REPO = Path(__file__).resolve().parents[2]
+
+# Four 192×192 modules (200 µm) in a 2×2 grid with gaps, beam in the middle: spots out to ~3 Å, ~8 px apart.
+DETECTOR = {
+    "detector": "custom",
+    "shape": [4, 192, 192],
+    "pixel_size_m": 200e-6,
+    "module_grid": [2, 2],
+    "module_gap_px": 6,
+    "resolution_limit_a": 3.0,
+    "spot_photons": 300.0,
+}
+RUN_EVENTS = 300
+RUN_SEED = 11
+WORKER_OPTIONS = {"powder_bins": 120}
+STREAM = "sim/1/xtal"
+
+
+def needs(module: str) -> pytest.MarkDecorator:
+    return pytest.mark.skipif(importlib.util.find_spec(module) is None, reason=f"{module} is not installed")
+
+
+@pytest.fixture(scope="module")
+def source() -> SyntheticDiffraction:
+    src = SyntheticDiffraction(SyntheticDiffractionOptions(**DETECTOR, events=40, hit_fraction=1.0, seed=5))
+    src.open()
+    return src
+
+
+@pytest.fixture(scope="module")
+def detector(source: SyntheticDiffraction) -> DetectorModel:
+    info = source.open()
+    return DetectorModel.from_start(StartMessage(stream_id="t", geometry=info.geometry, source=info.details))
+
+
+def hkl_box(h: int, k: int, l_max: int, negative: bool = False) -> np.ndarray:
+    """All (h, k, l) with |h| ≤ h, |k| ≤ k, |l| ≤ l_max (non-negative ones only unless ``negative``)."""
+    low = (-h, -k, -l_max) if negative else (0, 0, 0)
+    grid = np.mgrid[low[0] : h + 1, low[1] : k + 1, low[2] : l_max + 1]
+    return grid.reshape(3, -1).T
+
+
+def laue_rotations(space_group: str) -> np.ndarray:
+    return np.array([rotation for rotation, _ in space_group_operators(space_group)])
+
+
+def misorientation_deg(found: np.ndarray, true: np.ndarray, b_matrix: np.ndarray, rotations: np.ndarray) -> float:
+    """Smallest angle between two orientations, over the indexing choices the Laue group allows."""
+    best = 180.0
+    for rotation in rotations:
+        for sign in (1, -1):
+            alternative = true @ b_matrix @ (sign * rotation).T @ np.linalg.inv(b_matrix)
+            relative = found @ alternative.T
+            angle = np.degrees(np.arccos(np.clip((np.trace(relative) - 1) / 2, -1, 1)))
+            best = min(best, float(angle))
+    return best
+
+
+# -- per-frame pieces, against the source's ground truth ----------------------------------------------------
+def test_true_spot_positions_map_to_their_reciprocal_lattice_points(source, detector) -> None:
+    b_matrix = source.cell.reciprocal_basis()
+    for index in range(4):
+        frame = source.frame(index)
+        spots, hkl = frame.metadata["spots"], frame.metadata["hkl"]
+        q = detector.flat_to_q(spots[:, 0], spots[:, 1])
+        expected = hkl @ (frame.metadata["orientation"] @ b_matrix).T
+        # Off by the excitation error (along the ray) only: far below the 1/79 Å⁻¹ lattice spacing.
+        assert np.max(np.linalg.norm(q - expected, axis=1)) < 0.003
+        slow, fast, forward = detector.q_to_assembled(q)
+        module, row, col, on_module = detector.assembled_to_flat(slow, fast)
+        assert forward.all() and on_module.all()
+        np.testing.assert_allclose(module * 192 + row, spots[:, 0], atol=1e-6)
+        np.testing.assert_allclose(col, spots[:, 1], atol=1e-6)
+
+
+def test_spot_finder_recovers_the_bright_true_spots(source) -> None:
+    frame = source.frame(1)
+    truth = frame.metadata["spots"]
+    bright = truth[truth[:, 2] >= 30]
+    found = find_spots(frame.arrays["data"])
+    distance = np.hypot(bright[:, None, 0] - found[None, :, 0], bright[:, None, 1] - found[None, :, 1]).min(axis=1)
+    assert len(bright) > 30
+    assert np.mean(distance < 0.5) > 0.9
+    assert len(found) < 1.5 * len(truth)  # not a spray of noise
+
+
+def test_pair_indexer_finds_the_true_orientation_up_to_symmetry(source, detector) -> None:
+    cell = source.cell
+    rotations = laue_rotations("P43212")
+    indexer = KnownCellIndexer(cell, detector.wavelength_a, rotations)
+    angles, indexed_fraction = [], []
+    for index in range(10):
+        frame = source.frame(index)
+        spots = find_spots(frame.arrays["data"])
+        result = indexer.index(detector.flat_to_q(spots[:, 0], spots[:, 1]))
+        assert result is not None, f"event {index} not indexed"
+        angles.append(
+            misorientation_deg(result.orientation, frame.metadata["orientation"], cell.reciprocal_basis(), rotations)
+        )
+        indexed_fraction.append(result.n_indexed / len(spots))
+        np.testing.assert_allclose(result.cell, cell.as_tuple(), rtol=0.01)
+    assert max(angles) < 0.2
+    assert np.mean(indexed_fraction) > 0.8
+
+
+def test_pair_indexer_rejects_noise(detector) -> None:
+    rng = np.random.default_rng(3)
+    indexer = KnownCellIndexer(UnitCell(79.1, 79.1, 37.9), detector.wavelength_a, laue_rotations("P43212"))
+    spots = np.column_stack([rng.uniform(0, 4 * 192, 80), rng.uniform(0, 192, 80)])
+    assert indexer.index(detector.flat_to_q(spots[:, 0], spots[:, 1])) is None
+    assert indexer.index(np.zeros((2, 3))) is None  # too few spots
+
+
+def test_integrated_intensities_follow_the_recorded_photons(source, detector) -> None:
+    indexer = KnownCellIndexer(source.cell, detector.wavelength_a, laue_rotations("P43212"))
+    # A wide cutoff predicts the weak partials too (the default keeps only the nearly full ones).
+    integrator = Integrator(detector, source.cell, IntegrationSettings(box_half=2, cutoff_sigmas=3.0))
+    measured, recorded = [], []
+    for index in range(8):
+        frame = source.frame(index)
+        spots = find_spots(frame.arrays["data"])
+        result = indexer.index(detector.flat_to_q(spots[:, 0], spots[:, 1]))
+        assert result is not None
+        integrator.learn(result.hkl[result.indexed], result.orientation)
+        reflections = integrator.integrate(frame.arrays["data"], result.orientation)
+        # The found orientation may be a symmetry mate of the truth: compare by position, not by index.
+        truth = frame.metadata["spots"]
+        distance = np.hypot(
+            truth[:, None, 0] - reflections.slow[None, :], truth[:, None, 1] - reflections.fast[None, :]
+        )
+        nearest = distance.argmin(axis=1)
+        close = distance[np.arange(len(truth)), nearest] < 0.5
+        assert close.mean() > 0.85  # nearly every recorded spot is predicted
+        measured.append(reflections.intensity[nearest[close]])
+        recorded.append(truth[close, 2])
+    assert np.corrcoef(np.concatenate(measured), np.concatenate(recorded))[0, 1] > 0.98
+    _, beta = integrator.excitation.coefficients()
+    assert beta > 0  # excitation errors grow with resolution (mosaic spread)
+
+
+def test_merger_scales_frames_and_recovers_relative_intensities() -> None:
+    rng = np.random.default_rng(8)
+    cell = UnitCell(79.1, 79.1, 37.9)
+    source = {"generator": "synthetic-diffraction", "unit_cell": list(cell.as_tuple()), "seed": 2}
+    source |= {"space_group": "P43212", "atoms": 60, "b_factor": 15.0}
+    reference = reference_from_source(source)
+    assert reference is not None
+    all_hkl = symmetry_unique(hkl_box(11, 11, 7)[1:], "P43212")[0]
+    truth = reference(all_hkl)
+    merger = Merger(reference=reference)
+    frame_scale = {}
+    for event in range(60):
+        picked = rng.choice(len(all_hkl), 150, replace=False)
+        scale = rng.uniform(0.5, 2.0)
+        frame_scale[event] = scale
+        intensity = scale * truth[picked] * rng.uniform(0.7, 1.3, len(picked))
+        reflections = {"hkl": all_hkl[picked], "I": intensity, "sigma": np.sqrt(np.abs(intensity) + 1)}
+        indexed = event % 10 != 0
+        merger.add(
+            {"event": event, "hit": True, "true_hit": True, "indexed": indexed, "cell": cell.as_tuple()}
+            | {"reflections": reflections}
+        )
+    merger.add({"event": 99, "hit": False, "true_hit": True, "indexed": False})
+    report = merger.report()
+    assert report["indexing_rate"] == pytest.approx(54 / 61, abs=1e-4)
+    assert report["hit_recall"] == pytest.approx(60 / 61, abs=1e-4)
+    assert report["cc_reference"] > 0.95
+    merged = merger.merged()
+    events = sorted(merged.frame_scales)
+    applied = np.array([frame_scale[e] for e in events])
+    fitted = np.array([merged.frame_scales[e] for e in events])
+    assert np.std(applied * fitted) / np.mean(applied * fitted) < 0.05  # k_f undoes each frame's scale
+    assert report["cell"]["std"] == [0.0] * 6
+
+
+def test_results_survive_the_wire() -> None:
+    hkl = np.arange(6, dtype=np.int32).reshape(2, 3)
+    record = {"type": "result", "event": 3, "reflections": {"hkl": hkl}, "orientation": np.eye(3), "x": np.float32(1.5)}
+    back = unpack(pack(record))
+    np.testing.assert_array_equal(back["reflections"]["hkl"], record["reflections"]["hkl"])
+    assert back["reflections"]["hkl"].dtype == np.int32 and back["x"] == 1.5
+    np.testing.assert_array_equal(back["orientation"], np.eye(3))
+
+
+def test_options_refuse_unknown_fields_and_bad_values() -> None:
+    with pytest.raises(ValueError, match="tolerance"):
+        XtalOptions(tolerance=2.0)
+    with pytest.raises(ValueError, match="extra"):
+        XtalOptions(box=3)
+
+
+@needs("cctbx")
+def test_cctbx_after_scipy_is_refused_not_a_crash() -> None:
+    code = "import scipy.special\nfrom photonstream.consumers.xtal._cctbx import require_cctbx\nrequire_cctbx('MTZ')"
+    done = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 1, done.stderr[-500:]  # a Python exception, not SIGSEGV
+    assert "ImportOrderError" in done.stderr and "scipy.special" in done.stderr
+
+
+# -- the distributed run ------------------------------------------------------------------------------------
+def _spawn(*args: str) -> subprocess.Popen[str]:
+    command = [sys.executable, "-m", "photonstream.consumers.xtal", *args]
+    return subprocess.Popen(command, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+@pytest.fixture(scope="module")
+def distributed_run(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    for module in ("cctbx", "pyFAI"):
+        if importlib.util.find_spec(module) is None:
+            pytest.skip(f"{module} is not installed")
+    folder = tmp_path_factory.mktemp("xtal")
+    service = start_service()
+    results = f"tcp://127.0.0.1:{free_port()}"
+    processes: list[subprocess.Popen[str]] = []
+    try:
+        merger = _spawn(
+            *("merge", "--bind", results, "--workers", "2", "--report-every", "50"),
+            *("--mtz", str(folder / "run.mtz"), "--report", str(folder / "report.json")),
+        )
+        processes.append(merger)
+        worker_args = ("worker", "--buffer", service.endpoint, "--stream", STREAM, "--group", "xtal")
+        worker_args += ("--results", results, "--options", json.dumps(WORKER_OPTIONS))
+        workers = [_spawn(*worker_args, "--worker-id", f"w{i}") for i in range(2)]
+        processes.extend(workers)
+        wait_until(lambda: group_state(service.endpoint, "xtal", STREAM).get("members") == 2, 60, "two workers")
+        config = {
+            "stream": {"experiment": "sim", "run": 1, "stream_id": "xtal"},
+            "source": {"type": "synthetic-diffraction", **DETECTOR, "events": RUN_EVENTS}
+            | {"hit_fraction": 0.8, "seed": RUN_SEED},
+            "handlers": [{"type": "buffer", "address": service.endpoint}],
+        }
+        began = time.perf_counter()
+        end = Pipeline(validate_pipeline(config)).run()
+        assert end.reason == "completed", end.error
+        outputs = [p.communicate(timeout=240) for p in workers]
+        merged_out = merger.communicate(timeout=60)
+        seconds = time.perf_counter() - began
+        for process, (_, stderr) in zip([*workers, merger], [*outputs, merged_out], strict=True):
+            assert process.returncode == 0, stderr[-3000:]
+        return {
+            "workers": [json.loads(out.strip().splitlines()[-1]) for out, _ in outputs],
+            "reports": [json.loads(line) for line in merged_out[0].strip().splitlines()],
+            "document": json.loads((folder / "report.json").read_text()),
+            "mtz": folder / "run.mtz",
+            "seconds": seconds,
+        }
+    finally:
+        for process in processes:
+            if process.poll() is None:
+                process.kill()
+                process.wait(10)
+        service.stop()
+
+
+@pytest.mark.slow
+def test_two_workers_share_the_frames_and_index_most_true_hits(distributed_run) -> None:
+    workers = distributed_run["workers"]
+    assert all(w["frames"] > 0.2 * RUN_EVENTS for w in workers), workers  # both did a share of the work
+    assert sum(w["frames"] for w in workers) == RUN_EVENTS
+    report = distributed_run["document"]["report"]
+    assert report["frames"] == RUN_EVENTS
+    assert report["true_hits"] > 0.6 * RUN_EVENTS
+    assert report["indexing_rate"] >= 0.8, report
+    assert report["hit_recall"] >= 0.9, report
+    print(f"\nindexing rate {report['indexing_rate']}, {distributed_run['seconds']:.1f} s for {RUN_EVENTS} events")
+
+
+@pytest.mark.slow
+def test_cell_spread_is_reported_and_small(distributed_run) -> None:
+    cell = distributed_run["document"]["report"]["cell"]
+    np.testing.assert_allclose(cell["mean"], [79.1, 79.1, 37.9, 90, 90, 90], rtol=0.003)
+    assert max(cell["std"][:3]) < 0.3 and max(cell["std"][3:]) < 0.3
+    print(f"\ncell mean {cell['mean']} std {cell['std']}")
+
+
+@pytest.mark.slow
+def test_merged_intensities_correlate_with_the_truth_as_frames_accumulate(distributed_run) -> None:
+    history = [h for h in distributed_run["document"]["history"] if h["cc_reference"] is not None]
+    final = distributed_run["document"]["report"]["cc_reference"]
+    assert final >= 0.8, history
+    assert history[-1]["frames"] == RUN_EVENTS
+    assert history[0]["cc_reflections"] < 0.8 * history[-1]["cc_reflections"]  # more frames, more reflections
+    streamed = [r["frames"] for r in distributed_run["reports"]]
+    assert streamed[: len(streamed) - 1] == list(range(50, RUN_EVENTS + 1, 50))  # running reports, then final
+    trend = [(h["frames"], h["cc_reference"], h["cc_reflections"]) for h in history]
+    print(f"\nframes, CC with the truth, reflections in it: {trend}")
+
+
+@pytest.mark.slow
+def test_mtz_is_readable_by_iotbx(distributed_run) -> None:
+    code = (
+        "import json, sys\nfrom photonstream.consumers.xtal._cctbx import read_mtz\n"
+        "m = read_mtz(sys.argv[1])\n"
+        "print(json.dumps({'labels': m['labels'], 'sg': m['space_group'], 'cell': m['unit_cell'], 'n': len(m['hkl']),"
+        " 'positive': float((m['intensity'] > 0).mean()), 'sigma_ok': bool((m['sigma'] > 0).all())}))"
+    )
+    command = [sys.executable, "-c", code, str(distributed_run["mtz"])]
+    done = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr[-2000:]
+    mtz = json.loads(done.stdout)
+    assert mtz["sg"] == "P 43 21 2"
+    np.testing.assert_allclose(mtz["cell"], [79.1, 79.1, 37.9, 90, 90, 90])
+    assert any(label.startswith("I,SIGI") for label in mtz["labels"]) and "N" in mtz["labels"]
+    assert mtz["n"] == distributed_run["document"]["report"]["unique_reflections"]
+    assert mtz["positive"] > 0.8 and mtz["sigma_ok"]
+
+
+@pytest.mark.slow
+def test_virtual_powder_has_peaks_at_the_crystal_d_spacings(distributed_run) -> None:
+    powder = distributed_run["document"]["powder"]
+    d = np.array(powder["d_spacing"])
+    intensity = np.array(powder["intensity"])
+    assert len(d) == WORKER_OPTIONS["powder_bins"] and powder["frames"] > 0.6 * RUN_EVENTS
+    # Expected pattern: Σ |F|² of every reflection (all symmetry mates) in each q bin, from the true model.
+    cell = UnitCell(79.1, 79.1, 37.9)
+    hkl = hkl_box(27, 27, 13, negative=True)
+    q = cell.resolution(hkl)
+    inside = (q > 0) & (q <= 1 / d.min())
+    truth = structure_model_for(SyntheticDiffractionOptions(**DETECTOR, seed=RUN_SEED)).intensities(hkl[inside])
+    q_bins = 1.0 / d
+    step = q_bins[1] - q_bins[0]  # pyFAI's bins are even in q
+    edges = np.concatenate([[q_bins[0] - step / 2], q_bins + step / 2])
+    expected = np.histogram(q[inside], bins=edges, weights=truth)[0]
+    # pyFAI's intensity is the mean per pixel of each ring: spread the expected photons over the ring's area.
+    wavelength = 12398.41984 / 9500.0
+    radius_px = 0.1 * np.tan(2 * np.arcsin(wavelength * edges / 2)) / 200e-6
+    cc = np.corrcoef(intensity, expected / np.diff(np.pi * radius_px**2))[0, 1]
+    print(f"\npowder vs expected pattern: CC {cc:.3f} over {len(d)} bins")
+    assert cc > 0.5
+    assert np.isfinite(intensity).all() and intensity.max() > 3 * intensity.min()  # rings above the background
