@@ -8,30 +8,26 @@ import importlib.util
 import json
 import subprocess
 import sys
-import time
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import pytest
 
-from photonstream.config.pipeline import validate_pipeline
 from photonstream.consumers.xtal._wire import pack, unpack
 from photonstream.consumers.xtal.geometry import DetectorModel
 from photonstream.consumers.xtal.indexing import KnownCellIndexer
 from photonstream.consumers.xtal.integrate import IntegrationSettings, Integrator
+from photonstream.consumers.xtal.local import LocalRun, run_local
 from photonstream.consumers.xtal.merge import Merger, reference_from_source
 from photonstream.consumers.xtal.spots import find_spots
 from photonstream.consumers.xtal.worker import XtalOptions
 from photonstream.frames import StartMessage
-from photonstream.pipeline import Pipeline
 from photonstream.sources._crystal import UnitCell, space_group_operators, symmetry_unique
 from photonstream.sources.synthetic_diffraction import (
     SyntheticDiffraction,
     SyntheticDiffractionOptions,
     structure_model_for,
 )
-from tests.buffer.support import free_port, group_state, start_service, wait_until
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -232,77 +228,66 @@ def test_cctbx_after_scipy_is_refused_not_a_crash() -> None:
     assert "ImportOrderError" in done.stderr and "scipy.special" in done.stderr
 
 
+@needs("cctbx")
+@pytest.mark.slow
+def test_worker_on_a_plain_iterator_with_cctbx_indexing() -> None:
+    """run_xtal_worker over a list of messages, results to a callable, cctbx's dps indexer (in a fresh process)."""
+    code = f"""
+import json
+import numpy as np
+from photonstream.consumers.xtal import XtalOptions, run_xtal_worker
+from photonstream.frames import EndMessage, StartMessage
+from photonstream.sources.synthetic_diffraction import SyntheticDiffraction, SyntheticDiffractionOptions
+src = SyntheticDiffraction(SyntheticDiffractionOptions(**{DETECTOR!r}, events=5, hit_fraction=0.7, seed=4))
+info = src.open()
+start = StartMessage(stream_id="it", geometry=info.geometry, source=info.details)
+frames = list(src.events())
+records = []
+run_xtal_worker(iter([start, *frames, EndMessage("it", 5)]), records.append, XtalOptions(indexing="dps"))
+truth = {{f.event: f.metadata for f in frames}}
+results = [r for r in records if r["type"] == "result"]
+print(json.dumps({{"kinds": [r["type"] for r in records],
+    "true_hits": sum(bool(m["true_hit"]) for m in truth.values()),
+    "indexed": [r["event"] for r in results if r["indexed"]],
+    "hits": [e for e, m in truth.items() if m["true_hit"]],
+    "reflections": min((len(r["reflections"]["hkl"]) for r in results if r["indexed"]), default=0),
+    "cells": [r["cell"] for r in results if r["indexed"]]}}))
+"""
+    done = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    out = json.loads(done.stdout.strip().splitlines()[-1])
+    assert out["kinds"][0] == "start" and out["kinds"][-1] == "end" and out["kinds"].count("result") == 5
+    assert out["hits"] and out["indexed"] == out["hits"]
+    assert out["reflections"] > 20
+    np.testing.assert_allclose(out["cells"], [[79.1, 79.1, 37.9, 90, 90, 90]] * len(out["cells"]), rtol=0.01)
+
+
 # -- the distributed run ------------------------------------------------------------------------------------
-def _spawn(*args: str) -> subprocess.Popen[str]:
-    command = [sys.executable, "-m", "photonstream.consumers.xtal", *args]
-    return subprocess.Popen(command, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-
-
 @pytest.fixture(scope="module")
-def distributed_run(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+def distributed_run(tmp_path_factory: pytest.TempPathFactory) -> LocalRun:
     for module in ("cctbx", "pyFAI"):
         if importlib.util.find_spec(module) is None:
             pytest.skip(f"{module} is not installed")
-    folder = tmp_path_factory.mktemp("xtal")
-    service = start_service()
-    results = f"tcp://127.0.0.1:{free_port()}"
-    processes: list[subprocess.Popen[str]] = []
-    try:
-        merger = _spawn(
-            *("merge", "--bind", results, "--workers", "2", "--report-every", "50"),
-            *("--mtz", str(folder / "run.mtz"), "--report", str(folder / "report.json")),
-        )
-        processes.append(merger)
-        worker_args = ("worker", "--buffer", service.endpoint, "--stream", STREAM, "--group", "xtal")
-        worker_args += ("--results", results, "--options", json.dumps(WORKER_OPTIONS))
-        workers = [_spawn(*worker_args, "--worker-id", f"w{i}") for i in range(2)]
-        processes.extend(workers)
-        wait_until(lambda: group_state(service.endpoint, "xtal", STREAM).get("members") == 2, 60, "two workers")
-        config = {
-            "stream": {"experiment": "sim", "run": 1, "stream_id": "xtal"},
-            "source": {"type": "synthetic-diffraction", **DETECTOR, "events": RUN_EVENTS}
-            | {"hit_fraction": 0.8, "seed": RUN_SEED},
-            "handlers": [{"type": "buffer", "address": service.endpoint}],
-        }
-        began = time.perf_counter()
-        end = Pipeline(validate_pipeline(config)).run()
-        assert end.reason == "completed", end.error
-        outputs = [p.communicate(timeout=240) for p in workers]
-        merged_out = merger.communicate(timeout=60)
-        seconds = time.perf_counter() - began
-        for process, (_, stderr) in zip([*workers, merger], [*outputs, merged_out], strict=True):
-            assert process.returncode == 0, stderr[-3000:]
-        return {
-            "workers": [json.loads(out.strip().splitlines()[-1]) for out, _ in outputs],
-            "reports": [json.loads(line) for line in merged_out[0].strip().splitlines()],
-            "document": json.loads((folder / "report.json").read_text()),
-            "mtz": folder / "run.mtz",
-            "seconds": seconds,
-        }
-    finally:
-        for process in processes:
-            if process.poll() is None:
-                process.kill()
-                process.wait(10)
-        service.stop()
+    source = {"type": "synthetic-diffraction", **DETECTOR, "events": RUN_EVENTS, "hit_fraction": 0.8, "seed": RUN_SEED}
+    return run_local(source, 2, tmp_path_factory.mktemp("xtal"), WORKER_OPTIONS, report_every=50)
 
 
 @pytest.mark.slow
 def test_two_workers_share_the_frames_and_index_most_true_hits(distributed_run) -> None:
-    workers = distributed_run["workers"]
+    workers = distributed_run.workers
     assert all(w["frames"] > 0.2 * RUN_EVENTS for w in workers), workers  # both did a share of the work
     assert sum(w["frames"] for w in workers) == RUN_EVENTS
-    report = distributed_run["document"]["report"]
+    report = distributed_run.document["report"]
     assert report["frames"] == RUN_EVENTS
     assert report["true_hits"] > 0.6 * RUN_EVENTS
     assert report["indexing_rate"] >= 0.8, report
     assert report["hit_recall"] >= 0.9, report
-    print(f"\nindexing rate {report['indexing_rate']}, {distributed_run['seconds']:.1f} s for {RUN_EVENTS} events")
+    print(f"\nindexing rate {report['indexing_rate']}, {distributed_run.seconds:.1f} s for {RUN_EVENTS} events")
 
 
 @pytest.mark.slow
 def test_cell_spread_is_reported_and_small(distributed_run) -> None:
-    cell = distributed_run["document"]["report"]["cell"]
+    cell = distributed_run.document["report"]["cell"]
     np.testing.assert_allclose(cell["mean"], [79.1, 79.1, 37.9, 90, 90, 90], rtol=0.003)
     assert max(cell["std"][:3]) < 0.3 and max(cell["std"][3:]) < 0.3
     print(f"\ncell mean {cell['mean']} std {cell['std']}")
@@ -310,12 +295,12 @@ def test_cell_spread_is_reported_and_small(distributed_run) -> None:
 
 @pytest.mark.slow
 def test_merged_intensities_correlate_with_the_truth_as_frames_accumulate(distributed_run) -> None:
-    history = [h for h in distributed_run["document"]["history"] if h["cc_reference"] is not None]
-    final = distributed_run["document"]["report"]["cc_reference"]
+    history = [h for h in distributed_run.document["history"] if h["cc_reference"] is not None]
+    final = distributed_run.document["report"]["cc_reference"]
     assert final >= 0.8, history
     assert history[-1]["frames"] == RUN_EVENTS
     assert history[0]["cc_reflections"] < 0.8 * history[-1]["cc_reflections"]  # more frames, more reflections
-    streamed = [r["frames"] for r in distributed_run["reports"]]
+    streamed = [r["frames"] for r in distributed_run.reports]
     assert streamed[: len(streamed) - 1] == list(range(50, RUN_EVENTS + 1, 50))  # running reports, then final
     trend = [(h["frames"], h["cc_reference"], h["cc_reflections"]) for h in history]
     print(f"\nframes, CC with the truth, reflections in it: {trend}")
@@ -329,20 +314,20 @@ def test_mtz_is_readable_by_iotbx(distributed_run) -> None:
         "print(json.dumps({'labels': m['labels'], 'sg': m['space_group'], 'cell': m['unit_cell'], 'n': len(m['hkl']),"
         " 'positive': float((m['intensity'] > 0).mean()), 'sigma_ok': bool((m['sigma'] > 0).all())}))"
     )
-    command = [sys.executable, "-c", code, str(distributed_run["mtz"])]
+    command = [sys.executable, "-c", code, str(distributed_run.mtz)]
     done = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stderr[-2000:]
     mtz = json.loads(done.stdout)
     assert mtz["sg"] == "P 43 21 2"
     np.testing.assert_allclose(mtz["cell"], [79.1, 79.1, 37.9, 90, 90, 90])
     assert any(label.startswith("I,SIGI") for label in mtz["labels"]) and "N" in mtz["labels"]
-    assert mtz["n"] == distributed_run["document"]["report"]["unique_reflections"]
+    assert mtz["n"] == distributed_run.document["report"]["unique_reflections"]
     assert mtz["positive"] > 0.8 and mtz["sigma_ok"]
 
 
 @pytest.mark.slow
 def test_virtual_powder_has_peaks_at_the_crystal_d_spacings(distributed_run) -> None:
-    powder = distributed_run["document"]["powder"]
+    powder = distributed_run.document["powder"]
     d = np.array(powder["d_spacing"])
     intensity = np.array(powder["intensity"])
     assert len(d) == WORKER_OPTIONS["powder_bins"] and powder["frames"] > 0.6 * RUN_EVENTS

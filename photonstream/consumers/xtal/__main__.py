@@ -1,6 +1,7 @@
 """``python -m photonstream.consumers.xtal worker|merge``: run a crystallography worker or the merger.
 
-    worker --buffer tcp://HOST:5600 --stream EXP/RUN/ID [--group xtal] --results tcp://MERGER:5700 [--options JSON]
+    worker --buffer tcp://HOST:5600 --stream EXP/RUN/ID [--group xtal] [--credit 4] --results tcp://MERGER:5700
+           [--options JSON]
     worker --pull tcp://HOST:5555 --results ...          (a zmq-push pipeline; one reader only, see worker.py)
     merge --bind tcp://*:5700 --workers N [--mtz out.mtz] [--report out.json] [--report-every 50]
 
@@ -25,7 +26,9 @@ def _worker(args: argparse.Namespace) -> None:
     if args.buffer:
         from photonstream.client import subscribe
 
-        messages: Any = subscribe(args.buffer, args.stream, group=args.group, timeout_s=args.idle_timeout)
+        messages: Any = subscribe(
+            args.buffer, args.stream, group=args.group, credit=args.credit, timeout_s=args.idle_timeout
+        )
     else:
         from photonstream.consumers.pull import read_stream
 
@@ -76,6 +79,7 @@ def main(argv: list[str] | None = None) -> int:
     source.add_argument("--pull", help="zmq-push endpoint of a pipeline")
     worker.add_argument("--stream", default="", help="EXPERIMENT/RUN/STREAM_ID in the buffer")
     worker.add_argument("--group", default="xtal", help="buffer consumer group (work-sharing)")
+    worker.add_argument("--credit", type=int, default=4, help="frames fetched ahead (unacked until processed)")
     worker.add_argument("--results", required=True, help="merger endpoint")
     worker.add_argument("--options", default="", help="XtalOptions as JSON")
     worker.add_argument("--worker-id", default=None)

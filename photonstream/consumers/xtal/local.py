@@ -1,0 +1,132 @@
+"""A whole distributed crystallography run on this machine, for tests, benchmarks and trying things out.
+
+    run = run_local({"type": "synthetic-diffraction", "events": 300, "hit_fraction": 0.8}, workers=2, folder=tmp)
+    run.document["report"]["cc_reference"], run.mtz
+
+A buffer service runs in a thread here; the merger and ``workers`` worker processes start with
+``python -m photonstream.consumers.xtal`` (so cctbx is imported first in each); the workers join one
+work-sharing group; once all are members the pipeline (the given source → ``buffer`` handler) runs here. The result
+holds each worker's summary, the merger's running reports, its final document and the MTZ path.
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from photonstream.errors import PhotonstreamError
+
+STREAM = {"experiment": "local", "run": 1, "stream_id": "xtal"}
+GROUP = "xtal"
+
+
+class LocalRunError(PhotonstreamError):
+    """A worker or the merger of a local run failed or did not finish. (500)"""
+
+
+@dataclass
+class LocalRun:
+    workers: list[dict[str, Any]]  # each worker's final summary line
+    reports: list[dict[str, Any]]  # the merger's running reports, then its final one
+    document: dict[str, Any]  # the merger's final document (report, history, workers, powder)
+    mtz: Path
+    seconds: float  # pipeline start → merger done
+    events: int
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _spawn(log: Path, *args: str) -> subprocess.Popen[str]:
+    """``python -m photonstream.consumers.xtal ARGS`` with stdout to ``log``.out and stderr to ``log``.err."""
+    command = [sys.executable, "-m", "photonstream.consumers.xtal", *args]
+    with log.with_suffix(".out").open("w") as out, log.with_suffix(".err").open("w") as err:
+        return subprocess.Popen(command, stdout=out, stderr=err, text=True)
+
+
+def _finish(process: subprocess.Popen[str], log: Path, timeout_s: float) -> list[str]:
+    """Wait for ``process``; its stdout lines, or ``LocalRunError`` with the end of its stderr."""
+    try:
+        process.wait(timeout_s)
+    except subprocess.TimeoutExpired:
+        raise LocalRunError(f"local xtal run: {log.name} did not finish within {timeout_s:g} s") from None
+    if process.returncode != 0:
+        error = log.with_suffix(".err").read_text().strip()[-2000:]
+        raise LocalRunError(f"local xtal run: {log.name} exited {process.returncode}: {error}")
+    return log.with_suffix(".out").read_text().strip().splitlines()
+
+
+def _members(endpoint: str, stream: str) -> int:
+    from photonstream.buffer.cli import fetch_stats
+
+    groups = fetch_stats(endpoint).get("streams", {}).get(stream, {}).get("groups", {})
+    return int(groups.get(GROUP, {}).get("members", 0))
+
+
+def run_local(
+    source: dict[str, Any],
+    workers: int,
+    folder: Path,
+    options: dict[str, Any] | None = None,
+    *,
+    report_every: int = 50,
+    timeout_s: float = 600.0,
+) -> LocalRun:
+    """Run ``source`` through a buffer to ``workers`` worker processes and a merger; see the module docstring."""
+    from photonstream.buffer import BufferService, BufferSettings
+    from photonstream.config.pipeline import validate_pipeline
+    from photonstream.pipeline import Pipeline
+
+    folder.mkdir(parents=True, exist_ok=True)
+    stream = f"{STREAM['experiment']}/{STREAM['run']}/{STREAM['stream_id']}"
+    service = BufferService(BufferSettings(bind="tcp://127.0.0.1:*"))
+    endpoint = service.start()
+    results = f"tcp://127.0.0.1:{_free_port()}"
+    processes: list[subprocess.Popen[str]] = []
+    try:
+        merger = _spawn(
+            folder / "merger",
+            *("merge", "--bind", results, "--workers", str(workers), "--report-every", str(report_every)),
+            *("--mtz", str(folder / "merged.mtz"), "--report", str(folder / "report.json")),
+        )
+        processes.append(merger)
+        worker_args = ("worker", "--buffer", endpoint, "--stream", stream, "--group", GROUP, "--results", results)
+        worker_args += ("--options", json.dumps(options or {}))
+        pool = [_spawn(folder / f"worker-{i}", *worker_args, "--worker-id", f"worker-{i}") for i in range(workers)]
+        processes.extend(pool)
+        deadline = time.monotonic() + 120
+        while _members(endpoint, stream) < workers:
+            if time.monotonic() > deadline or any(p.poll() is not None for p in processes):
+                raise LocalRunError(f"local xtal run: {workers} workers did not all join the buffer group")
+            time.sleep(0.05)
+        config = {"stream": STREAM, "source": source, "handlers": [{"type": "buffer", "address": endpoint}]}
+        began = time.perf_counter()
+        end = Pipeline(validate_pipeline(config)).run()
+        if end.reason != "completed":
+            raise LocalRunError(f"local xtal run: the pipeline ended {end.reason}: {end.error}")
+        outputs = [_finish(p, folder / f"worker-{i}", timeout_s) for i, p in enumerate(pool)]
+        merger_lines = _finish(merger, folder / "merger", timeout_s)
+        seconds = time.perf_counter() - began
+        return LocalRun(
+            workers=[json.loads(lines[-1]) for lines in outputs],
+            reports=[json.loads(line) for line in merger_lines],
+            document=json.loads((folder / "report.json").read_text()),
+            mtz=folder / "merged.mtz",
+            seconds=seconds,
+            events=end.events_sent,
+        )
+    finally:
+        for process in processes:
+            if process.poll() is None:
+                process.kill()
+                process.wait(10)
+        service.stop()
