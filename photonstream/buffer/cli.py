@@ -49,7 +49,7 @@ def serve(
     metrics_port: Annotated[int | None, typer.Option(help="serve Prometheus metrics on this HTTP port")] = None,
 ) -> None:
     """Run the buffer service until interrupted."""
-    from photonstream.buffer.service import BufferService, BufferSettings
+    from photonstream.buffer.service import BufferService, BufferSettings, tune_allocator
 
     def gb(value: float | None) -> int | None:
         return None if value is None else int(value * GB)
@@ -71,6 +71,7 @@ def serve(
             spill=not no_spill,
             fsync=fsync,
         )
+        tune_allocator()  # this process is the service: let it reuse payload buffers
         service = BufferService(settings)
         if metrics_port is not None:
             from photonstream.buffer.metrics import serve_metrics

@@ -90,6 +90,28 @@ class Stream:
         return min(needs) if needs else None
 
 
+def tune_allocator() -> bool:
+    """Let glibc keep and reuse freed payload buffers instead of unmapping them (dedicated service processes).
+
+    Payloads are large (MBs) and the log frees them in arrival order; by default glibc returns each one to the
+    kernel, so every new message costs page faults and zeroing of fresh pages. Returns False where glibc's
+    ``mallopt`` is not available.
+    """
+    import ctypes
+    import ctypes.util
+
+    name = ctypes.util.find_library("c")
+    if name is None:
+        return False
+    try:
+        libc = ctypes.CDLL(name)
+        m_trim_threshold, m_mmap_threshold = -1, -3
+        ok = libc.mallopt(m_mmap_threshold, 32 << 20) and libc.mallopt(m_trim_threshold, 1 << 30)
+        return bool(ok)
+    except (OSError, AttributeError):
+        return False
+
+
 class ServiceError(PhotonstreamError):
     """The buffer service cannot start (bind failed, unreadable data directory)."""
 

@@ -1,0 +1,482 @@
+"""``photonstream bench buffer``: the buffer's throughput and latency against ZeroMQ, NATS JetStream and Redis.
+
+Every case runs producer, relay and consumers in separate processes on this machine, over loopback TCP, with
+payloads of ``frame_mb`` megabytes (10^6 bytes) for ``seconds`` seconds; GB/s is 10^9 payload bytes per second
+as received by one consumer (the first to the last message it got).
+
+- raw_zmq: PUSH → PULL, one hop
+- zmq_proxy: PUSH → ``zmq.proxy`` (libzmq's own, in C) → PULL
+- buffer_mem / buffer_disk: the ``buffer`` handler → BufferService (memory / ``durable`` on disk) → subscribe()
+- buffer_bcast4 vs zmq_pub4: the buffer to 4 groups (one consumer each) vs PUB to 4 SUBs (GB/s per consumer)
+- nats / redis / buffer_1mb: always 1 MB frames: NATS JetStream (memory storage, async acked publish, ordered
+  push consumer) at 127.0.0.1:4222, Redis Streams (pipelined XADD, XREAD) at 127.0.0.1:6379, our buffer
+- p50_ms / p99_ms: producer → buffer → consumer latency of 1 MB frames paced at 1 kHz
+
+    python -m benchmarks.buffer [--frame-mb 4] [--seconds 3] [--json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import multiprocessing as mp
+import statistics
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import zmq
+
+from benchmarks._report import machine, report
+
+MB = 1_000_000
+NATS_URL = "nats://127.0.0.1:4222"
+REDIS_HOST, REDIS_PORT = "127.0.0.1", 6379
+STREAM = "bench/1/frames"
+END = b"END"
+MEMORY = int(__import__("os").environ.get("BENCH_MEMORY", 1 << 30))
+CREDIT = int(__import__("os").environ.get("BENCH_CREDIT", 32))
+WINDOW = int(__import__("os").environ.get("BENCH_WINDOW", 16))
+TUNE = bool(int(__import__("os").environ.get("BENCH_TUNE", "1")))
+
+_ctx = mp.get_context("spawn")
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _result(nbytes: int, count: int, first: float, last: float, **extra: Any) -> dict[str, Any]:
+    seconds = max(last - first, 1e-9)
+    return {"bytes": nbytes, "messages": count, "seconds": seconds, "gbps": nbytes / seconds / 1e9, **extra}
+
+
+# -- raw ZeroMQ ------------------------------------------------------------------------------------------------
+def _zmq_sender(endpoint: str, kind: int, bind: bool, frame_bytes: int, seconds: float, ready: Any) -> None:
+    ctx = zmq.Context()
+    sock = ctx.socket(kind)
+    sock.setsockopt(zmq.LINGER, -1)
+    if bind:
+        sock.bind(endpoint)
+    else:
+        sock.connect(endpoint)
+    ready.wait(30)
+    if kind == zmq.PUB:
+        time.sleep(0.3)  # subscriptions propagate
+    payload = bytes(frame_bytes)
+    deadline = time.perf_counter() + seconds
+    while time.perf_counter() < deadline:
+        for _ in range(8):
+            sock.send(payload, copy=False)
+    for _ in range(1 if kind != zmq.PUB else 20):
+        sock.send(END)
+        if kind == zmq.PUB:
+            time.sleep(0.05)
+    sock.close()
+    ctx.term()
+
+
+def _zmq_receiver(endpoint: str, kind: int, bind: bool, ready: Any, out: Any) -> None:
+    ctx = zmq.Context()
+    sock = ctx.socket(kind)
+    if kind == zmq.SUB:
+        sock.setsockopt(zmq.SUBSCRIBE, b"")
+    if bind:
+        sock.bind(endpoint)
+    else:
+        sock.connect(endpoint)
+    ready.wait(30)
+    count = nbytes = 0
+    first = last = 0.0
+    while sock.poll(20_000):
+        frame = sock.recv(copy=False)
+        now = time.perf_counter()
+        if len(frame) == len(END) and frame.bytes == END:
+            break
+        if count == 0:
+            first = now
+        else:
+            nbytes += len(frame)
+        count += 1
+        last = now
+    out.put(_result(nbytes, max(count - 1, 0), first, last))
+    sock.close()
+    ctx.term()
+
+
+def _proxy(front: str, back: str) -> None:
+    ctx = zmq.Context()
+    frontend, backend = ctx.socket(zmq.PULL), ctx.socket(zmq.PUSH)
+    frontend.bind(front)
+    backend.bind(back)
+    zmq.proxy(frontend, backend)
+
+
+def _run_processes(targets: list[tuple[Callable[..., None], tuple[Any, ...]]], out: Any, n_results: int) -> list[Any]:
+    procs = [_ctx.Process(target=t, args=a, daemon=True) for t, a in targets]
+    for p in procs:
+        p.start()
+    results = [out.get(timeout=120) for _ in range(n_results)]
+    for p in procs:
+        p.join(5)
+        if p.is_alive():
+            p.terminate()
+    return results
+
+
+def raw_zmq(frame_bytes: int, seconds: float) -> dict[str, Any]:
+    endpoint = f"tcp://127.0.0.1:{_free_port()}"
+    ready, out = _ctx.Event(), _ctx.Queue()
+    procs = [(_zmq_receiver, (endpoint, zmq.PULL, True, ready, out)),
+             (_zmq_sender, (endpoint, zmq.PUSH, False, frame_bytes, seconds, ready))]  # fmt: skip
+    ready.set()
+    return _run_processes(procs, out, 1)[0]
+
+
+def zmq_proxy(frame_bytes: int, seconds: float) -> dict[str, Any]:
+    front, back = f"tcp://127.0.0.1:{_free_port()}", f"tcp://127.0.0.1:{_free_port()}"
+    ready, out = _ctx.Event(), _ctx.Queue()
+    proxy = _ctx.Process(target=_proxy, args=(front, back), daemon=True)
+    proxy.start()
+    time.sleep(0.5)
+    procs = [(_zmq_receiver, (back, zmq.PULL, False, ready, out)),
+             (_zmq_sender, (front, zmq.PUSH, False, frame_bytes, seconds, ready))]  # fmt: skip
+    ready.set()
+    try:
+        return _run_processes(procs, out, 1)[0]
+    finally:
+        proxy.terminate()
+        proxy.join(5)
+
+
+def zmq_pub(frame_bytes: int, seconds: float, subscribers: int = 4) -> dict[str, Any]:
+    endpoint = f"tcp://127.0.0.1:{_free_port()}"
+    ready, out = _ctx.Event(), _ctx.Queue()
+    procs = [(_zmq_receiver, (endpoint, zmq.SUB, False, ready, out)) for _ in range(subscribers)]
+    procs.insert(0, (_zmq_sender, (endpoint, zmq.PUB, True, frame_bytes, seconds, ready)))
+    ready.set()
+    results = _run_processes(procs, out, subscribers)
+    return _per_consumer(results)
+
+
+def _per_consumer(results: list[dict[str, Any]]) -> dict[str, Any]:
+    return {"gbps": statistics.mean(r["gbps"] for r in results), "messages": [r["messages"] for r in results],
+            "consumers": len(results)}  # fmt: skip
+
+
+# -- the buffer ------------------------------------------------------------------------------------------------
+def _buffer_service(bind: str, data_dir: str | None, ready: Any) -> None:
+    from photonstream.buffer import BufferService, BufferSettings
+    from photonstream.buffer.service import tune_allocator
+
+    if TUNE:
+        tune_allocator()
+    settings = BufferSettings(bind=bind, data_dir=Path(data_dir) if data_dir else None,
+                              memory_per_stream=MEMORY, memory_total=2 << 30, retention_bytes=2 << 30)  # fmt: skip
+    service = BufferService(settings)
+    service.start()
+    ready.set()
+    while True:
+        time.sleep(1)
+
+
+def _buffer_producer(endpoint: str, frame_bytes: int, seconds: float, durable: bool, rate_hz: float, go: Any) -> None:
+    from photonstream.frames import EndMessage, Frame, StartMessage
+    from photonstream.handlers.buffer import BufferHandler, BufferOptions
+    from photonstream.serializers.base import create
+
+    go.wait(60)
+    serializer = create("msgpack")
+    handler = BufferHandler(BufferOptions(address=endpoint, durable=durable, send_timeout_s=60, window=WINDOW))
+    handler.open()
+    experiment, run, stream_id = STREAM.split("/")
+    start = StartMessage(stream_id=stream_id, experiment=experiment, run=int(run), serializer="msgpack", seq=0)
+    handler.handle(start, serializer.encode(start))
+    payload = bytes(frame_bytes)
+    frame = Frame(event=0, arrays={})
+    seq = 1
+    began = time.perf_counter()
+    deadline = began + seconds
+    period = 1.0 / rate_hz if rate_hz else 0.0
+    while (now := time.perf_counter()) < deadline:
+        if period:
+            due = began + (seq - 1) * period
+            if due > now:
+                time.sleep(due - now)
+        frame.seq = seq
+        stamp = time.perf_counter_ns().to_bytes(8, "little")
+        handler.handle(frame, [stamp, payload])
+        seq += 1
+    end = EndMessage(stream_id=stream_id, events_sent=seq - 1, seq=seq)
+    handler.handle(end, serializer.encode(end))
+    handler.close()
+
+
+def _buffer_consumer(endpoint: str, group: str, out: Any) -> None:
+    from photonstream.client import subscribe
+
+    sub = subscribe(endpoint, STREAM, group=group, credit=CREDIT, decode=False, timeout_s=60)
+    count = nbytes = 0
+    first = last = 0.0
+    latencies: list[float] = []
+    for delivery in sub:
+        if delivery.kind != "event":
+            continue
+        now_ns = time.perf_counter_ns()
+        now = now_ns / 1e9
+        latencies.append((now_ns - int.from_bytes(delivery.frames[0].bytes, "little")) / 1e6)
+        if count == 0:
+            first = now
+        else:
+            nbytes += len(delivery.frames[1])
+        count += 1
+        last = now
+    latencies.sort()
+    pick = (lambda q: latencies[min(len(latencies) - 1, int(q * len(latencies)))]) if latencies else (lambda q: 0.0)
+    out.put(_result(nbytes, max(count - 1, 0), first, last, p50_ms=pick(0.50), p99_ms=pick(0.99)))
+
+
+def buffer_case(frame_bytes: int, seconds: float, durable: bool = False, groups: int = 1,
+                rate_hz: float = 0.0) -> dict[str, Any]:  # fmt: skip
+    endpoint = f"tcp://127.0.0.1:{_free_port()}"
+    with tempfile.TemporaryDirectory(prefix="photonstream-bench-") as data_dir:
+        ready, go, out = _ctx.Event(), _ctx.Event(), _ctx.Queue()
+        service = _ctx.Process(target=_buffer_service, args=(endpoint, data_dir, ready), daemon=True)
+        service.start()
+        ready.wait(60)
+        procs = [(_buffer_consumer, (endpoint, f"g{i}", out)) for i in range(groups)]
+        procs.append((_buffer_producer, (endpoint, frame_bytes, seconds, durable, rate_hz, go)))
+        time.sleep(0.3)
+        go.set()
+        try:
+            results = _run_processes(procs, out, groups)
+        finally:
+            service.terminate()
+            service.join(10)
+    if groups == 1:
+        return results[0]
+    return _per_consumer(results)
+
+
+# -- NATS JetStream and Redis Streams ------------------------------------------------------------------------
+def _nats_producer(frame_bytes: int, seconds: float, go: Any) -> None:
+    import nats
+    from nats.js.api import StorageType, StreamConfig
+
+    async def main() -> None:
+        nc = await nats.connect(NATS_URL)
+        js = nc.jetstream()
+        go.wait(60)
+        payload = bytes(frame_bytes)
+        deadline = time.perf_counter() + seconds
+        while time.perf_counter() < deadline:
+            for _ in range(8):
+                await js.publish_async("bench.frames", payload)
+            await js.publish_async_completed()
+        await js.publish("bench.frames", END)
+        await nc.close()
+
+    del StorageType, StreamConfig
+    asyncio.run(main())
+
+
+def _nats_consumer(ready: Any, out: Any) -> None:
+    import nats
+
+    async def main() -> None:
+        nc = await nats.connect(NATS_URL)
+        js = nc.jetstream()
+        sub = await js.subscribe("bench.frames", ordered_consumer=True, pending_bytes_limit=1 << 30)
+        ready.set()
+        count = nbytes = 0
+        first = last = 0.0
+        while True:
+            msg = await sub.next_msg(timeout=30)
+            now = time.perf_counter()
+            if msg.data == END:
+                break
+            if count == 0:
+                first = now
+            else:
+                nbytes += len(msg.data)
+            count += 1
+            last = now
+        out.put(_result(nbytes, max(count - 1, 0), first, last))
+        await nc.close()
+
+    asyncio.run(main())
+
+
+def nats_case(frame_bytes: int, seconds: float) -> dict[str, Any]:
+    import nats
+    from nats.js.api import StorageType, StreamConfig
+
+    async def setup() -> None:
+        nc = await nats.connect(NATS_URL)
+        js = nc.jetstream()
+        with contextlib.suppress(Exception):
+            await js.delete_stream("PHOTONSTREAM_BENCH")
+        config = StreamConfig(name="PHOTONSTREAM_BENCH", subjects=["bench.frames"], storage=StorageType.MEMORY,
+                              max_bytes=2 << 30, max_msg_size=frame_bytes + 1024)  # fmt: skip
+        await js.add_stream(config)
+        await nc.close()
+
+    async def teardown() -> None:
+        nc = await nats.connect(NATS_URL)
+        await nc.jetstream().delete_stream("PHOTONSTREAM_BENCH")
+        await nc.close()
+
+    asyncio.run(setup())
+    ready, out = _ctx.Event(), _ctx.Queue()
+    consumer = _ctx.Process(target=_nats_consumer, args=(ready, out), daemon=True)
+    consumer.start()
+    ready.wait(30)
+    try:
+        return _run_processes([(_nats_producer, (frame_bytes, seconds, ready))], out, 1)[0]
+    finally:
+        consumer.join(5)
+        asyncio.run(teardown())
+
+
+def _redis_producer(key: str, frame_bytes: int, seconds: float, go: Any) -> None:
+    import redis
+
+    client = redis.Redis(REDIS_HOST, REDIS_PORT)
+    go.wait(60)
+    payload = bytes(frame_bytes)
+    deadline = time.perf_counter() + seconds
+    while time.perf_counter() < deadline:
+        pipe = client.pipeline(transaction=False)
+        for _ in range(8):
+            pipe.xadd(key, {"d": payload}, maxlen=2000, approximate=True)
+        pipe.execute()
+    client.xadd(key, {"d": END})
+
+
+def _redis_consumer(key: str, ready: Any, out: Any) -> None:
+    import redis
+
+    client = redis.Redis(REDIS_HOST, REDIS_PORT)
+    ready.set()
+    last_id = "0-0"
+    count = nbytes = 0
+    first = last = 0.0
+    done = False
+    while not done:
+        reply = client.xread({key: last_id}, count=16, block=30_000)
+        if not reply:
+            break
+        now = time.perf_counter()
+        for entry_id, fields in reply[0][1]:
+            last_id = entry_id
+            data = fields[b"d"]
+            if data == END:
+                done = True
+                break
+            if count == 0:
+                first = now
+            else:
+                nbytes += len(data)
+            count += 1
+            last = now
+    out.put(_result(nbytes, max(count - 1, 0), first, last))
+
+
+def redis_case(frame_bytes: int, seconds: float) -> dict[str, Any]:
+    import redis
+
+    key = f"photonstream-bench-{_free_port()}"
+    client = redis.Redis(REDIS_HOST, REDIS_PORT)
+    client.delete(key)
+    ready, out = _ctx.Event(), _ctx.Queue()
+    try:
+        return _run_processes([(_redis_consumer, (key, ready, out)),
+                               (_redis_producer, (key, frame_bytes, seconds, ready))], out, 1)[0]  # fmt: skip
+    finally:
+        client.delete(key)
+
+
+# -- the whole run ---------------------------------------------------------------------------------------------
+def _attempt(name: str, call: Callable[[], dict[str, Any]]) -> dict[str, Any]:
+    try:
+        return call()
+    except Exception as exc:  # a missing NATS or Redis must not hide the other figures
+        return {"gbps": None, "error": f"{name}: {type(exc).__name__}: {exc}"}
+
+
+def run(frame_mb: float = 4.0, seconds: float = 3.0) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    size = int(frame_mb * MB)
+    one_mb = MB
+    cases: list[tuple[str, str, Callable[[], dict[str, Any]]]] = [
+        ("raw_zmq", f"PUSH→PULL, {frame_mb:g} MB", lambda: raw_zmq(size, seconds)),
+        ("zmq_proxy", f"PUSH→zmq.proxy→PULL, {frame_mb:g} MB", lambda: zmq_proxy(size, seconds)),
+        ("buffer_mem", f"buffer in memory, {frame_mb:g} MB", lambda: buffer_case(size, seconds)),
+        ("buffer_disk", f"buffer durable, {frame_mb:g} MB", lambda: buffer_case(size, seconds, durable=True)),
+        ("buffer_bcast4", f"buffer → 4 groups, {frame_mb:g} MB (per consumer)",
+         lambda: buffer_case(size, seconds, groups=4)),
+        ("zmq_pub4", f"PUB → 4 SUB, {frame_mb:g} MB (per consumer)", lambda: zmq_pub(size, seconds)),
+        ("nats", "NATS JetStream, 1 MB", lambda: nats_case(one_mb, seconds)),
+        ("redis", "Redis Streams, 1 MB", lambda: redis_case(one_mb, seconds)),
+        ("buffer_1mb", "buffer in memory, 1 MB", lambda: buffer_case(one_mb, seconds)),
+        ("latency", "buffer, 1 MB paced at 1 kHz", lambda: buffer_case(one_mb, seconds, rate_hz=1000.0)),
+    ]  # fmt: skip
+    rows: list[dict[str, Any]] = []
+    summary: dict[str, Any] = {"frame_mb": frame_mb}
+    for key, label, call in cases:
+        result = _attempt(key, call)
+        gbps = result.get("gbps")
+        if key == "latency":
+            summary["p50_ms"] = result.get("p50_ms")
+            summary["p99_ms"] = result.get("p99_ms")
+        else:
+            summary[f"{key}_gbps"] = round(gbps, 3) if gbps is not None else None
+        rows.append({
+            "case": label, "GB/s": gbps if gbps is not None else float("nan"),
+            "p50 ms": result.get("p50_ms", float("nan")), "p99 ms": result.get("p99_ms", float("nan")),
+            "note": result.get("error", ""),
+        })  # fmt: skip
+    summary.update(_ratios(summary))
+    summary["machine"] = machine()
+    return rows, summary
+
+
+def _ratios(s: dict[str, Any]) -> dict[str, Any]:
+    def ratio(a: str, b: str) -> float | None:
+        x, y = s.get(a), s.get(b)
+        return round(x / y, 3) if x and y else None
+
+    return {
+        "mem_vs_proxy": ratio("buffer_mem_gbps", "zmq_proxy_gbps"),
+        "mem_vs_raw": ratio("buffer_mem_gbps", "raw_zmq_gbps"),
+        "disk_vs_mem": ratio("buffer_disk_gbps", "buffer_mem_gbps"),
+        "bcast4_vs_pub4": ratio("buffer_bcast4_gbps", "zmq_pub4_gbps"),
+        "vs_nats": ratio("buffer_1mb_gbps", "nats_gbps"),
+        "vs_redis": ratio("buffer_1mb_gbps", "redis_gbps"),
+    }
+
+
+def main(frame_mb: float = 4.0, seconds: float = 3.0, json_only: bool = False) -> dict[str, Any]:
+    """Run every case, print the table (unless ``json_only``) and the JSON line; return the JSON object."""
+    rows, summary = run(frame_mb, seconds)
+    report(f"buffer throughput ({frame_mb:g} MB frames, {seconds:g} s per case)", rows, summary, json_only)
+    return summary
+
+
+def cli(argv: list[str] | None = None) -> dict[str, Any]:
+    parser = argparse.ArgumentParser(prog="photonstream bench buffer", description=__doc__.splitlines()[0])
+    parser.add_argument("--frame-mb", type=float, default=4.0, help="payload size of the main cases (MB)")
+    parser.add_argument("--seconds", type=float, default=3.0, help="how long each case sends")
+    parser.add_argument("--json", action="store_true", help="only the JSON line")
+    args = parser.parse_args(argv)
+    return main(args.frame_mb, args.seconds, args.json)
+
+
+if __name__ == "__main__":
+    cli()
