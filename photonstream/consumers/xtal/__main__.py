@@ -55,6 +55,7 @@ def _merge(args: argparse.Namespace) -> None:
             "workers": outcome.workers,
             "mtz": outcome.mtz_path,
             "seconds": outcome.seconds,
+            "results_window_s": outcome.results_window_s,
             "powder": None if powder is None else _powder_document(powder),
         }
         Path(args.report).write_text(json.dumps(document))

@@ -127,9 +127,10 @@ class KnownCellIndexer:
     def _score(self, q: np.ndarray, orientations: np.ndarray) -> np.ndarray:
         """Spots within tolerance of a lattice point, for each of a stack of orientations (K, 3, 3)."""
         # h = B⁻¹ Uᵀ q; the residual |q − U B round(h)| = |B (h − round(h))| (U is a rotation).
-        fractional = np.einsum("ij,kmj,nm->kni", self.b_inverse, orientations, q)
-        residual = np.einsum("ij,knj->kni", self.b_matrix, fractional - np.rint(fractional))
-        return (np.einsum("kni,kni->kn", residual, residual) < self.tolerance_q**2).sum(axis=1)
+        to_fractional = self.b_inverse @ orientations.transpose(0, 2, 1)  # (K, 3, 3)
+        fractional = q @ to_fractional.transpose(0, 2, 1)  # (K, N, 3)
+        residual = (fractional - np.rint(fractional)) @ self.b_matrix.T
+        return ((residual * residual).sum(axis=2) < self.tolerance_q**2).sum(axis=1)
 
     def _pair_search(self, q: np.ndarray) -> np.ndarray | None:
         s = self.settings

@@ -5,8 +5,10 @@
 
 A buffer service runs in a thread here; the merger and ``workers`` worker processes start with
 ``python -m photonstream.consumers.xtal`` (so cctbx is imported first in each); the workers join one
-work-sharing group; once all are members the pipeline (the given source → ``buffer`` handler) runs here. The result
-holds each worker's summary, the merger's running reports, its final document and the MTZ path.
+work-sharing group; once all are members the pipeline (the given source → ``buffer`` handler) runs here. With
+``prefill`` the pipeline runs first and the workers then read the run from the buffer, so producing frames does not
+compete with them for CPU (for measuring the workers alone). The result holds each worker's summary, the merger's
+running reports, its final document and the MTZ path.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from photonstream.errors import PhotonstreamError
+from photonstream.frames import EndMessage
 
 STREAM = {"experiment": "local", "run": 1, "stream_id": "xtal"}
 GROUP = "xtal"
@@ -36,7 +39,7 @@ class LocalRun:
     reports: list[dict[str, Any]]  # the merger's running reports, then its final one
     document: dict[str, Any]  # the merger's final document (report, history, workers, powder)
     mtz: Path
-    seconds: float  # pipeline start → merger done
+    seconds: float  # pipeline start (with prefill: worker start) → merger done
     events: int
 
 
@@ -72,6 +75,16 @@ def _members(endpoint: str, stream: str) -> int:
     return int(groups.get(GROUP, {}).get("members", 0))
 
 
+def _produce(config: dict[str, Any]) -> EndMessage:
+    from photonstream.config.pipeline import validate_pipeline
+    from photonstream.pipeline import Pipeline
+
+    end = Pipeline(validate_pipeline(config)).run()
+    if end.reason != "completed":
+        raise LocalRunError(f"local xtal run: the pipeline ended {end.reason}: {end.error}")
+    return end
+
+
 def run_local(
     source: dict[str, Any],
     workers: int,
@@ -80,11 +93,10 @@ def run_local(
     *,
     report_every: int = 50,
     timeout_s: float = 600.0,
+    prefill: bool = False,
 ) -> LocalRun:
     """Run ``source`` through a buffer to ``workers`` worker processes and a merger; see the module docstring."""
     from photonstream.buffer import BufferService, BufferSettings
-    from photonstream.config.pipeline import validate_pipeline
-    from photonstream.pipeline import Pipeline
 
     folder.mkdir(parents=True, exist_ok=True)
     stream = f"{STREAM['experiment']}/{STREAM['run']}/{STREAM['stream_id']}"
@@ -92,7 +104,11 @@ def run_local(
     endpoint = service.start()
     results = f"tcp://127.0.0.1:{_free_port()}"
     processes: list[subprocess.Popen[str]] = []
+    config = {"stream": STREAM, "source": source, "handlers": [{"type": "buffer", "address": endpoint}]}
     try:
+        if prefill:
+            end = _produce(config)
+        began = time.perf_counter()
         merger = _spawn(
             folder / "merger",
             *("merge", "--bind", results, "--workers", str(workers), "--report-every", str(report_every)),
@@ -103,16 +119,14 @@ def run_local(
         worker_args += ("--options", json.dumps(options or {}))
         pool = [_spawn(folder / f"worker-{i}", *worker_args, "--worker-id", f"worker-{i}") for i in range(workers)]
         processes.extend(pool)
-        deadline = time.monotonic() + 120
-        while _members(endpoint, stream) < workers:
-            if time.monotonic() > deadline or any(p.poll() is not None for p in processes):
-                raise LocalRunError(f"local xtal run: {workers} workers did not all join the buffer group")
-            time.sleep(0.05)
-        config = {"stream": STREAM, "source": source, "handlers": [{"type": "buffer", "address": endpoint}]}
-        began = time.perf_counter()
-        end = Pipeline(validate_pipeline(config)).run()
-        if end.reason != "completed":
-            raise LocalRunError(f"local xtal run: the pipeline ended {end.reason}: {end.error}")
+        if not prefill:
+            deadline = time.monotonic() + 120
+            while _members(endpoint, stream) < workers:
+                if time.monotonic() > deadline or any(p.poll() is not None for p in processes):
+                    raise LocalRunError(f"local xtal run: {workers} workers did not all join the buffer group")
+                time.sleep(0.05)
+            began = time.perf_counter()
+            end = _produce(config)
         outputs = [_finish(p, folder / f"worker-{i}", timeout_s) for i, p in enumerate(pool)]
         merger_lines = _finish(merger, folder / "merger", timeout_s)
         seconds = time.perf_counter() - began

@@ -210,6 +210,7 @@ class MergeOutcome:
     workers: dict[str, dict[str, Any]]
     mtz_path: str | None
     seconds: float
+    results_window_s: float  # first result → last result received: the workers' throughput without start-up
 
 
 def run_merger(
@@ -232,6 +233,7 @@ def run_merger(
     finished: dict[str, dict[str, Any]] = {}
     symmetry: dict[str, Any] = {}
     began = time.perf_counter()
+    first_result = last_result = 0.0
     for record in records:
         kind = record.get("type")
         if kind == "start":
@@ -239,6 +241,8 @@ def run_merger(
                 symmetry = {k: record[k] for k in ("unit_cell", "space_group", "wavelength_a")}
                 merger.reference = reference_from_source(record.get("source") or {})
         elif kind == "result":
+            last_result = time.perf_counter()
+            first_result = first_result or last_result
             merger.add(record)
             if on_report is not None and report_every and merger.frames % report_every == 0:
                 on_report(merger.report())
@@ -280,4 +284,5 @@ def run_merger(
         workers=finished,
         mtz_path=written,
         seconds=time.perf_counter() - began,
+        results_window_s=last_result - first_result,
     )

@@ -48,32 +48,53 @@ def find_spots(modules: np.ndarray, settings: SpotFinderSettings = SpotFinderSet
     """Spots of a ``(modules, rows, cols)`` array as N×3 float32 (flattened slow, fast, signal), brightest first."""
     if modules.ndim == 2:
         modules = modules[None]
-    n_modules, rows, _ = modules.shape
-    found: list[np.ndarray] = []
-    structure = np.ones((3, 3), dtype=bool)
-    for m in range(n_modules):
-        image = modules[m].astype(np.float32, copy=False)
-        background = float(np.mean(image[::3, ::3]))  # sparse photon data: a mean beats a median of zeros
-        above = image > background + settings.threshold
-        if not above.any():
-            continue
-        labels, n_labels = ndimage.label(above, structure=structure)
-        pixels = np.bincount(labels.ravel(), minlength=n_labels + 1)[1:]
-        if settings.grow_px > 0:
-            labels = ndimage.grey_dilation(labels, size=2 * settings.grow_px + 1)
-        signal = image - background
-        index = np.arange(1, n_labels + 1)
-        total = ndimage.sum_labels(signal, labels, index)
-        weights = np.clip(signal, 0.0, None)
-        weight_sum = np.maximum(ndimage.sum_labels(weights, labels, index), 1e-12)
-        row_grid, col_grid = np.indices(image.shape)
-        slow = ndimage.sum_labels(weights * row_grid, labels, index) / weight_sum
-        fast = ndimage.sum_labels(weights * col_grid, labels, index) / weight_sum
-        keep = (pixels >= settings.min_pixels) & (total >= settings.min_signal)
-        if keep.any():
-            found.append(np.stack([slow[keep] + m * rows, fast[keep], total[keep]], axis=1))
-    if not found:
+    _, rows, cols = modules.shape
+    # Sparse photon data: a mean beats a median of zeros as the background level.
+    background = modules[:, ::3, ::3].mean(axis=(1, 2), dtype=np.float64).astype(np.float32)
+    signal = modules.astype(np.float32, copy=False) - background[:, None, None]
+    in_plane = np.zeros((3, 3, 3), dtype=bool)
+    in_plane[1] = True  # 8-connected within a module, never across modules
+    labels, n_labels = ndimage.label(signal > settings.threshold, structure=in_plane)
+    if n_labels == 0:
         return np.zeros((0, 3), np.float32)
-    spots = np.concatenate(found)
+    flat_labels = labels.reshape(-1)
+    core = np.flatnonzero(flat_labels)
+    core_label = flat_labels[core]
+    pixels = np.bincount(core_label, minlength=n_labels + 1)
+    index, label = _grow(core, core_label, rows, cols, settings.grow_px)
+    values = signal.reshape(-1)[index].astype(np.float64)
+    weights = np.clip(values, 0.0, None)
+    size = n_labels + 1
+    total = np.bincount(label, values, size)
+    weight_sum = np.maximum(np.bincount(label, weights, size), 1e-12)
+    slow = np.bincount(label, weights * (index // cols), size) / weight_sum  # flattened slow = module·rows + row
+    fast = np.bincount(label, weights * (index % cols), size) / weight_sum
+    keep = (pixels >= settings.min_pixels) & (total >= settings.min_signal)
+    keep[0] = False
+    spots = np.stack([slow[keep], fast[keep], total[keep]], axis=1)
     spots = spots[np.argsort(-spots[:, 2], kind="stable")][: settings.max_spots]
     return spots.astype(np.float32)
+
+
+def _grow(core: np.ndarray, label: np.ndarray, rows: int, cols: int, grow: int) -> tuple[np.ndarray, np.ndarray]:
+    """The labelled pixels (flat indices) and their neighbours within ``grow`` pixels in the same module, each with
+    the label of a spot it touches (the highest where two spots meet)."""
+    if grow <= 0:
+        return core, label
+    row = (core // cols) % rows
+    col = core % cols
+    indices, labels = [core], [label]
+    for d_row in range(-grow, grow + 1):
+        for d_col in range(-grow, grow + 1):
+            if d_row == 0 and d_col == 0:
+                continue
+            inside = (row + d_row >= 0) & (row + d_row < rows) & (col + d_col >= 0) & (col + d_col < cols)
+            indices.append(core[inside] + d_row * cols + d_col)
+            labels.append(label[inside])
+    index = np.concatenate(indices)
+    labels_all = np.concatenate(labels)
+    order = np.lexsort((-labels_all, index))
+    index, labels_all = index[order], labels_all[order]
+    first = np.ones(index.size, dtype=bool)
+    first[1:] = index[1:] != index[:-1]
+    return index[first], labels_all[first]
