@@ -14,7 +14,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
-from fastapi import FastAPI, Request
+from fastapi import Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
@@ -28,6 +28,7 @@ from photonstream.api.launcher import Backends, Launcher
 from photonstream.api.middleware import ApiMetrics, BodySizeLimitMiddleware, RequestContextMiddleware, request_id_of
 from photonstream.api.routers import admin, datasets, health, streams
 from photonstream.api.settings import ApiSettings
+from photonstream.api.strict import install_body_schemas
 from photonstream.config.pipeline import PLUGIN_NAMES
 from photonstream.errors import ConfigError, PhotonstreamError
 from photonstream.jobs.base import JobBackend
@@ -113,11 +114,64 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        rid = request_id_of(request.scope)
+        headers = dict(exc.headers or {})
+        if exc.status_code == 405:  # name every method of the path, not only those of the first route matched
+            headers["Allow"] = ", ".join(allowed_methods(request.app, request.url.path))
         return JSONResponse(
-            {"detail": str(exc.detail), "request_id": request_id_of(request.scope)},
-            status_code=exc.status_code,
-            headers=exc.headers,
+            {"detail": str(exc.detail), "request_id": rid}, status_code=exc.status_code, headers=headers
         )
+
+
+def allowed_methods(app: FastAPI, path: str) -> list[str]:
+    methods: set[str] = set()
+    for route in app.router.routes:
+        regex = getattr(route, "path_regex", None)
+        if regex is not None and regex.match(path) and getattr(route, "methods", None):
+            methods.update(route.methods)  # type: ignore[attr-defined]
+    return sorted(methods)
+
+
+def reject_unknown_query(request: Request) -> None:
+    """422 for a query parameter the operation does not declare (a typo must not be ignored silently)."""
+    route = request.scope.get("route")
+    dependant = getattr(route, "dependant", None)
+    if dependant is None:
+        return
+    known: set[str] = set()
+    pending = [dependant]
+    while pending:  # the route's own parameters and those of its dependencies
+        current = pending.pop()
+        known.update(param.alias for param in current.query_params)
+        pending.extend(current.dependencies)
+    unknown = sorted(set(request.query_params.keys()) - known)
+    if unknown:
+        raise RequestValidationError(
+            [{"loc": ("query", name), "msg": "unknown query parameter", "type": "extra_forbidden"} for name in unknown]
+        )
+
+
+def require_union_tags(schema: dict[str, Any]) -> dict[str, Any]:
+    """Mark each plugin option's ``type`` required in the published schema: the discriminated unions need it,
+    though the models give it a default (it names the model)."""
+    for component in schema.get("components", {}).get("schemas", {}).values():
+        tag = component.get("properties", {}).get("type")
+        if isinstance(tag, dict) and "const" in tag and "type" not in component.get("required", []):
+            component["required"] = [*component.get("required", []), "type"]
+    return schema
+
+
+def install_openapi(app: FastAPI) -> None:
+    from fastapi.openapi.utils import get_openapi
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            schema = get_openapi(title=app.title, version=app.version, description=app.description, routes=app.routes)
+            install_body_schemas(schema)
+            app.openapi_schema = require_union_tags(schema)
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
 
 
 def build_services(settings: ApiSettings, backends: dict[str, JobBackend] | None = None) -> Services:
@@ -187,9 +241,11 @@ def create_app(settings: ApiSettings | None = None, backends: dict[str, JobBacke
         version=health.package_version(),
         description=DESCRIPTION,
         lifespan=lifespan,
+        dependencies=[Depends(reject_unknown_query)],
     )
     app.state.services = svc
     install_error_handlers(app)
+    install_openapi(app)
     for module in (streams, datasets, health, admin):
         app.include_router(module.router)
     app.add_middleware(BodySizeLimitMiddleware, max_bytes=settings.max_body_bytes)

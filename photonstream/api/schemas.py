@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import datetime as dt
 import uuid
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
@@ -55,12 +55,35 @@ class ConsumerGroup(Strict):
         return value
 
 
+EXAMPLE_REQUEST = {
+    "experiment": "xpp00001",
+    "runs": [12],
+    "detectors": ["epix10k2m"],
+    "pipeline": {
+        "source": {"type": "synthetic-diffraction", "detector": "epix10k2m", "events": 1000, "rate_hz": 120.0},
+        "steps": [{"type": "hitfinder"}, {"type": "filter", "where": {"hit": {"==": True}}}],
+        "serializer": {"type": "msgpack"},
+    },
+    "consumers": [{"name": "indexers", "policy": "lossless"}, {"name": "monitor", "policy": "sample:2"}],
+    "resources": {"time_limit_s": 1800},
+}
+
+
 class StreamRequest(Strict):
     """POST /v1/streams."""
 
+    model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [EXAMPLE_REQUEST]})
+
     experiment: str = Field(pattern=NAME, description="experiment to read, e.g. xpptut15")
-    runs: list[int] = Field(min_length=1, max_length=64, description="run numbers (several need a source with runs)")
-    detectors: list[str] = Field(default_factory=list, max_length=16, description="detectors to read")
+    runs: list[Annotated[int, Field(ge=0, le=10**9)]] = Field(
+        min_length=1,
+        max_length=64,
+        description="run numbers, each once (several need a source with runs)",
+        json_schema_extra={"uniqueItems": True},
+    )
+    detectors: list[Annotated[str, Field(pattern=NAME)]] = Field(
+        default_factory=list, max_length=16, description="detectors to read"
+    )
     pipeline: PipelineSpec
     consumers: list[ConsumerGroup] = Field(
         default_factory=lambda: [ConsumerGroup(name="default")], min_length=1, max_length=32
@@ -68,10 +91,10 @@ class StreamRequest(Strict):
     job_backend: str | None = Field(None, pattern=NAME, description="where the job runs (default: the service's)")
     resources: Resources = Field(default_factory=Resources)
 
-    @model_validator(mode="before")
     @classmethod
-    def _source_reads_the_requested_run(cls, data: Any) -> Any:
-        """A source with exp/run options (psana) gets them from the request, so it need not repeat them."""
+    def prepare(cls, data: Any) -> Any:
+        """Complete a parsed request: a source with exp/run options (psana) gets them from the request, so it need
+        not repeat them. (Not a validator: the server validates the completed JSON in strict mode.)"""
         if not isinstance(data, dict) or not isinstance(data.get("pipeline"), dict):
             return data
         source = data["pipeline"].get("source")
@@ -94,21 +117,9 @@ class StreamRequest(Strict):
     @field_validator("runs")
     @classmethod
     def _runs(cls, runs: list[int]) -> list[int]:
-        if any(run < 0 or run > 10**9 for run in runs):
-            raise ValueError("run numbers must be between 0 and 1000000000")
         if len(set(runs)) != len(runs):
             raise ValueError("runs must not repeat")
         return runs
-
-    @field_validator("detectors")
-    @classmethod
-    def _detectors(cls, detectors: list[str]) -> list[str]:
-        import re
-
-        for name in detectors:
-            if not re.match(NAME, name):
-                raise ValueError(f"detector {name!r}: use 1-64 letters, digits, '_', '.', '-'")
-        return detectors
 
     @model_validator(mode="after")
     def _unique_groups(self) -> StreamRequest:
@@ -268,8 +279,8 @@ class DatasetBody(Strict):
     experiment: str = Field(pattern=NAME)
     run: int = Field(ge=0, le=10**9)
     detectors: list[str] = Field(default_factory=list, max_length=64)
-    size_bytes: int = Field(0, ge=0, le=2**62)
-    events: int | None = Field(None, ge=0, le=2**62)
+    size_bytes: int = Field(0, ge=0, le=2**53 - 1)  # bounds a JSON number holds exactly
+    events: int | None = Field(None, ge=0, le=2**53 - 1)
 
 
 class PolicySnapshot(BaseModel):

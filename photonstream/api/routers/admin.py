@@ -25,6 +25,7 @@ from photonstream.api.schemas import (
     RevocationInfo,
     RoleBindingBody,
 )
+from photonstream.api.strict import request_body, strict_body
 
 router = APIRouter(prefix="/v1/admin", tags=["admin"], responses=AUTH_ERRORS)
 
@@ -38,8 +39,13 @@ def get_policy(ctx: Context = Depends(admin_context)) -> PolicySnapshot:
     return PolicySnapshot(**ctx.svc.policy.snapshot())
 
 
-@router.post("/grants", response_model=Changed, summary="Grant an experiment to an identity or group")
-def add_grant(body: Grant, ctx: Context = Depends(admin_context)) -> Changed:
+@router.post(
+    "/grants",
+    response_model=Changed,
+    summary="Grant an experiment to an identity or group",
+    openapi_extra=request_body(Grant),
+)
+def add_grant(body: Grant = Depends(strict_body(Grant)), ctx: Context = Depends(admin_context)) -> Changed:
     changed = ctx.svc.policy.grant(body.subject_kind, body.subject, body.experiment)
     ctx.audit.allow("policy.grant", f"{body.subject_kind}:{body.subject}", f"experiment {body.experiment}")
     return Changed(changed=changed)
@@ -57,8 +63,15 @@ def remove_grant(
     return Changed(changed=changed)
 
 
-@router.post("/roles", response_model=Changed, summary="Give an identity or group a role")
-def add_role(body: RoleBindingBody, ctx: Context = Depends(admin_context)) -> Changed:
+@router.post(
+    "/roles",
+    response_model=Changed,
+    summary="Give an identity or group a role",
+    openapi_extra=request_body(RoleBindingBody),
+)
+def add_role(
+    body: RoleBindingBody = Depends(strict_body(RoleBindingBody)), ctx: Context = Depends(admin_context)
+) -> Changed:
     changed = ctx.svc.policy.bind_role(body.subject_kind, body.subject, body.role)
     ctx.audit.allow("policy.role", f"{body.subject_kind}:{body.subject}", f"role {body.role}")
     return Changed(changed=changed)
@@ -76,8 +89,10 @@ def remove_role(
     return Changed(changed=changed)
 
 
-@router.post("/members", response_model=Changed, summary="Add an identity to a group")
-def add_member(body: Membership, ctx: Context = Depends(admin_context)) -> Changed:
+@router.post(
+    "/members", response_model=Changed, summary="Add an identity to a group", openapi_extra=request_body(Membership)
+)
+def add_member(body: Membership = Depends(strict_body(Membership)), ctx: Context = Depends(admin_context)) -> Changed:
     changed = ctx.svc.policy.add_member(body.group, body.identity)
     ctx.audit.allow("policy.member", f"group:{body.group}", f"add {body.identity}")
     return Changed(changed=changed)
@@ -94,15 +109,27 @@ def remove_member(
     return Changed(changed=changed)
 
 
-@router.put("/identities", response_model=Changed, summary="Disable or re-enable an identity")
-def set_identity(body: IdentityState, ctx: Context = Depends(admin_context)) -> Changed:
+@router.put(
+    "/identities",
+    response_model=Changed,
+    summary="Disable or re-enable an identity",
+    openapi_extra=request_body(IdentityState),
+)
+def set_identity(
+    body: IdentityState = Depends(strict_body(IdentityState)), ctx: Context = Depends(admin_context)
+) -> Changed:
     ctx.svc.policy.set_disabled(body.identity, body.disabled)
     ctx.audit.allow("policy.identity", f"identity:{body.identity}", "disabled" if body.disabled else "enabled")
     return Changed(changed=True)
 
 
-@router.post("/revocations", response_model=Changed, summary="Revoke a certificate serial or token id")
-def revoke(body: Revocation, ctx: Context = Depends(admin_context)) -> Changed:
+@router.post(
+    "/revocations",
+    response_model=Changed,
+    summary="Revoke a certificate serial or token id",
+    openapi_extra=request_body(Revocation),
+)
+def revoke(body: Revocation = Depends(strict_body(Revocation)), ctx: Context = Depends(admin_context)) -> Changed:
     credential_id = body.credential_id
     if body.kind == "certificate":  # serials are kept as lower-case hex without separators, as the CA shows them
         from photonstream.api.auth.ca import format_serial, parse_serial
@@ -128,8 +155,15 @@ def list_revocations(ctx: Context = Depends(admin_context)) -> list[RevocationIn
     ]
 
 
-@router.put("/datasets", response_model=Changed, summary="Add or update a run in the dataset catalogue")
-def put_dataset(body: DatasetBody, ctx: Context = Depends(admin_context)) -> Changed:
+@router.put(
+    "/datasets",
+    response_model=Changed,
+    summary="Add or update a run in the dataset catalogue",
+    openapi_extra=request_body(DatasetBody),
+)
+def put_dataset(
+    body: DatasetBody = Depends(strict_body(DatasetBody)), ctx: Context = Depends(admin_context)
+) -> Changed:
     ctx.svc.policy.put_dataset(body.experiment, body.run, body.detectors, body.size_bytes, body.events)
     ctx.audit.allow("dataset.put", f"dataset:{body.experiment}/{body.run}")
     return Changed(changed=True)

@@ -32,6 +32,7 @@ from photonstream.api.schemas import (
     StreamTransitionInfo,
     ValidationErrorBody,
 )
+from photonstream.api.strict import request_body, strict_body
 from photonstream.errors import ConfigError
 from photonstream.store.models import Stream, utcnow
 from photonstream.store.streams import StreamNotFoundError, StreamState
@@ -39,6 +40,7 @@ from photonstream.store.streams import StreamNotFoundError, StreamState
 router = APIRouter(prefix="/v1/streams", tags=["streams"])
 
 AUTH_ERRORS = {
+    400: {"model": ErrorBody, "description": "unreadable request (e.g. a Content-Length that is not a number)"},
     401: {"model": ErrorBody, "description": "no valid credential"},
     403: {"model": ErrorBody, "description": "not allowed (ungranted experiment, disabled identity)"},
     413: {"model": ErrorBody, "description": "request body too large"},
@@ -95,12 +97,17 @@ def visible_stream(ctx: Context, stream_id: uuid.UUID, action: str) -> Stream:
     response_model=StreamInfo,
     responses=AUTH_ERRORS,
     summary="Request a stream",
+    openapi_extra=request_body(StreamRequest),
     description="Validates the request, binds the pipeline to the experiment and runs, stores the stream (queued) "
     "and answers with its id, state and data endpoint, including the consumers' CURVE secret key (shown once). "
     "Refused with 422 when the caller's credential expires before the stream's estimated end "
     "(now + resources.time_limit_s).",
 )
-def create_stream(body: StreamRequest, response: Response, ctx: Context = Depends(context)) -> StreamInfo:
+def create_stream(
+    response: Response,
+    body: StreamRequest = Depends(strict_body(StreamRequest, StreamRequest.prepare)),
+    ctx: Context = Depends(context),
+) -> StreamInfo:
     principal, settings = ctx.principal, ctx.svc.settings
     obj = f"experiment:{body.experiment}"
     if not principal.may_read(body.experiment):
