@@ -9,6 +9,7 @@ import json
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -20,7 +21,8 @@ from photonstream.consumers.xtal.integrate import IntegrationSettings, Integrato
 from photonstream.consumers.xtal.local import LocalRun, run_local
 from photonstream.consumers.xtal.merge import Merger, reference_from_source
 from photonstream.consumers.xtal.spots import find_spots
-from photonstream.consumers.xtal.worker import XtalOptions
+from photonstream.consumers.xtal.worker import XtalOptions, run_xtal_worker
+from photonstream.errors import ConfigError
 from photonstream.frames import StartMessage
 from photonstream.sources._crystal import UnitCell, space_group_operators, symmetry_unique
 from photonstream.sources.synthetic_diffraction import (
@@ -211,6 +213,18 @@ def test_results_survive_the_wire() -> None:
     np.testing.assert_array_equal(back["reflections"]["hkl"], record["reflections"]["hkl"])
     assert back["reflections"]["hkl"].dtype == np.int32 and back["x"] == 1.5
     np.testing.assert_array_equal(back["orientation"], np.eye(3))
+
+
+def test_worker_always_sends_an_end_record_even_when_it_fails(source) -> None:
+    records: list[dict[str, Any]] = []
+    with pytest.raises(ConfigError, match="before the start message"):
+        run_xtal_worker(iter([source.frame(0)]), records.append, worker_id="w")
+    assert records[-1]["type"] == "end" and "before the start message" in records[-1]["error"]
+    info = source.open()
+    anonymous = StartMessage(stream_id="s", geometry=info.geometry, source={"layout": info.details["layout"]})
+    with pytest.raises(ConfigError, match="unit_cell"):
+        run_xtal_worker(iter([anonymous]), records.append)
+    assert records[-1]["type"] == "end" and "unit_cell" in records[-1]["error"]
 
 
 def test_options_refuse_unknown_fields_and_bad_values() -> None:

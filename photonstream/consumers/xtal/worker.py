@@ -37,7 +37,7 @@ from photonstream.consumers.xtal.integrate import IntegrationSettings, Integrato
 from photonstream.consumers.xtal.powder import PowderAccumulator
 from photonstream.consumers.xtal.spots import SpotFinderSettings, find_hit, find_spots
 from photonstream.errors import ConfigError
-from photonstream.frames import CalibrationMessage, EndMessage, Frame, FrameBatch, Message, StartMessage
+from photonstream.frames import EndMessage, Frame, FrameBatch, Message, StartMessage
 from photonstream.processing.hitfinder import HitfinderOptions
 from photonstream.sources._crystal import UnitCell
 
@@ -230,6 +230,7 @@ def run_xtal_worker(
         emit({**built.start_record(message), "worker": summary.worker})
         return built
 
+    error = ""
     try:
         if start is not None:
             processor = begin(start)
@@ -245,8 +246,11 @@ def run_xtal_worker(
             elif isinstance(message, EndMessage):
                 end = message
                 break
-            elif isinstance(message, CalibrationMessage):
-                continue
+    except Exception as exc:
+        error = f"{type(exc).__name__}: {exc}"
+        raise
+    finally:
+        # Always tell the merger this worker is done (with the error, if any), so it never waits in vain.
         record: dict[str, Any] = {
             "type": "end",
             "worker": summary.worker,
@@ -255,13 +259,15 @@ def run_xtal_worker(
             "indexed": summary.indexed,
             "seconds": summary.seconds,
             "stream_end": None if end is None else {"reason": end.reason, "events_sent": end.events_sent},
+            "error": error,
         }
         if processor is not None and processor.powder is not None:
             record["powder"] = processor.powder.take().to_dict()
-        emit(record)
-    finally:
-        if close is not None:
-            close()
+        try:
+            emit(record)
+        finally:
+            if close is not None:
+                close()
     return summary
 
 
