@@ -41,7 +41,6 @@ DISTRIBUTED_EVENTS = 600
 
 def stage_rates(detector: dict[str, Any], hits: int, dps_frames: int) -> dict[str, float]:
     """Frames/s of each stage on ``hits`` hit frames (and as many misses for hit finding); run in a child."""
-    from photonstream.consumers.xtal import _cctbx
     from photonstream.consumers.xtal.worker import XtalOptions, XtalProcessor
     from photonstream.frames import StartMessage
     from photonstream.sources.synthetic_diffraction import SyntheticDiffraction, SyntheticDiffractionOptions
@@ -68,7 +67,6 @@ def stage_rates(detector: dict[str, Any], hits: int, dps_frames: int) -> dict[st
     rates = {f"{stage}_frames_per_s": len(values) / sum(values) for stage, values in timings.items() if values}
     rates["index_dps_frames_per_s"] = len(dps_seconds) / sum(dps_seconds) if dps_seconds else 0.0
     rates["indexing_rate"] = indexed / true_hits if true_hits else 0.0
-    rates["asu_available"] = float(_cctbx.preload())
     return rates
 
 
