@@ -164,9 +164,10 @@ def ca_list(
     """Every certificate this CA issued, with its state."""
     from dataclasses import asdict
 
-    from photonstream.api.auth.ca import CertificateAuthority
+    from photonstream.api.auth.ca import CertificateAuthority, utcnow
 
     records = CertificateAuthority(ca_dir).records()
+    now = utcnow().isoformat()
     if as_json:
         print(json.dumps([asdict(r) for r in records], indent=1))
         return
@@ -181,7 +182,11 @@ def ca_list(
             ", ".join(r.experiments or r.hosts),
             ", ".join(r.groups),
             r.not_after[:19],
-            f"[red]revoked {r.revoked_at[:19]}[/]" if r.revoked_at else "[green]valid[/]",
+            f"[red]revoked {r.revoked_at[:19]}[/]"
+            if r.revoked_at
+            else "[yellow]expired[/]"
+            if r.not_after < now
+            else "[green]valid[/]",
         )
     console.print(table)
 

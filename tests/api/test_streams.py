@@ -13,6 +13,7 @@ from typing import Any
 
 import httpx
 import pytest
+import zmq
 
 from tests.api.harness import EXPERIMENT, ApiHarness, stream_request
 
@@ -125,7 +126,9 @@ def test_the_service_chooses_handlers_and_stream_identity(sqlite_api: ApiHarness
     assert endpoint["address"] == sqlite_api.settings.buffer_endpoint
     assert endpoint["streams"] == [f"{EXPERIMENT}/1/{uuid.UUID(stream_id).hex}"]
     curve = endpoint["curve"]
-    assert len(curve["client_public_key"]) == len(curve["client_secret_key"]) == 40
+    assert zmq.curve_public(curve["client_secret_key"].encode()).decode() == curve["client_public_key"]  # one pair
+    other = post(sqlite_api, stream_request()).json()["data_endpoint"]["curve"]
+    assert other["client_public_key"] != curve["client_public_key"]  # one pair per stream
     shown = sqlite_api.client(cert="alice").get(f"/v1/streams/{stream_id}").json()
     assert shown["data_endpoint"]["curve"]["client_secret_key"] is None  # the secret is shown once
     assert shown["data_endpoint"]["curve"]["client_public_key"] == curve["client_public_key"]
