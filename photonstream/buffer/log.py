@@ -18,6 +18,7 @@ import json
 import os
 import shutil
 import struct
+import threading
 from bisect import bisect_left
 from collections import deque
 from collections.abc import Iterator
@@ -91,6 +92,7 @@ class RecordFile:
         self.last_offset = first_offset - 1
         self.fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_APPEND, 0o644)
         self.size = os.fstat(self.fd).st_size
+        self.writing = False
 
     def append(self, record: Record, frames: list[Any]) -> None:
         header = record.header()
@@ -196,6 +198,9 @@ class StreamLog:
     control: RecordFile | None = None
     bytes_in: int = 0
     messages_in: int = 0
+    unwritten: deque[int] = field(default_factory=deque)  # transport seqs queued for the disk writer, in order
+    write_error: str = ""
+    lock: threading.Lock = field(default_factory=threading.Lock)  # segment list and disk sizes (writer thread)
     _times: list[int] = field(default_factory=list)  # arrival ns per record, for start-at-time
 
     # -- writing ------------------------------------------------------------------------------------------
@@ -230,11 +235,14 @@ class StreamLog:
         else:
             self.calibrations.append((record.offset, record))
 
-    def append(self, kind: str, transport_seq: int, seq: int, frames: list[Any], ts_ns: int) -> Record:
-        """Add a data message at the head; durable streams write it through to the active segment."""
+    def append(
+        self, kind: str, transport_seq: int, seq: int, frames: list[Any], ts_ns: int, write: bool = True
+    ) -> Record:
+        """Add a data message at the head. A durable stream writes it through to the active segment, now or (with
+        ``write=False``) when the caller's writer thread calls ``write_through``."""
         lengths = tuple(nbytes_of(f) for f in frames)
         record = Record(self.head, kind, transport_seq, seq, ts_ns, sum(lengths), frames, lengths=lengths)
-        if self.durable and self.directory is not None:
+        if self.durable and self.directory is not None and write:
             self._write_segment(record, frames)
         self.records.append(record)
         self._times.append(ts_ns)
@@ -247,13 +255,25 @@ class StreamLog:
 
     def _write_segment(self, record: Record, frames: list[Any]) -> None:
         assert self.directory is not None
-        seg = self.segments[-1] if self.segments else None
-        if seg is None or seg.size >= self.segment_bytes:
-            seg = RecordFile(self.directory / f"{record.offset:020d}{SEGMENT_SUFFIX}", record.offset)
-            self.segments.append(seg)
+        with self.lock:
+            seg = self.segments[-1] if self.segments else None
+            if seg is None or seg.size >= self.segment_bytes:
+                seg = RecordFile(self.directory / f"{record.offset:020d}{SEGMENT_SUFFIX}", record.offset)
+                self.segments.append(seg)
+            seg.writing = True
         before = seg.size
-        seg.append(record, frames)
-        self.disk_bytes += seg.size - before
+        try:
+            seg.append(record, frames)  # outside the lock: the loop may read and evict meanwhile
+        finally:
+            with self.lock:
+                seg.writing = False
+                self.disk_bytes += seg.size - before
+
+    def write_through(self, record: Record) -> None:
+        """Write a record appended with ``write=False`` (called by the disk-writer thread)."""
+        frames = record.frames
+        if frames is not None and record.segment is None:
+            self._write_segment(record, frames)
 
     # -- reading ------------------------------------------------------------------------------------------
     def get(self, offset: int) -> Record | None:
@@ -287,7 +307,7 @@ class StreamLog:
         if record is None:
             return False
         if record.segment is None:
-            if not spill or self.directory is None:
+            if self.durable or not spill or self.directory is None:  # durable: not written yet
                 return False
             assert record.frames is not None
             self.directory.mkdir(parents=True, exist_ok=True)
@@ -311,10 +331,11 @@ class StreamLog:
             self.records[o - self.base] = None
         self.first = offset
         self.mem_first = max(self.mem_first, offset)
-        while self.segments and self.segments[0].last_offset < offset and self.segments[0] is not self._active():
-            seg = self.segments.popleft()
-            self.disk_bytes -= seg.size
-            seg.delete()
+        with self.lock:
+            while self.segments and self.segments[0].last_offset < offset and self.segments[0] is not self._active():
+                seg = self.segments.popleft()
+                self.disk_bytes -= seg.size
+                seg.delete()
         if self.first - self.base > 4096 and self.first - self.base > len(self.records) // 2:
             cut = self.first - self.base
             del self.records[:cut]
@@ -327,7 +348,13 @@ class StreamLog:
         if not self.segments:
             return None
         last = self.segments[-1]
-        return last if last.last_offset >= self.head - 1 and self.end is None else None
+        if (
+            last.writing
+            or (self.durable and self.end is None)
+            or (not self.durable and last.last_offset >= self.head - 1)
+        ):
+            return last
+        return None
 
     def oldest_segment(self) -> RecordFile | None:
         return self.segments[0] if self.segments else None

@@ -19,6 +19,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import json
+import queue
 import re
 import shutil
 import threading
@@ -28,11 +29,13 @@ from pathlib import Path
 from typing import Any
 
 import zmq
+from msgpack import packb as msgpack_pack
+from msgpack import unpackb as msgpack_unpack
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from photonstream.buffer import protocol as P
 from photonstream.buffer.groups import Group, Policy, monotonic, parse_start, start_offset
-from photonstream.buffer.log import GROUPS_FILE, META_FILE, StreamLog, stream_dir
+from photonstream.buffer.log import GROUPS_FILE, META_FILE, Record, StreamLog, stream_dir
 from photonstream.config.base import one_line
 from photonstream.errors import ConfigError, PhotonstreamError
 
@@ -90,6 +93,51 @@ class Stream:
         return min(needs) if needs else None
 
 
+class DiskWriter:
+    """Writes durable records in a thread of its own, so the I/O loop never waits for the disk.
+
+    The loop queues records in order; the writer appends them to their stream's active segment and reports each
+    completion (address, transport seq, error) on an inproc socket the loop polls. Producer acks of a durable
+    stream only cover what the writer has finished, so the producer is slowed to the disk's pace.
+    """
+
+    def __init__(self, context: zmq.Context, endpoint: str) -> None:
+        self._queue: queue.SimpleQueue[tuple[StreamLog, Record] | None] = queue.SimpleQueue()
+        self._endpoint = endpoint
+        self._context = context
+        self._thread = threading.Thread(target=self._run, name="photonstream-buffer-disk", daemon=True)
+        self._ready = threading.Event()
+        self._thread.start()
+        self._ready.wait()
+
+    def submit(self, log: StreamLog, record: Record) -> None:
+        self._queue.put((log, record))
+
+    def stop(self) -> None:
+        self._queue.put(None)
+        self._thread.join(30)
+
+    def _run(self) -> None:
+        sock = self._context.socket(zmq.PUSH)
+        sock.setsockopt(zmq.LINGER, 1000)
+        sock.connect(self._endpoint)
+        self._ready.set()
+        try:
+            while (item := self._queue.get()) is not None:
+                log, record = item
+                error = ""
+                try:
+                    if not log.write_error:
+                        log.write_through(record)
+                except OSError as exc:
+                    error = f"cannot write to {log.directory}: {exc.strerror}"
+                except Exception as exc:  # never die silently: the producer would wait for acks forever
+                    error = f"disk writer failed: {type(exc).__name__}: {exc}"
+                sock.send(msgpack_pack([log.address, record.transport_seq, error]))
+        finally:
+            sock.close()
+
+
 def tune_allocator() -> bool:
     """Let glibc keep and reuse freed payload buffers instead of unmapping them (dedicated service processes).
 
@@ -133,6 +181,8 @@ class BufferService:
         self._ready = threading.Event()
         self._thread: threading.Thread | None = None
         self._socket: zmq.Socket | None = None
+        self._writer: DiskWriter | None = None
+        self._written: zmq.Socket | None = None
         self._startup_error: BaseException | None = None
         self.endpoint = ""
         self.started_at = time.time()
@@ -157,6 +207,11 @@ class BufferService:
             raise ServiceError(f"buffer: cannot bind {self.settings.bind} ({exc})") from None
         self._socket = sock
         self.endpoint = sock.getsockopt_string(zmq.LAST_ENDPOINT)
+        if self.settings.data_dir is not None:
+            written = self.context.socket(zmq.PULL)
+            written.bind(f"inproc://photonstream-buffer-written-{id(self)}")
+            self._written = written
+            self._writer = DiskWriter(self.context, f"inproc://photonstream-buffer-written-{id(self)}")
 
     def _recover(self) -> None:
         root = self.settings.data_dir
@@ -222,6 +277,11 @@ class BufferService:
             self._shutdown()
 
     def _shutdown(self) -> None:
+        if self._writer is not None:
+            self._writer.stop()
+            self._drain_written()
+        if self._written is not None:
+            self._written.close(linger=0)
         for stream in self.streams.values():
             self._persist(stream)
             stream.log.close()
@@ -238,8 +298,11 @@ class BufferService:
         assert sock is not None
         poller = zmq.Poller()
         poller.register(sock, zmq.POLLIN)
+        if self._written is not None:
+            poller.register(self._written, zmq.POLLIN)
         while not self._stop.is_set():
             if poller.poll(self._poll_timeout_ms()):
+                self._drain_written()
                 for _ in range(64):
                     try:
                         parts = sock.recv_multipart(zmq.NOBLOCK, copy=False)
@@ -251,6 +314,27 @@ class BufferService:
             if now >= self._next_tick:
                 self._tick(now)
                 self._next_tick = now + 0.05
+
+    def _drain_written(self) -> None:
+        """Completions from the disk writer: durable messages that may now be acked to their producer."""
+        if self._written is None:
+            return
+        while True:
+            try:
+                address, n, error = msgpack_unpack(self._written.recv(zmq.NOBLOCK))
+            except zmq.Again:
+                return
+            stream = self.streams.get(address)
+            if stream is None:
+                continue
+            log = stream.log
+            if log.unwritten and log.unwritten[0] == n:
+                log.unwritten.popleft()
+            if error and not log.write_error:
+                log.write_error = error
+                stream.errors += 1
+            if stream.blocked or error:
+                self._enforce(stream)
 
     def _poll_timeout_ms(self) -> int:
         timeout = 0.05
@@ -377,10 +461,18 @@ class BufferService:
         if log.end is not None:
             self._producer_error(identity, header, "ended", f"{address}: the stream has already ended")
             return
+        if log.write_error:
+            self._producer_error(identity, header, "disk", f"{address}: {log.write_error}")
+            return
         now_ns = time.time_ns()
         try:
             if kind in P.DATA_KINDS:
-                log.append(kind, n, seq, payload, now_ns)
+                background = log.durable and self._writer is not None
+                record = log.append(kind, n, seq, payload, now_ns, write=not background)
+                if background:
+                    assert self._writer is not None
+                    log.unwritten.append(n)
+                    self._writer.submit(log, record)
             else:
                 log.add_control(kind, n, seq, payload, now_ns)
         except OSError as exc:
@@ -418,6 +510,13 @@ class BufferService:
             if stream is not None and stream.blocked:
                 held[(identity, address)] = n
                 continue
+            if stream is not None and stream.log.unwritten:
+                stored = stream.log.unwritten[0] - 1  # durable: only what is on disk
+                if stored < n:
+                    held[(identity, address)] = n
+                    n = stored
+                    if n < 0:
+                        continue
             self._reply(identity, P.ACK, {"s": address, "n": n})
         self._pending_acks = held
 
@@ -462,8 +561,9 @@ class BufferService:
             if record is None:
                 break
             if log.durable:
-                log.release_memory(spill=False)  # already on disk: drop the cached copy
-                continue
+                if log.release_memory(spill=False):  # on disk already: drop the cached copy
+                    continue
+                break  # the writer has not got there yet; acks wait for it, which slows the producer
             if record.offset < limit:  # no lossless group needs it: forget it rather than spill it
                 log.evict_before(record.offset + 1)
                 continue
@@ -476,6 +576,8 @@ class BufferService:
             if not reasons:
                 reasons.append(f"memory budget full ({log.mem_bytes} bytes in memory) and no room on disk")
             break
+        if log.write_error:
+            reasons.append(log.write_error)
         if reasons:
             laggards = sorted(g.name for g in stream.groups.values() if g.retain_from is not None)
             stream.blocked = f"{log.address}: {'; '.join(reasons)}; lossless group(s) {', '.join(laggards)} lag behind"

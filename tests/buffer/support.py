@@ -129,11 +129,21 @@ def events_of(messages: list[Any]) -> list[int]:
 class ServiceProcess:
     """``photonstream.buffer.cli serve`` in a subprocess (for kill -9 tests)."""
 
-    def __init__(self, data_dir: Path, port: int, *args: str) -> None:
+    def __init__(self, data_dir: Path, port: int, *args: str, limit_file_bytes: int | None = None) -> None:
         self.endpoint = f"tcp://127.0.0.1:{port}"
         cmd = [sys.executable, "-m", "photonstream.buffer.cli", "serve", "--bind", self.endpoint,
                "--data-dir", str(data_dir), *args]  # fmt: skip
-        self.proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+
+        def limit_files() -> None:  # in the child: writes past the limit fail with EFBIG, like a full disk
+            import resource
+
+            signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+            resource.setrlimit(resource.RLIMIT_FSIZE, (limit_file_bytes, limit_file_bytes))
+
+        preexec = limit_files if limit_file_bytes is not None else None
+        self.proc = subprocess.Popen(
+            cmd, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, preexec_fn=preexec
+        )
         wait_until(self._answers, 20, f"buffer service at {self.endpoint}")
 
     def _answers(self) -> bool:

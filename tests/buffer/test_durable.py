@@ -5,9 +5,20 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
+import pytest
+
 from photonstream.buffer.log import StreamLog
 from photonstream.client import subscribe
-from tests.buffer.support import Producer, ServiceProcess, events_of, free_port, group_state, wait_until
+from photonstream.errors import HandlerError
+from tests.buffer.support import (
+    Producer,
+    ServiceProcess,
+    events_of,
+    free_port,
+    group_state,
+    stream_state,
+    wait_until,
+)
 
 STREAM = "exp/1/det"
 
@@ -81,3 +92,22 @@ def test_a_torn_record_is_cut_off_on_recovery(tmp_path: Path) -> None:
     assert bytes(recovered.payload(recovered.get(4))[1]) == b"y" * 4
     assert bytes(recovered.start.frames[0]) == b"start"
     assert segment.stat().st_size == good_size
+
+
+def test_a_failing_disk_gives_the_producer_a_clear_error(tmp_path: Path) -> None:
+    """Writes past RLIMIT_FSIZE fail like a full disk (EFBIG instead of ENOSPC)."""
+    port = free_port()
+    service = ServiceProcess(tmp_path, port, limit_file_bytes=64 * 1024)
+    try:
+        producer = Producer(service.endpoint, STREAM, durable=True, send_timeout_s=10)
+        producer.start()
+        with pytest.raises(HandlerError, match=r"cannot write to .*File too large"):
+            producer.frames(200, shape=(32, 32))
+            producer.close()
+        sub = subscribe(service.endpoint, STREAM, group="g", timeout_s=10, credit=100)
+        stored = stream_state(service.endpoint)["head"]
+        assert 0 < stored < 200
+        got = [next(sub) for _ in range(stored + 1)]
+        assert events_of(got) == list(range(stored))  # what was accepted is all there, in order
+    finally:
+        service.stop()
