@@ -19,9 +19,7 @@ from photonstream.consumers.cli import train_app
 from photonstream.errors import ConfigError, PhotonstreamError
 
 app = typer.Typer(help="Stream X-ray experiment data on request.", no_args_is_help=True, add_completion=False)
-bench_app = typer.Typer(
-    help="Benchmarks (table for people, one JSON object on the last line).", no_args_is_help=True
-)
+bench_app = typer.Typer(help="Benchmarks (table for people, one JSON object on the last line).", no_args_is_help=True)
 app.add_typer(bench_app, name="bench")
 app.add_typer(buffer_app, name="buffer")
 app.add_typer(train_app, name="train", help="Train models live on a stream (PyTorch).")
@@ -131,9 +129,7 @@ def plugins(as_json: bool = typer.Option(False, "--json", help="machine-readable
                 "options": {
                     field: {
                         "type": _type_name(info.annotation),
-                        "default": None
-                        if info.is_required()
-                        else repr(info.get_default(call_default_factory=True)),
+                        "default": None if info.is_required() else repr(info.get_default(call_default_factory=True)),
                         "required": info.is_required(),
                         "description": info.description or "",
                     }
@@ -145,30 +141,22 @@ def plugins(as_json: bool = typer.Option(False, "--json", help="machine-readable
         print(json.dumps(list(listing.values()), indent=1))
         return
     for entry in listing.values():
-        table = Table(
-            title=f"{entry['kind']} [bold]{entry['name']}[/] — {entry['summary']}", title_justify="left"
-        )
+        table = Table(title=f"{entry['kind']} [bold]{entry['name']}[/] — {entry['summary']}", title_justify="left")
         table.add_column("option")
         table.add_column("type")
         table.add_column("default")
         table.add_column("description")
         for field, opt in entry["options"].items():
-            table.add_row(
-                field, opt["type"], "(required)" if opt["required"] else opt["default"], opt["description"]
-            )
+            table.add_row(field, opt["type"], "(required)" if opt["required"] else opt["default"], opt["description"])
         console.print(table)
 
 
 @app.command()
 @friendly
 def receive(
-    endpoint: str = typer.Argument(
-        ..., help="the pipeline's zmq-push/zmq-pub endpoint, e.g. tcp://127.0.0.1:5555"
-    ),
+    endpoint: str = typer.Argument(..., help="the pipeline's zmq-push/zmq-pub endpoint, e.g. tcp://127.0.0.1:5555"),
     timeout: float = typer.Option(30.0, help="give up after this many idle seconds"),
-    topic: str | None = typer.Option(
-        None, "--topic", help="subscribe (zmq-pub) to this stream id; '' for all"
-    ),
+    topic: str | None = typer.Option(None, "--topic", help="subscribe (zmq-pub) to this stream id; '' for all"),
     as_json: bool = typer.Option(False, "--json", help="print the summary as one JSON line"),
 ) -> None:
     """Read a stream from a zmq-push or zmq-pub handler; print hit rate and throughput."""
@@ -181,9 +169,7 @@ def receive(
         if not as_json and summary.events and summary.events % 50 == 0:
             d = summary.as_dict()
             hit = f"hit rate {d['hit_rate']:.1%}  " if d["hit_rate"] is not None else ""
-            err_console.print(
-                f"{d['events']} events  {hit}{d['events_per_s']:,.0f} ev/s  {d['mb_per_s']:,.0f} MB/s"
-            )
+            err_console.print(f"{d['events']} events  {hit}{d['events_per_s']:,.0f} ev/s  {d['mb_per_s']:,.0f} MB/s")
     result = summary.as_dict()
     if as_json:
         print(json.dumps(result))

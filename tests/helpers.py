@@ -18,9 +18,7 @@ from photonstream.frames import (
 )
 
 
-def sample_frame(
-    event: int = 7, shape: tuple[int, ...] = (2, 16, 24), dtype: str = "<u2", seed: int = 0
-) -> Frame:
+def sample_frame(event: int = 7, shape: tuple[int, ...] = (2, 16, 24), dtype: str = "<u2", seed: int = 0) -> Frame:
     rng = np.random.default_rng(seed + event)
     data = rng.integers(0, 5000, size=shape).astype(dtype)
     return Frame(
@@ -74,9 +72,7 @@ def sample_messages() -> list[Any]:
     return [
         sample_start(),
         *frames,
-        CalibrationMessage(
-            "epix", Calibration("ped-2", 2, {"pedestal": np.ones(3)}, {}), from_event=2, seq=4
-        ),
+        CalibrationMessage("epix", Calibration("ped-2", 2, {"pedestal": np.ones(3)}, {}), from_event=2, seq=4),
         FrameBatch(frames=[sample_frame(10), sample_frame(11)], stream_id="epix", seq=5, created_ns=9),
         encoded,
         EndMessage("epix", events_sent=3, counts={"read": 3, "hit": 1}, reason="completed", seq=6),

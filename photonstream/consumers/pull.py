@@ -84,13 +84,7 @@ class StreamSummary:
             self.first_at = now
         self.last_at = now
         self.messages += 1
-        frames = (
-            message.frames
-            if isinstance(message, FrameBatch)
-            else [message]
-            if isinstance(message, Frame)
-            else []
-        )
+        frames = message.frames if isinstance(message, FrameBatch) else [message] if isinstance(message, Frame) else []
         for frame in frames:
             self.events += 1
             self.nbytes += sum(a.nbytes for a in frame.arrays.values())

@@ -20,12 +20,8 @@ class ZmqOptions(PluginOptions):
     address: str = Field(description="ZeroMQ endpoint, e.g. tcp://127.0.0.1:5555 or tcp://*:31001")
     bind: bool = Field(True, description="bind the address (consumers connect); false: connect to it")
     hwm: int = Field(100, ge=1, description="messages queued per peer before sends block")
-    send_timeout_s: float = Field(
-        30.0, gt=0, description="give up (and fail the run) when no peer takes a message"
-    )
-    linger_s: float = Field(
-        60.0, ge=0, description="how long close waits for queued messages to be delivered"
-    )
+    send_timeout_s: float = Field(30.0, gt=0, description="give up (and fail the run) when no peer takes a message")
+    linger_s: float = Field(60.0, ge=0, description="how long close waits for queued messages to be delivered")
 
     @field_validator("address")
     @classmethod

@@ -92,9 +92,7 @@ def test_large_final_messages_are_not_lost_at_exit(tmp_path: Path) -> None:
 
 
 def test_no_consumer_fails_after_send_timeout_instead_of_hanging() -> None:
-    handler = make_handler(
-        "zmq-push", address=f"tcp://127.0.0.1:{free_tcp_port()}", send_timeout_s=0.3, linger_s=0
-    )
+    handler = make_handler("zmq-push", address=f"tcp://127.0.0.1:{free_tcp_port()}", send_timeout_s=0.3, linger_s=0)
     handler.open()
     message = sample_start()
     with pytest.raises(HandlerError, match="no consumer took message"):
