@@ -14,6 +14,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from photonstream.api.cli import ca_app, db_app, policy_app, request_app, serve_command
 from photonstream.buffer.cli import buffer_app, consume
 from photonstream.consumers.cli import train_app
 from photonstream.errors import ConfigError, PhotonstreamError
@@ -23,7 +24,12 @@ bench_app = typer.Typer(help="Benchmarks (table for people, one JSON object on t
 app.add_typer(bench_app, name="bench")
 app.add_typer(buffer_app, name="buffer")
 app.add_typer(train_app, name="train", help="Train models live on a stream (PyTorch).")
+app.add_typer(ca_app, name="ca")
+app.add_typer(request_app, name="request")
+app.add_typer(db_app, name="db")
+app.add_typer(policy_app, name="policy")
 app.command("consume")(consume)
+app.command("serve")(serve_command)
 
 console = Console()
 err_console = Console(stderr=True)
