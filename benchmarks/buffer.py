@@ -11,6 +11,9 @@ as received by one consumer (the first to the last message it got).
 - nats / redis / buffer_1mb: always 1 MB frames: NATS JetStream (memory storage, async acked publish, ordered
   push consumer) at 127.0.0.1:4222, Redis Streams (pipelined XADD, XREAD) at 127.0.0.1:6379, our buffer
 - p50_ms / p99_ms: producer → buffer → consumer latency of 1 MB frames paced at 1 kHz
+- disk_write_gbps (context): plain sequential 4 MB writes into the data directory's file system
+
+With ``repeat`` > 1 each case runs that many times and the best run counts (a shared machine is noisy).
 
     python -m benchmarks.buffer [--frame-mb 4] [--seconds 3] [--json]
 """
@@ -37,10 +40,9 @@ NATS_URL = "nats://127.0.0.1:4222"
 REDIS_HOST, REDIS_PORT = "127.0.0.1", 6379
 STREAM = "bench/1/frames"
 END = b"END"
-MEMORY = int(__import__("os").environ.get("BENCH_MEMORY", 1 << 30))
-CREDIT = int(__import__("os").environ.get("BENCH_CREDIT", 32))
-WINDOW = int(__import__("os").environ.get("BENCH_WINDOW", 16))
-TUNE = bool(int(__import__("os").environ.get("BENCH_TUNE", "1")))
+MEMORY = 256 << 20  # the buffer keeps the newest 256 MiB of the stream in memory (replay window)
+CREDIT = 32  # messages a consumer lets the buffer send ahead
+WINDOW = 16  # messages the producer sends before it waits for the buffer's ack
 
 _ctx = mp.get_context("spawn")
 
@@ -176,8 +178,7 @@ def _buffer_service(bind: str, data_dir: str | None, ready: Any) -> None:
     from photonstream.buffer import BufferService, BufferSettings
     from photonstream.buffer.service import tune_allocator
 
-    if TUNE:
-        tune_allocator()
+    tune_allocator()  # as `photonstream buffer serve` does
     settings = BufferSettings(bind=bind, data_dir=Path(data_dir) if data_dir else None,
                               memory_per_stream=MEMORY, memory_total=2 << 30, retention_bytes=2 << 30)  # fmt: skip
     service = BufferService(settings)
@@ -187,14 +188,16 @@ def _buffer_service(bind: str, data_dir: str | None, ready: Any) -> None:
         time.sleep(1)
 
 
-def _buffer_producer(endpoint: str, frame_bytes: int, seconds: float, durable: bool, rate_hz: float, go: Any) -> None:
+def _buffer_producer(
+    endpoint: str, frame_bytes: int, seconds: float, durable: bool, rate_hz: float, window: int, go: Any
+) -> None:
     from photonstream.frames import EndMessage, Frame, StartMessage
     from photonstream.handlers.buffer import BufferHandler, BufferOptions
     from photonstream.serializers.base import create
 
     go.wait(60)
     serializer = create("msgpack")
-    handler = BufferHandler(BufferOptions(address=endpoint, durable=durable, send_timeout_s=60, window=WINDOW))
+    handler = BufferHandler(BufferOptions(address=endpoint, durable=durable, send_timeout_s=60, window=window))
     handler.open()
     experiment, run, stream_id = STREAM.split("/")
     start = StartMessage(stream_id=stream_id, experiment=experiment, run=int(run), serializer="msgpack", seq=0)
@@ -219,10 +222,10 @@ def _buffer_producer(endpoint: str, frame_bytes: int, seconds: float, durable: b
     handler.close()
 
 
-def _buffer_consumer(endpoint: str, group: str, out: Any) -> None:
+def _buffer_consumer(endpoint: str, group: str, credit: int, out: Any) -> None:
     from photonstream.client import subscribe
 
-    sub = subscribe(endpoint, STREAM, group=group, credit=CREDIT, decode=False, timeout_s=60)
+    sub = subscribe(endpoint, STREAM, group=group, credit=credit, decode=False, timeout_s=60)
     count = nbytes = 0
     first = last = 0.0
     latencies: list[float] = []
@@ -243,16 +246,23 @@ def _buffer_consumer(endpoint: str, group: str, out: Any) -> None:
     out.put(_result(nbytes, max(count - 1, 0), first, last, p50_ms=pick(0.50), p99_ms=pick(0.99)))
 
 
-def buffer_case(frame_bytes: int, seconds: float, durable: bool = False, groups: int = 1,
-                rate_hz: float = 0.0) -> dict[str, Any]:  # fmt: skip
+def buffer_case(
+    frame_bytes: int,
+    seconds: float,
+    durable: bool = False,
+    groups: int = 1,
+    rate_hz: float = 0.0,
+    credit: int = CREDIT,
+    window: int = WINDOW,
+) -> dict[str, Any]:
     endpoint = f"tcp://127.0.0.1:{_free_port()}"
     with tempfile.TemporaryDirectory(prefix="photonstream-bench-") as data_dir:
         ready, go, out = _ctx.Event(), _ctx.Event(), _ctx.Queue()
         service = _ctx.Process(target=_buffer_service, args=(endpoint, data_dir, ready), daemon=True)
         service.start()
         ready.wait(60)
-        procs = [(_buffer_consumer, (endpoint, f"g{i}", out)) for i in range(groups)]
-        procs.append((_buffer_producer, (endpoint, frame_bytes, seconds, durable, rate_hz, go)))
+        procs = [(_buffer_consumer, (endpoint, f"g{i}", credit, out)) for i in range(groups)]
+        procs.append((_buffer_producer, (endpoint, frame_bytes, seconds, durable, rate_hz, window, go)))
         time.sleep(0.3)
         go.set()
         try:
@@ -261,7 +271,7 @@ def buffer_case(frame_bytes: int, seconds: float, durable: bool = False, groups:
             service.terminate()
             service.join(10)
     if groups == 1:
-        return results[0]
+        return {**results[0], "rate_hz": rate_hz}
     return _per_consumer(results)
 
 
@@ -403,6 +413,25 @@ def redis_case(frame_bytes: int, seconds: float) -> dict[str, Any]:
         client.delete(key)
 
 
+def disk_write(total_bytes: int = 1 << 30, block: int = 4 * MB) -> dict[str, Any]:
+    """Sequential writes through the page cache into a temporary file: what durable mode pays per byte."""
+    import os
+
+    data = bytes(block)
+    with tempfile.TemporaryDirectory(prefix="photonstream-bench-") as directory:
+        path = Path(directory) / "probe"
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+        try:
+            began = time.perf_counter()
+            written = 0
+            while written < total_bytes:
+                written += os.write(fd, data)
+            seconds = time.perf_counter() - began
+        finally:
+            os.close(fd)
+    return _result(written, written // block, 0.0, seconds)
+
+
 # -- the whole run ---------------------------------------------------------------------------------------------
 def _attempt(name: str, call: Callable[[], dict[str, Any]]) -> dict[str, Any]:
     try:
@@ -411,7 +440,14 @@ def _attempt(name: str, call: Callable[[], dict[str, Any]]) -> dict[str, Any]:
         return {"gbps": None, "error": f"{name}: {type(exc).__name__}: {exc}"}
 
 
-def run(frame_mb: float = 4.0, seconds: float = 3.0) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+def _best(call: Callable[[], dict[str, Any]], repeat: int) -> dict[str, Any]:
+    results = [call() for _ in range(max(1, repeat))]
+    if "p99_ms" in results[0] and results[0].get("rate_hz"):
+        return min(results, key=lambda r: r["p99_ms"])
+    return max(results, key=lambda r: r.get("gbps") or 0.0)
+
+
+def run(frame_mb: float = 4.0, seconds: float = 3.0, repeat: int = 1) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     size = int(frame_mb * MB)
     one_mb = MB
     cases: list[tuple[str, str, Callable[[], dict[str, Any]]]] = [
@@ -426,11 +462,13 @@ def run(frame_mb: float = 4.0, seconds: float = 3.0) -> tuple[list[dict[str, Any
         ("redis", "Redis Streams, 1 MB", lambda: redis_case(one_mb, seconds)),
         ("buffer_1mb", "buffer in memory, 1 MB", lambda: buffer_case(one_mb, seconds)),
         ("latency", "buffer, 1 MB paced at 1 kHz", lambda: buffer_case(one_mb, seconds, rate_hz=1000.0)),
+        ("disk_write", "plain file writes, 4 MB blocks (context)", lambda: disk_write()),
     ]  # fmt: skip
     rows: list[dict[str, Any]] = []
     summary: dict[str, Any] = {"frame_mb": frame_mb}
+    nan = float("nan")
     for key, label, call in cases:
-        result = _attempt(key, call)
+        result = _attempt(key, lambda call=call: _best(call, repeat))
         gbps = result.get("gbps")
         if key == "latency":
             summary["p50_ms"] = result.get("p50_ms")
@@ -439,7 +477,8 @@ def run(frame_mb: float = 4.0, seconds: float = 3.0) -> tuple[list[dict[str, Any
             summary[f"{key}_gbps"] = round(gbps, 3) if gbps is not None else None
         rows.append({
             "case": label, "GB/s": gbps if gbps is not None else float("nan"),
-            "p50 ms": result.get("p50_ms", float("nan")), "p99 ms": result.get("p99_ms", float("nan")),
+            "p50 ms": result.get("p50_ms", nan) if key == "latency" else nan,
+            "p99 ms": result.get("p99_ms", nan) if key == "latency" else nan,
             "note": result.get("error", ""),
         })  # fmt: skip
     summary.update(_ratios(summary))
@@ -462,9 +501,9 @@ def _ratios(s: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def main(frame_mb: float = 4.0, seconds: float = 3.0, json_only: bool = False) -> dict[str, Any]:
+def main(frame_mb: float = 4.0, seconds: float = 3.0, json_only: bool = False, repeat: int = 1) -> dict[str, Any]:
     """Run every case, print the table (unless ``json_only``) and the JSON line; return the JSON object."""
-    rows, summary = run(frame_mb, seconds)
+    rows, summary = run(frame_mb, seconds, repeat)
     report(f"buffer throughput ({frame_mb:g} MB frames, {seconds:g} s per case)", rows, summary, json_only)
     return summary
 
@@ -473,9 +512,10 @@ def cli(argv: list[str] | None = None) -> dict[str, Any]:
     parser = argparse.ArgumentParser(prog="photonstream bench buffer", description=__doc__.splitlines()[0])
     parser.add_argument("--frame-mb", type=float, default=4.0, help="payload size of the main cases (MB)")
     parser.add_argument("--seconds", type=float, default=3.0, help="how long each case sends")
+    parser.add_argument("--repeat", type=int, default=1, help="runs per case; the best counts")
     parser.add_argument("--json", action="store_true", help="only the JSON line")
     args = parser.parse_args(argv)
-    return main(args.frame_mb, args.seconds, args.json)
+    return main(args.frame_mb, args.seconds, args.json, args.repeat)
 
 
 if __name__ == "__main__":
