@@ -128,6 +128,7 @@ class Group:
     skipped: int = 0
     expired: int = 0
     redelivered: int = 0
+    end_sent: bool = False  # the end message went to the members the group had then
     _rr: int = 0
 
     def __post_init__(self) -> None:

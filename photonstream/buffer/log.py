@@ -103,8 +103,8 @@ class RecordFile:
         except OSError:
             os.ftruncate(self.fd, start)  # leave no partial record behind
             raise
-        record.segment = self  # type: ignore[assignment]
         record.position = start + len(prefix) + len(header)
+        record.segment = self  # last: another thread takes a set segment to mean "readable on disk"
         self.size = start + len(prefix) + len(header) + record.nbytes
         self.last_offset = max(self.last_offset, record.offset)
 

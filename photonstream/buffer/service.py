@@ -732,6 +732,7 @@ class BufferService:
     def _send_end(self, stream: Stream, group: Group) -> None:
         log = stream.log
         assert log.end is not None
+        group.end_sent = True
         waiting = [m for m in group.members.values() if not m.end_sent]
         if not waiting:
             return
@@ -818,7 +819,7 @@ class BufferService:
                     "inflight": len(g.inflight),
                     "member_credit": {m.member_id or m.identity.hex(): m.credit for m in g.members.values()},
                     "member_inflight": {m.member_id or m.identity.hex(): len(m.inflight) for m in g.members.values()},
-                    "ended": bool(g.members) and all(m.end_sent for m in g.members.values()),
+                    "ended": g.end_sent,
                 }
             streams[address] = {
                 "durable": log.durable,

@@ -13,7 +13,7 @@ from photonstream.buffer import BufferService
 from photonstream.buffer import protocol as P
 from photonstream.client import subscribe
 from photonstream.errors import HandlerError
-from tests.buffer.support import Producer, events_of, produce, stream_state, wait_until
+from tests.buffer.support import Producer, events_of, group_state, produce, stream_state, wait_until
 
 STREAM = "exp/1/det"
 
@@ -154,3 +154,23 @@ def test_memory_spills_to_disk_instead_of_slowing_the_producer(make_service: Any
     state = stream_state(service.endpoint)
     assert state["memory_bytes"] <= 16 * 1024 and state["disk_bytes"] > 100 * 2048 - 16 * 1024
     assert events_of(list(sub)) == list(range(100))
+
+
+def test_retention_by_age_and_size_never_takes_what_a_lossless_group_needs(make_service: Any) -> None:
+    service = make_service(retention_s=0.3, retention_bytes=4096)
+    holder = subscribe(service.endpoint, STREAM, group="archive", credit=1, timeout_s=10)
+    producer = Producer(service.endpoint, STREAM)
+    producer.start()
+    next(holder)
+    producer.frames(20)  # ~160 bytes each: over the size limit, and soon over the age limit
+    wait_until(lambda: stream_state(service.endpoint).get("head") == 20)
+    assert stream_state(service.endpoint)["first"] == 0  # the lossless group has read none of it yet
+    assert events_of([next(holder) for _ in range(10)]) == list(range(10))
+    holder.commit()
+    wait_until(lambda: stream_state(service.endpoint)["first"] == 10, what="retention to evict what was acked")
+    late = subscribe(service.endpoint, STREAM, group="late", timeout_s=10)
+    producer.end()
+    producer.close()
+    assert events_of(list(late)) == list(range(10, 20))
+    assert events_of(list(holder)) == list(range(10, 20))
+    assert group_state(service.endpoint, "late")["expired"] == 0  # it started at the oldest offset still held
