@@ -28,6 +28,7 @@ from photonstream.frames import (
 )
 from photonstream.handlers.base import Handler
 from photonstream.handlers.base import registry as handler_registry
+from photonstream.metrics import PipelineMetrics
 from photonstream.processing.base import Step, StepOutput
 from photonstream.processing.base import registry as step_registry
 from photonstream.serializers.base import Serializer
@@ -81,6 +82,7 @@ class Pipeline:
         self.serializer: Serializer = serializer_registry.create(config.serializer)
         self.handlers: list[Handler] = [handler_registry.create(h) for h in config.handlers]
         self._need_bytes = any(h.needs_bytes for h in self.handlers)
+        self.metrics = PipelineMetrics(self)
 
     def cancel(self) -> None:
         self._cancelled.set()
@@ -91,8 +93,10 @@ class Pipeline:
         message.created_ns = now_ns()
         self._seq += 1
         frames = self.serializer.encode(message) if self._need_bytes else None
+        encoded_ns = now_ns()
         for handler in self.handlers:
             handler.handle(message, frames)
+        self.metrics.emitted(message.created_ns, encoded_ns)
         self.stats.messages_sent += 1
         if frames is not None:
             self.stats.bytes_sent += _frame_nbytes(frames)

@@ -28,6 +28,7 @@ from photonstream.buffer import protocol as P
 from photonstream.buffer.groups import Policy, parse_start
 from photonstream.errors import ConfigError, PhotonstreamError
 from photonstream.frames import EndMessage, Message, StartMessage
+from photonstream.metrics import LatencyHistogram
 from photonstream.serializers.base import Serializer
 from photonstream.serializers.base import create as create_serializer
 
@@ -67,6 +68,7 @@ class SubscriptionStats:
     rejoins: int = 0
     lag: int = 0  # messages in the log after the last one received
     started: float = field(default_factory=time.perf_counter)
+    latency: LatencyHistogram = field(default_factory=LatencyHistogram)  # creation → handed out (decoded data)
 
 
 _FINISHED = object()
@@ -196,7 +198,11 @@ class Subscription(Iterator[Any]):
                 str(header.get("k", "event")), offset, int(header.get("q", -1)), frames, int(header.get("h", 0))
             )
             self.stats.bytes += delivery.nbytes
-            return self._decoded(delivery) if self.decode else delivery
+            if not self.decode:
+                return delivery
+            message = self._decoded(delivery)
+            self.stats.latency.observe_since(getattr(message, "created_ns", 0))
+            return message
         if command == P.START:
             delivery = Delivery("start", -1, -1, frames)
             return self._decoded(delivery) if self.decode else delivery
