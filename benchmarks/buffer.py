@@ -174,13 +174,19 @@ def _per_consumer(results: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 # -- the buffer ------------------------------------------------------------------------------------------------
-def _buffer_service(bind: str, data_dir: str | None, ready: Any) -> None:
+def _buffer_service(bind: str, data_dir: str | None, io_threads: int, ready: Any) -> None:
     from photonstream.buffer import BufferService, BufferSettings
     from photonstream.buffer.service import tune_allocator
 
     tune_allocator()  # as `photonstream buffer serve` does
-    settings = BufferSettings(bind=bind, data_dir=Path(data_dir) if data_dir else None,
-                              memory_per_stream=MEMORY, memory_total=2 << 30, retention_bytes=2 << 30)  # fmt: skip
+    settings = BufferSettings(
+        bind=bind,
+        data_dir=Path(data_dir) if data_dir else None,
+        memory_per_stream=MEMORY,
+        memory_total=2 << 30,
+        retention_bytes=2 << 30,
+        io_threads=io_threads,
+    )
     service = BufferService(settings)
     service.start()
     ready.set()
@@ -254,11 +260,12 @@ def buffer_case(
     rate_hz: float = 0.0,
     credit: int = CREDIT,
     window: int = WINDOW,
+    io_threads: int = 2,
 ) -> dict[str, Any]:
     endpoint = f"tcp://127.0.0.1:{_free_port()}"
     with tempfile.TemporaryDirectory(prefix="photonstream-bench-") as data_dir:
         ready, go, out = _ctx.Event(), _ctx.Event(), _ctx.Queue()
-        service = _ctx.Process(target=_buffer_service, args=(endpoint, data_dir, ready), daemon=True)
+        service = _ctx.Process(target=_buffer_service, args=(endpoint, data_dir, io_threads, ready), daemon=True)
         service.start()
         ready.wait(60)
         procs = [(_buffer_consumer, (endpoint, f"g{i}", credit, out)) for i in range(groups)]
