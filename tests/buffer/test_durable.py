@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import time
 from pathlib import Path
 
@@ -23,6 +24,16 @@ from tests.buffer.support import (
 STREAM = "exp/1/det"
 
 
+def persisted_commit(data_dir: Path, group: str) -> int:
+    """The committed offset of ``group`` as the buffer last wrote it to disk (-1 if not yet)."""
+    path = data_dir / "exp" / "1" / "det" / "groups.json"
+    try:
+        groups = json.loads(path.read_text())["groups"]
+    except (OSError, ValueError):
+        return -1
+    return next((int(g["committed"]) for g in groups if g["name"] == group), -1)
+
+
 def test_kill9_of_the_buffer_loses_nothing_of_a_durable_stream(tmp_path: Path) -> None:
     port = free_port()
     service = ServiceProcess(tmp_path, port, "--segment-mb", "0.01")
@@ -33,8 +44,7 @@ def test_kill9_of_the_buffer_loses_nothing_of_a_durable_stream(tmp_path: Path) -
         sub = subscribe(service.endpoint, STREAM, group="g", credit=4, timeout_s=30, heartbeat_s=0.2)
         got = [next(sub) for _ in range(11)]  # the start message and 10 frames
         sub.commit()
-        wait_until(lambda: group_state(service.endpoint, "g").get("committed") == 10, what="commit")
-        time.sleep(0.5)  # committed offsets are written every 0.2 s
+        wait_until(lambda: persisted_commit(tmp_path, "g") == 10, what="the commit on disk")
         producer.frames(5)  # some of these may be in flight when the buffer dies
         service.kill9()
         service = ServiceProcess(tmp_path, port, "--segment-mb", "0.01")  # same data dir and port
@@ -64,8 +74,7 @@ def test_a_new_consumer_of_a_recovered_group_starts_at_its_committed_offset(tmp_
         first = subscribe(service.endpoint, STREAM, group="g", credit=1, timeout_s=10)
         got = [next(first) for _ in range(13)]
         first.commit()
-        wait_until(lambda: group_state(service.endpoint, "g").get("committed") == 12, what="commit")
-        time.sleep(0.5)
+        wait_until(lambda: persisted_commit(tmp_path, "g") == 12, what="the commit on disk")
         service.kill9()
         first.close()
         service = ServiceProcess(tmp_path, port)
