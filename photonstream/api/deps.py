@@ -8,6 +8,7 @@ from fastapi import Depends, Request
 from fastapi.security import HTTPBearer
 
 from photonstream.api.auth.principal import Authenticator, Principal
+from photonstream.api.auth.session import session_authorization
 from photonstream.api.errors import AuthenticationError, PermissionDeniedError
 from photonstream.api.launcher import Backends, Launcher
 from photonstream.api.middleware import ApiMetrics
@@ -58,7 +59,8 @@ class Audit:
 def caller(request: Request, svc: Services = Depends(services), _scheme: object = Depends(bearer_scheme)) -> Principal:
     """The authenticated principal, or 401 (403 for a disabled identity); failures are audited."""
     try:
-        return svc.authenticator.authenticate(request.scope, request.headers.get("authorization"))
+        authorization = request.headers.get("authorization") or session_authorization(request)
+        return svc.authenticator.authenticate(request.scope, authorization)
     except (AuthenticationError, PermissionDeniedError) as exc:
         Audit(svc, request, None).deny("authenticate", f"{request.method} {request.url.path}", str(exc))
         raise

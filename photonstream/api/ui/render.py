@@ -1,0 +1,175 @@
+"""Pictures of a stream for the dashboard: the latest frame as a small PNG with its peaks, and a powder profile.
+
+Frames come as ``(rows, cols)`` or ``(modules, rows, cols)``; peak lists (``frame.metadata["peaks"]``, N×3 slow,
+fast, intensity) use the flattened frame (slow = module·rows + row). Where the start message describes the module
+layout the modules are placed as on the detector (``Layout``), otherwise they are tiled in a grid.
+"""
+
+from __future__ import annotations
+
+import io
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+from photonstream.frames import StartMessage
+
+HC_EV_ANGSTROM = 12398.41984
+# anchor colours of a dark-to-bright map (black, indigo, crimson, orange, pale yellow)
+_ANCHORS = np.array([[0, 0, 4], [60, 15, 110], [180, 45, 80], [245, 135, 30], [252, 255, 164]], dtype=np.float64)
+COLORMAP = np.stack(
+    [np.interp(np.linspace(0, 1, 256), np.linspace(0, 1, len(_ANCHORS)), _ANCHORS[:, c]) for c in range(3)], axis=1
+).astype(np.uint8)
+PEAK_COLOR = (0, 230, 255)
+
+
+@dataclass(frozen=True)
+class Layout:
+    """Where each module's pixel (0, 0) lies in the assembled picture, and the geometry to turn pixels into q."""
+
+    module_shape: tuple[int, int]  # (rows, cols)
+    origins: np.ndarray  # (modules, 2): assembled (slow, fast)
+    pixel_size_m: float
+    distance_m: float
+    beam_center_px: tuple[float, float]  # (x = fast, y = slow), assembled
+    wavelength_a: float
+
+    @property
+    def n_modules(self) -> int:
+        return len(self.origins)
+
+    @property
+    def assembled_shape(self) -> tuple[int, int]:
+        rows, cols = self.module_shape
+        return int(self.origins[:, 0].max()) + rows, int(self.origins[:, 1].max()) + cols
+
+    def flat_to_assembled(self, slow: np.ndarray, fast: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        rows = self.module_shape[0]
+        slow = np.asarray(slow, dtype=np.float64)
+        module = np.clip(np.floor((slow + 0.5) / rows).astype(np.int64), 0, self.n_modules - 1)
+        origin = self.origins[module]
+        return origin[..., 0] + slow - module * rows, origin[..., 1] + np.asarray(fast, dtype=np.float64)
+
+    def assemble(self, data: np.ndarray) -> np.ndarray:
+        rows, cols = self.module_shape
+        if self.n_modules == 1:
+            return np.asarray(data, dtype=np.float32).reshape(rows, cols)
+        modules = np.asarray(data).reshape(self.n_modules, rows, cols)
+        image = np.zeros(self.assembled_shape, dtype=np.float32)
+        for m, (origin_slow, origin_fast) in enumerate(self.origins.astype(np.int64)):
+            image[origin_slow : origin_slow + rows, origin_fast : origin_fast + cols] = modules[m]
+        return image
+
+
+def layout_of(start: StartMessage | None, shape: tuple[int, ...]) -> Layout:
+    """The layout of frames of ``shape``: the start message's module origins (``source.layout``, as the synthetic
+    source writes them) when they fit, else the modules tiled in a square grid."""
+    modules = shape[0] if len(shape) == 3 else 1
+    rows, cols = int(shape[-2]), int(shape[-1])
+    given = (start.source.get("layout") or {}).get("module_origins_px") if start is not None else None
+    origins = np.asarray(given if given is not None else [], dtype=np.float64).reshape(-1, 2)
+    if len(origins) != modules:
+        grid = math.ceil(math.sqrt(modules))
+        origins = np.array([[(m // grid) * rows, (m % grid) * cols] for m in range(modules)], dtype=np.float64)
+    geometry = start.geometry if start is not None else None
+    centre = tuple(geometry.beam_center_px) if geometry and any(geometry.beam_center_px) else None
+    layout = Layout((rows, cols), origins, 100e-6, 0.1, (0.0, 0.0), HC_EV_ANGSTROM / 9500.0)
+    height, width = layout.assembled_shape
+    return Layout(
+        module_shape=(rows, cols),
+        origins=origins,
+        pixel_size_m=geometry.pixel_size_m if geometry else 100e-6,
+        distance_m=geometry.distance_m if geometry else 0.1,
+        beam_center_px=centre or (width / 2, height / 2),  # type: ignore[arg-type]
+        wavelength_a=HC_EV_ANGSTROM / (geometry.photon_energy_ev if geometry else 9500.0),
+    )
+
+
+def block_max(image: np.ndarray, factor: int) -> np.ndarray:
+    """Shrink by ``factor`` keeping each block's maximum (a one-pixel spot stays visible)."""
+    if factor <= 1:
+        return image
+    rows, cols = image.shape
+    padded = np.zeros((math.ceil(rows / factor) * factor, math.ceil(cols / factor) * factor), dtype=image.dtype)
+    padded[:rows, :cols] = image
+    return padded.reshape(padded.shape[0] // factor, factor, padded.shape[1] // factor, factor).max(axis=(1, 3))
+
+
+def log_scaled(image: np.ndarray) -> np.ndarray:
+    """0..255: log of the signal above the median (the background), up to the 99.9th percentile."""
+    finite = np.nan_to_num(image.astype(np.float32), nan=0.0, posinf=0.0, neginf=0.0)
+    signal = np.log1p(np.clip(finite - np.median(finite), 0.0, None))
+    top = float(np.percentile(signal, 99.9)) if signal.size else 0.0
+    if top <= 0.0:
+        top = float(signal.max()) or 1.0
+    return (np.clip(signal / top, 0.0, 1.0) * 255).astype(np.uint8)
+
+
+@dataclass(frozen=True)
+class FramePicture:
+    png: bytes
+    width: int
+    height: int
+    factor: int  # detector pixels per picture pixel
+    peaks_drawn: int
+
+
+def frame_picture(data: np.ndarray, peaks: np.ndarray | None, model: Layout, max_size: int = 512) -> FramePicture:
+    """The frame assembled, downsampled to at most ``max_size`` pixels a side, log-scaled and coloured, with
+    a circle around each peak."""
+    from PIL import Image, ImageDraw
+
+    image = model.assemble(data)
+    factor = max(1, math.ceil(max(image.shape) / max_size))
+    small = log_scaled(block_max(image, factor))
+    picture = Image.fromarray(COLORMAP[small], mode="RGB")
+    drawn = 0
+    if peaks is not None and len(peaks):
+        points = np.asarray(peaks, dtype=np.float64).reshape(-1, np.asarray(peaks).shape[-1])
+        slow, fast = model.flat_to_assembled(points[:, 0], points[:, 1])
+        draw = ImageDraw.Draw(picture)
+        radius = 4
+        for s, f in zip(slow / factor, fast / factor, strict=True):
+            draw.ellipse((f - radius, s - radius, f + radius, s + radius), outline=PEAK_COLOR, width=1)
+            drawn += 1
+    out = io.BytesIO()
+    picture.save(out, format="PNG", compress_level=3)
+    return FramePicture(out.getvalue(), picture.width, picture.height, factor, drawn)
+
+
+class PowderProfile:
+    """Mean intensity per |q| bin (1/Å, 4π·sinθ/λ) over the frames added: a virtual powder pattern."""
+
+    def __init__(self, model: Layout, bins: int = 200) -> None:
+        rows, cols = model.module_shape
+        slow = np.arange(model.n_modules * rows, dtype=np.float64)[:, None]
+        fast = np.arange(cols, dtype=np.float64)[None, :]
+        shape = (len(slow), cols)
+        a_slow, a_fast = model.flat_to_assembled(np.broadcast_to(slow, shape), np.broadcast_to(fast, shape))
+        radius_m = np.hypot((a_fast - model.beam_center_px[0]) * model.pixel_size_m,
+                            (a_slow - model.beam_center_px[1]) * model.pixel_size_m)  # fmt: skip
+        q = 4 * np.pi * np.sin(np.arctan2(radius_m, model.distance_m) / 2) / model.wavelength_a
+        lo, hi = float(q.min()), float(q.max())
+        hi = hi if hi > lo else lo + 1.0
+        self.edges = np.linspace(lo, hi, bins + 1)
+        self.index = np.clip(((q - lo) / (hi - lo) * bins).astype(np.int32), 0, bins - 1).ravel()
+        self.pixels = np.bincount(self.index, minlength=bins).astype(np.float64)
+        self.sums = np.zeros(bins)
+        self.frames = 0
+
+    @property
+    def q(self) -> np.ndarray:
+        return 0.5 * (self.edges[1:] + self.edges[:-1])
+
+    def add(self, data: np.ndarray) -> None:
+        values = np.asarray(data, dtype=np.float64).ravel()
+        if values.size != self.index.size:
+            raise ValueError(f"frame of {values.size} pixels, profile made for {self.index.size}")
+        self.sums += np.bincount(self.index, weights=values, minlength=self.sums.size)
+        self.frames += 1
+
+    def intensity(self) -> np.ndarray:
+        with np.errstate(invalid="ignore", divide="ignore"):
+            mean = self.sums / (self.pixels * max(1, self.frames))
+        return np.where(self.pixels > 0, mean, 0.0)
