@@ -19,6 +19,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from photonstream.api import ui
 from photonstream.api.auth.certificates import CertificateVerifier
 from photonstream.api.auth.principal import Authenticator
 from photonstream.api.auth.tokens import OwnIssuerKeys, TokenVerifier
@@ -248,6 +249,7 @@ def create_app(settings: ApiSettings | None = None, backends: dict[str, JobBacke
     install_openapi(app)
     for module in (streams, datasets, health, admin):
         app.include_router(module.router)
+    ui.install(app)
     app.add_middleware(BodySizeLimitMiddleware, max_bytes=settings.max_body_bytes)
     app.add_middleware(RequestContextMiddleware, metrics=svc.metrics)
     return app
