@@ -63,12 +63,17 @@ def run(
 ) -> None:
     """Run a pipeline here: source → steps → serializer → handlers."""
     from photonstream.config.pipeline import load_pipeline
+    from photonstream.mpi import detect_ranks
     from photonstream.pipeline import Pipeline, RunStats
 
     config = load_pipeline(pipeline)
     if events is not None:
         config = config.model_copy(update={"max_events": events})
-    runner = Pipeline(config)
+    ranks = detect_ranks()
+    runner = Pipeline(config, ranks.shard, ranks.comm)
+    if not ranks.is_root:
+        end = runner.run()  # rank 0 reports for the whole run
+        raise typer.Exit(0 if end.reason == "completed" else 1)
     if quiet or not sys.stderr.isatty():
         end = runner.run()
     else:

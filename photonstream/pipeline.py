@@ -13,9 +13,10 @@ import time
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 from photonstream.config.pipeline import PipelineConfig
-from photonstream.errors import HandlerError, PhotonstreamError, StepError
+from photonstream.errors import ConfigError, HandlerError, PhotonstreamError, StepError
 from photonstream.frames import (
     CalibrationMessage,
     EndMessage,
@@ -69,17 +70,26 @@ def _frame_nbytes(frames: list) -> int:
 class Pipeline:
     """Runs one pipeline config. ``run`` is synchronous; ``cancel()`` may be called from another thread."""
 
-    def __init__(self, config: PipelineConfig, shard: Shard = Shard()) -> None:
+    def __init__(self, config: PipelineConfig, shard: Shard = Shard(), comm: Any = None) -> None:
+        """``shard`` and ``comm`` (an mpi4py communicator) make this process one rank of an MPI run."""
         self.config = config
         self.shard = shard
+        self.comm = comm if shard.size > 1 else None
         self.stats = RunStats()
         self._cancelled = threading.Event()
-        self._seq = 0
+        self._seq = shard.rank  # ranks number their messages rank, rank + size, ...: unique across the run
         self.source: Source = source_registry.create(config.source)
         if shard.size > 1 and hasattr(self.source, "set_shard"):
             self.source.set_shard(shard)  # type: ignore[attr-defined]
         self.steps: list[Step] = [step_registry.create(s) for s in config.steps]
         self.serializer: Serializer = serializer_registry.create(config.serializer)
+        if shard.size > 1:
+            for i, h in enumerate(config.handlers):
+                if getattr(h, "bind", False):
+                    raise ConfigError(
+                        f"handlers[{i}].bind: {shard.size} MPI ranks cannot all bind {h.address}; "  # type: ignore[attr-defined]
+                        "set bind: false and let the consumer bind, or use the buffer handler"
+                    )
         self.handlers: list[Handler] = [handler_registry.create(h) for h in config.handlers]
         self._need_bytes = any(h.needs_bytes for h in self.handlers)
         self.metrics = PipelineMetrics(self)
@@ -88,10 +98,14 @@ class Pipeline:
         self._cancelled.set()
 
     # -- emission -------------------------------------------------------------------------------------------
-    def _emit(self, message: Message) -> None:
+    def _stamp(self, message: Message) -> None:
         message.seq = self._seq
         message.created_ns = now_ns()
-        self._seq += 1
+        self._seq += self.shard.size
+
+    def _emit(self, message: Message, stamped: bool = False) -> None:
+        if not stamped:
+            self._stamp(message)
         frames = self.serializer.encode(message) if self._need_bytes else None
         encoded_ns = now_ns()
         for handler in self.handlers:
@@ -151,6 +165,8 @@ class Pipeline:
                 opened_handlers.append(handler)
             info = self.source.open()
             self.stats.expected_events = info.expected_events if limit is None else limit
+            if limit is not None and self.shard.size > 1:  # max_events counts the whole run: split it
+                limit = len(range(self.shard.rank, limit, self.shard.size))
             start = StartMessage(
                 stream_id=cfg.stream.stream_id,
                 experiment=cfg.stream.experiment,
@@ -165,7 +181,10 @@ class Pipeline:
             )
             for step in self.steps:
                 step.setup(start)
-            self._emit(start)
+            if self.comm is None:
+                self._emit(start)
+            else:
+                self._emit_start_of_ranks(start)
             for frame in self.source.events():
                 if self._cancelled.is_set():
                     reason = "cancelled"
@@ -201,6 +220,10 @@ class Pipeline:
             error=error,
         )
         close_error: BaseException | None = None
+        if self.comm is not None:
+            end, close_error = self._end_of_ranks(end, opened_handlers)
+            if self.shard.rank != 0:
+                opened_handlers = []  # closed already, before rank 0 was told this rank had finished
         try:
             if not isinstance(failure, HandlerError) and opened_handlers:
                 self._emit(end)
@@ -217,6 +240,56 @@ class Pipeline:
         if close_error is not None:
             raise close_error
         return end
+
+
+    def _emit_start_of_ranks(self, start: StartMessage) -> None:
+        """Rank 0's start message goes out before any rank's events.
+
+        A handler that joins ranks into one stream (the buffer keeps one start and accepts identical copies as
+        joins) gets the start from every rank, byte for byte the same; other handlers (zmq-push/pub) get it from
+        rank 0 only, and the other ranks wait at a barrier until it has been sent.
+        """
+        if self.shard.rank == 0:
+            self._stamp(start)
+        start = self.comm.bcast(start, root=0)
+        frames = self.serializer.encode(start) if self._need_bytes else None
+        for handler in self.handlers:
+            if self.shard.rank == 0 or _joins_ranks(handler):
+                handler.handle(start, frames)
+        self.comm.Barrier()
+
+    def _end_of_ranks(self, end: EndMessage, handlers: list[Handler]) -> tuple[EndMessage, BaseException | None]:
+        """Combine every rank's outcome on rank 0; other ranks deliver everything first, then report."""
+        close_error: BaseException | None = None
+        if self.shard.rank != 0:
+            for handler in handlers:
+                try:
+                    handler.close()
+                except Exception as exc:
+                    close_error = close_error or exc
+        ends = self.comm.gather(end.to_dict(), root=0)
+        if self.shard.rank != 0:
+            return end, close_error
+        counts: Counter[str] = Counter()
+        for other in ends:
+            counts.update(other["counts"])
+        failed = [e for e in ends if e["reason"] == "failed"]
+        cancelled = [e for e in ends if e["reason"] == "cancelled"]
+        reason: EndReason = "failed" if failed else "cancelled" if cancelled else "completed"
+        errors = "; ".join(f"rank {i}: {e['error']}" for i, e in enumerate(ends) if e["error"])
+        combined = EndMessage(
+            stream_id=end.stream_id,
+            events_sent=sum(int(e["events_sent"]) for e in ends),
+            counts=dict(counts),
+            reason=reason,
+            error=errors,
+        )
+        return combined, close_error
+
+
+def _joins_ranks(handler: Handler) -> bool:
+    """Whether a handler merges several producers of one stream (then every rank sends the start message)."""
+    return bool(getattr(handler, "joins_ranks", type(handler).Options.model_fields["type"].default == "buffer"))
 
 
 def run_pipeline(config: PipelineConfig, progress: ProgressCallback | None = None) -> EndMessage:

@@ -23,10 +23,13 @@ def main() -> None:
     parser.add_argument("--topic", default=None)
     parser.add_argument("--max", type=int, default=0)
     parser.add_argument("--timeout", type=float, default=60.0)
+    parser.add_argument("--bind", action="store_true", help="bind the endpoint (producers connect)")
     args = parser.parse_args()
     time.sleep(args.delay)
     received = []
-    for message in read_stream(args.endpoint, idle_timeout_s=args.timeout, subscribe=args.topic, rcvhwm=2):
+    for message in read_stream(
+        args.endpoint, idle_timeout_s=args.timeout, subscribe=args.topic, rcvhwm=2, bind=args.bind
+    ):
         received.append(message)
         if args.max and len(received) >= args.max:
             os._exit(3)
