@@ -1,0 +1,188 @@
+"""With a stream running: per-hop metrics that add up, latency histograms with counts, the frame picture, the
+dashboard's data, and who may see what (pages, live data, metrics, the session cookie and its CSRF rule)."""
+
+from __future__ import annotations
+
+import io
+import json
+import re
+import ssl
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+from PIL import Image
+
+from photonstream.api.auth.session import CSRF_HEADER, SESSION_COOKIE
+from photonstream.client import subscribe
+from photonstream.metrics import REGISTRY, Registry, serve, track_subscription
+from tests.api.harness import EXPERIMENT, Pki
+from tests.api.live import CONSUMER_GROUP, LiveStream, live_stream
+from tests.api.servers import running_server
+from tests.buffer.support import wait_until
+
+SAMPLE = re.compile(r"^(?P<name>[a-z_]+)\{(?P<labels>[^}]*)\} (?P<value>\S+)$")
+
+
+def samples(text: str) -> list[tuple[str, dict[str, str], float]]:
+    out = []
+    for line in text.splitlines():
+        match = SAMPLE.match(line)
+        if match:
+            labels = dict(re.findall(r'(\w+)="([^"]*)"', match["labels"]))
+            out.append((match["name"], labels, float(match["value"])))
+    return out
+
+
+@pytest.fixture()
+def live(pki: Pki, tmp_path: Path) -> Iterator[LiveStream]:
+    with live_stream(pki, tmp_path) as stream:
+        yield stream
+
+
+def watched(live: LiveStream, frames: int = 3) -> dict:
+    """The stream page's data once the monitor has sampled ``frames`` frames."""
+    client = live.api.client(token=live.token)
+
+    def sampled() -> dict | None:
+        detail = client.get(f"/ui/api/streams/{live.stream_id}").json()
+        monitor = detail.get("monitor") or {}
+        return detail if monitor.get("sampled", 0) >= frames and monitor.get("frame") else None
+
+    return wait_until(sampled, 20, "the monitor to sample frames")
+
+
+def test_hop_metrics_add_up_and_latency_histograms_count(live: LiveStream) -> None:
+    watched(live)
+    wait_until(lambda: len(live.consumed) >= 10, 20, "more frames at the consumer")
+    text = live.api.client(token=live.token).get("/metrics/streams").text
+    rows = samples(text)
+    received = {labels["run"]: value for name, labels, value in rows if name == "photonstream_stream_buffer_in_total"}
+    assert received and min(received.values()) > 0, text
+    by_group: dict[str, dict[str, float]] = {}
+    for name, labels, value in rows:
+        if labels.get("stream") != live.stream_id or "group" not in labels or name.endswith("_bucket"):
+            continue
+        assert labels["experiment"] == EXPERIMENT and labels["run"] == "1"
+        by_group.setdefault(labels["group"], {})[name] = value
+    assert set(by_group) >= {CONSUMER_GROUP, "_monitor"}, by_group
+    for group in (CONSUMER_GROUP, "_monitor"):
+        figures = by_group[group]
+        out = figures["photonstream_stream_group_out_total"]
+        skipped = figures["photonstream_stream_group_skipped_total"]
+        held = figures["photonstream_stream_group_held"]
+        assert received["1"] == out + skipped + held, (group, received, figures)
+        assert out > 0
+    assert by_group["_monitor"]["photonstream_stream_group_skipped_total"] > 0  # policy latest skips
+    assert by_group[CONSUMER_GROUP]["photonstream_stream_group_skipped_total"] == 0  # lossless never does
+    assert by_group["_monitor"]["photonstream_stream_latency_seconds_count"] >= 3
+
+    # the pipeline rank's own metrics (what `photonstream run --metrics-port` serves)
+    stats = live.pipeline.stats
+    stream_label = live.stream_id.replace("-", "")  # the pipeline's stream id is the API's, without dashes
+    named = {name: value for name, labels, value in samples(REGISTRY.render()) if labels.get("stream") == stream_label}
+    assert named["photonstream_pipeline_events_read_total"] >= stats.events_sent > 0
+    assert named["photonstream_pipeline_latency_seconds_count"] > 0
+    assert named["photonstream_pipeline_encode_seconds_count"] > 0
+
+
+def test_consumer_metrics_and_metrics_server(live: LiveStream) -> None:
+    registry = Registry()
+    with subscribe(live.buffer.endpoint, live.address, group="latency-probe", timeout_s=20) as sub:
+        labels = track_subscription(sub, registry)
+        for count, _message in enumerate(sub, start=1):
+            if count >= 6:
+                break
+        server = serve(0, registry=registry)
+        try:
+            port = server.server_address[1]
+            body = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
+        finally:
+            server.shutdown()
+    rows = {(name, tuple(sorted(lab.items()))): value for name, lab, value in samples(body)}
+    key = tuple(sorted(labels.items()))
+    assert labels["group"] == "latency-probe" and labels["experiment"] == EXPERIMENT
+    assert rows[("photonstream_consumer_messages_total", key)] == sub.stats.yielded >= 5
+    assert rows[("photonstream_consumer_latency_seconds_count", key)] == sub.stats.latency.count >= 5
+
+
+def test_stream_page_data_and_frame_picture(live: LiveStream) -> None:
+    detail = watched(live)
+    assert detail["state"] == "streaming" and detail["owner"] == "alice"
+    hop = detail["hops"][0]
+    assert hop["present"] and hop["in"] > 0
+    monitor = detail["monitor"]
+    assert monitor["frame"]["shape"] == [2, 96, 96]
+    assert monitor["latency"]["count"] >= 3 and monitor["latency"]["p99_ms"] >= monitor["latency"]["p50_ms"] >= 0
+    assert monitor["hit_fraction"] is not None and monitor["powder"]["frames"] >= 3
+    assert len(monitor["powder"]["q"]) == len(monitor["powder"]["intensity"]) > 10
+    client = live.api.client(token=live.token)
+    response = client.get(f"/ui/api/streams/{live.stream_id}/frame.png", params={"v": monitor["frame"]["version"]})
+    assert response.status_code == 200 and response.headers["content-type"] == "image/png"
+    picture = Image.open(io.BytesIO(response.content))
+    assert picture.size == (192, 96)  # the two modules side by side (module_grid 1×2)
+
+
+def test_visibility_of_pages_data_and_metrics(live: LiveStream, pki: Pki) -> None:
+    bob_token = pki.token("bob", (EXPERIMENT,))
+    bobs = live.start_another("bob", bob_token)
+    alice = live.api.client(token=live.token)
+    bob = live.api.client(token=bob_token)
+    carol = live.api.client(token=pki.token("carol", groups=("ops",)))  # an operator sees every stream
+    assert alice.get(f"/ui/streams/{live.stream_id}").status_code == 200
+    page = bob.get(f"/ui/streams/{live.stream_id}")
+    assert page.status_code == 404 and "not found" in page.text.lower()
+    assert alice.get(f"/ui/streams/{bobs}").status_code == 404
+    assert carol.get(f"/ui/streams/{live.stream_id}").status_code == 200
+    for path in ("", "/frame.png"):
+        assert bob.get(f"/ui/api/streams/{live.stream_id}{path}").status_code == 404
+    listed = {s["id"] for s in alice.get("/ui/api/streams").json()["streams"]}
+    assert live.stream_id in listed and bobs not in listed
+    assert {live.stream_id, bobs} <= {s["id"] for s in carol.get("/ui/api/streams").json()["streams"]}
+    assert live.stream_id not in bob.get("/metrics/streams").text
+    anonymous = live.api.client()
+    redirect = anonymous.get("/ui", follow_redirects=False)
+    assert redirect.status_code == 303 and redirect.headers["location"].startswith("/ui/login")
+    assert anonymous.get("/metrics/streams").status_code == 401
+
+
+def test_session_cookie_login_and_csrf_rule(live: LiveStream) -> None:
+    client = live.api.client()
+    refused = client.post("/ui/login", json={"token": live.token})
+    assert refused.status_code == 401  # no CSRF header
+    bad = client.post("/ui/login", json={"token": "not-a-token"}, headers={CSRF_HEADER: "1"})
+    assert bad.status_code == 401
+    response = client.post("/ui/login", json={"token": live.token}, headers={CSRF_HEADER: "1"})
+    assert response.status_code == 200 and response.json()["identity"] == "alice"
+    cookie = response.headers["set-cookie"]
+    for attribute in ("HttpOnly", "Secure", "SameSite=strict", "Path=/"):
+        assert attribute.lower() in cookie.lower(), cookie
+    session = {"Cookie": f"{SESSION_COOKIE}={live.token}"}
+    client.cookies.clear()
+    assert client.get("/v1/me", headers=session).json()["identity"] == "alice"
+    assert client.get(f"/ui/streams/{live.stream_id}", headers=session).status_code == 200
+    forged = client.delete(f"/v1/streams/{live.stream_id}", headers=session)
+    assert forged.status_code == 401 and CSRF_HEADER in forged.json()["detail"]
+    cancelled = client.delete(f"/v1/streams/{live.stream_id}", headers={**session, CSRF_HEADER: "1"})
+    assert cancelled.status_code == 200 and cancelled.json()["state"] == "cancelled"
+
+
+def test_live_updates_over_server_sent_events(live: LiveStream, pki: Pki) -> None:
+    with running_server(live.api.app, pki) as url:
+        verify = ssl.create_default_context(cafile=str(pki.ca.directory / "ca.crt"))
+        headers = {"Authorization": f"Bearer {live.token}"}
+        with httpx.Client(base_url=url, verify=verify, headers=headers, timeout=20) as http:
+            updates = []
+            with http.stream("GET", f"/ui/api/streams/{live.stream_id}/events") as response:
+                assert response.status_code == 200
+                assert response.headers["content-type"].startswith("text/event-stream")
+                for line in response.iter_lines():
+                    if line.startswith("data: "):
+                        updates.append(json.loads(line[6:]))
+                    if len(updates) == 3:
+                        break
+    assert [u["id"] for u in updates] == [live.stream_id] * 3
+    received = [u["received"] for u in updates]
+    assert received == sorted(received) and received[-1] > received[0]  # the numbers move while it streams
