@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import platform
 from typing import Any
 
@@ -16,12 +17,18 @@ def machine() -> dict[str, Any]:
     return {"cpus": os.cpu_count(), "python": platform.python_version(), "machine": platform.machine()}
 
 
+def _cell(value: Any) -> str:
+    if isinstance(value, float):
+        return "–" if math.isnan(value) else f"{value:,.2f}" if abs(value) < 10 else f"{value:,.1f}"
+    return "–" if value is None else str(value)
+
+
 def report(title: str, rows: list[dict[str, Any]], summary: dict[str, Any], json_only: bool = False) -> None:
     if not json_only and rows:
         table = Table(title=title, title_justify="left")
         for column in rows[0]:
             table.add_column(column, justify="left" if column == "case" else "right")
         for row in rows:
-            table.add_row(*(f"{v:,.1f}" if isinstance(v, float) else str(v) for v in row.values()))
+            table.add_row(*(_cell(v) for v in row.values()))
         Console(width=160).print(table)
     print(json.dumps(summary, sort_keys=True))
