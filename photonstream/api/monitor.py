@@ -130,9 +130,11 @@ class StreamWatch:
                     for message in messages:
                         began = time.monotonic()
                         self._take(message)
-                        if isinstance(message, EndMessage) or self._stop.wait(
-                            max(0.0, self.period_s - (time.monotonic() - began))
-                        ):
+                        if isinstance(message, EndMessage):
+                            break
+                        # pace after data only: a data message may already wait behind the start message
+                        paced = isinstance(message, Frame | FrameBatch)
+                        if paced and self._stop.wait(max(0.0, self.period_s - (time.monotonic() - began))):
                             break
                 finally:
                     with contextlib.suppress(Exception):

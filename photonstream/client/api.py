@@ -214,6 +214,14 @@ class PhotonstreamClient:
     def datasets(self) -> list[DatasetInfo]:
         return self._get(DatasetList, "/v1/datasets").items
 
+    def monitor(self) -> dict[str, Any]:
+        """The dashboard's stream list: every stream you may see with its state, intake rate and largest lag."""
+        return dict(self._request("GET", "/ui/api/streams").json())
+
+    def monitor_stream(self, stream_id: str | uuid.UUID) -> dict[str, Any]:
+        """The dashboard's view of one stream: per hop in/out/skipped/held, latency, sampled frames, results."""
+        return dict(self._request("GET", f"/ui/api/streams/{stream_id}").json())
+
     def events(self, stream_id: str | uuid.UUID, after: int = 0) -> Iterator[StreamEvent]:
         """The stream's state changes as they happen, ending with an ``end`` event when it finishes."""
         path = f"/v1/streams/{stream_id}/events"

@@ -1,0 +1,183 @@
+"""The dashboard in a real headless Chromium (Debian's ``chromium`` and ``chromium-driver``, driven by Selenium)
+against the API over HTTPS with a stream running: log in with a token, watch the list and the stream page update
+live, see the frame picture load, be refused another user's stream, cancel a stream from its page.
+
+Skipped (with the reason) where Chromium, its driver or selenium is missing; PHOTONSTREAM_REQUIRE_BROWSER=1 turns
+the skip into a failure (CI). The stream page's screenshot goes to ``artifacts/dashboard.png``; with
+PHOTONSTREAM_DOCS_SCREENSHOT=1 also to ``docs/dashboard.png`` (the README's).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.api.harness import EXPERIMENT, Pki
+from tests.api.live import LiveStream, live_stream
+from tests.api.servers import running_server
+
+pytestmark = pytest.mark.browser
+
+CHROMIUM = Path("/usr/bin/chromium")
+CHROMEDRIVER = Path("/usr/bin/chromedriver")
+REPO = Path(__file__).resolve().parents[2]
+FLAGS = ["--headless=new", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+         "--disable-component-update", "--disable-sync", "--no-first-run", "--disable-dev-shm-usage",
+         "--ignore-certificate-errors", "--window-size=1400,1500"]  # fmt: skip
+
+
+def _need_browser() -> None:
+    missing = [str(path) for path in (CHROMIUM, CHROMEDRIVER) if not path.exists()]
+    try:
+        import selenium  # noqa: F401
+    except ImportError:
+        missing.append("selenium (pip install selenium)")
+    if missing:
+        reason = f"browser tests need {', '.join(missing)} (apt-get install chromium chromium-driver)"
+        if os.environ.get("PHOTONSTREAM_REQUIRE_BROWSER") == "1":
+            pytest.fail(reason)
+        pytest.skip(reason)
+
+
+def eventually(check: Callable[[], Any], timeout: float = 15.0, what: str = "the page") -> Any:
+    deadline = time.monotonic() + timeout
+    last: Any = None
+    while time.monotonic() < deadline:
+        try:
+            last = check()
+        except Exception as exc:  # the element may not exist yet, or be replaced while read
+            last = exc
+        if last and not isinstance(last, Exception):
+            return last
+        time.sleep(0.1)
+    raise AssertionError(f"timed out waiting for {what} (last: {last!r})")
+
+
+@pytest.fixture(scope="module")
+def site(pki: Pki, tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, LiveStream]]:
+    _need_browser()
+    with live_stream(pki, tmp_path_factory.mktemp("dashboard")) as live, running_server(live.api.app, pki) as url:
+        yield url, live
+
+
+@pytest.fixture(scope="module")
+def browser(site: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    options = webdriver.ChromeOptions()
+    options.binary_location = str(CHROMIUM)
+    for flag in [*FLAGS, f"--user-data-dir={tmp_path_factory.mktemp('chromium')}"]:
+        options.add_argument(flag)
+    driver = webdriver.Chrome(service=Service(executable_path=str(CHROMEDRIVER)), options=options)
+    driver.set_page_load_timeout(20)
+    yield driver
+    driver.quit()
+
+
+@pytest.fixture(scope="module")
+def session(site: tuple[str, LiveStream], browser: Any) -> tuple[str, LiveStream, Any]:
+    """Logged in as alice through the login form, with a token."""
+    from selenium.webdriver.common.by import By
+
+    url, live = site
+    browser.get(f"{url}/ui")
+    eventually(lambda: "/ui/login" in browser.current_url, what="the redirect to the login page")
+    browser.find_element(By.ID, "token").send_keys("not a token")
+    browser.find_element(By.ID, "login-button").click()
+    eventually(lambda: "Not logged in" in browser.find_element(By.ID, "login-error").text, what="the refusal")
+    token_box = browser.find_element(By.ID, "token")
+    token_box.clear()
+    token_box.send_keys(live.token)
+    browser.find_element(By.ID, "login-button").click()
+    eventually(lambda: browser.find_element(By.ID, "me").text == "alice", what="the stream list as alice")
+    return url, live, browser
+
+
+def test_login_keeps_the_token_out_of_page_scripts(session: tuple[str, LiveStream, Any]) -> None:
+    _url, _live, browser = session
+    assert browser.execute_script("return document.cookie") == ""  # HttpOnly
+    cookie = browser.get_cookie("__Host-photonstream")
+    assert cookie is not None and cookie["secure"] and cookie["httpOnly"] and cookie["sameSite"] == "Strict"
+
+
+def test_stream_list_updates_live(session: tuple[str, LiveStream, Any]) -> None:
+    from selenium.webdriver.common.by import By
+
+    url, live, browser = session
+    browser.get(f"{url}/ui")
+
+    def received() -> int:
+        row = browser.find_element(By.CSS_SELECTOR, f'#streams tr[data-id="{live.stream_id}"]')
+        return int(row.find_element(By.CSS_SELECTOR, ".received").text.replace(",", "") or 0)
+
+    first = eventually(received, what="the stream's row with messages received")
+    eventually(lambda: received() > first, what="the received count to grow without a reload")
+    row = browser.find_element(By.CSS_SELECTOR, f'#streams tr[data-id="{live.stream_id}"]')
+    assert "streaming" in row.text and EXPERIMENT in row.text and "alice" in row.text
+    assert browser.find_elements(By.CSS_SELECTOR, "#rates-chart canvas")  # uPlot drew the chart
+
+
+def test_stream_page_shows_the_frame_and_live_charts(session: tuple[str, LiveStream, Any]) -> None:
+    from selenium.webdriver.common.by import By
+
+    url, live, browser = session
+    browser.get(f"{url}/ui/streams/{live.stream_id}")
+    width = eventually(
+        lambda: browser.execute_script(
+            "const i = document.getElementById('frame'); return i.complete && i.naturalWidth"
+        ),
+        20,
+        "the frame picture to load",
+    )
+    assert width == 192 and browser.execute_script("return document.getElementById('frame').naturalHeight") == 96
+    eventually(lambda: "peaks" in browser.find_element(By.ID, "frame-caption").text, what="the frame caption")
+    eventually(lambda: browser.find_elements(By.CSS_SELECTOR, '#hops tr[data-group="analysis"]'), what="hop rows")
+    for chart in ("rates", "lag", "losses", "latency", "hits", "powder"):
+        eventually(lambda c=chart: browser.find_elements(By.CSS_SELECTOR, f"#chart-{c} canvas"), what=f"{chart} chart")
+    sums = browser.find_elements(By.CSS_SELECTOR, "#hops tbody td.good")
+    assert sums and not browser.find_elements(By.CSS_SELECTOR, "#hops tbody td.bad")
+    assert browser.find_element(By.ID, "state").text == "streaming"
+    time.sleep(2.5)  # a few more seconds of chart history for the picture
+    artifacts = REPO / "artifacts"
+    artifacts.mkdir(exist_ok=True)
+    assert browser.save_screenshot(str(artifacts / "dashboard.png"))
+    if os.environ.get("PHOTONSTREAM_DOCS_SCREENSHOT") == "1":
+        shutil.copyfile(artifacts / "dashboard.png", REPO / "docs" / "dashboard.png")
+
+
+def test_another_users_stream_is_refused(session: tuple[str, LiveStream, Any], pki: Pki) -> None:
+    from selenium.webdriver.common.by import By
+
+    url, live, browser = session
+    bobs = live.start_another("bob", pki.token("bob", (EXPERIMENT,)))
+    browser.get(f"{url}/ui/streams/{bobs}")
+    assert browser.find_element(By.ID, "not-found").text == "Stream not found"
+    status = browser.execute_async_script(
+        f"const done = arguments[arguments.length - 1];fetch('/ui/api/streams/{bobs}').then(r => done(r.status));"
+    )
+    assert status == 404
+    browser.get(f"{url}/ui")
+    eventually(lambda: browser.find_elements(By.CSS_SELECTOR, f'#streams tr[data-id="{live.stream_id}"]'))
+    assert not browser.find_elements(By.CSS_SELECTOR, f'#streams tr[data-id="{bobs}"]')
+
+
+def test_cancel_a_stream_from_its_page(session: tuple[str, LiveStream, Any]) -> None:
+    from selenium.webdriver.common.by import By
+
+    url, live, browser = session
+    browser.get(f"{url}/ui/streams/{live.stream_id}")
+    eventually(lambda: browser.find_element(By.ID, "state").text == "streaming", what="the stream page")
+    cancel = browser.find_element(By.ID, "cancel")
+    cancel.click()  # arms
+    assert "again" in cancel.text
+    cancel.click()
+    eventually(lambda: browser.find_element(By.ID, "state").text == "cancelled", what="the cancelled state")
+    assert live.api.services().streams.get(live.stream_id).state == "cancelled"
+    eventually(lambda: not browser.find_element(By.ID, "cancel").is_enabled(), what="cancel to be disabled")
