@@ -13,6 +13,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from photonstream.errors import MissingDependencyError
 from photonstream.frames import StartMessage
 
 HC_EV_ANGSTROM = 12398.41984
@@ -97,13 +98,12 @@ def block_max(image: np.ndarray, factor: int) -> np.ndarray:
 
 
 def log_scaled(image: np.ndarray) -> np.ndarray:
-    """0..255: log of the signal above the median (the background), up to the 99.9th percentile."""
+    """0..255: log of the signal above the median (the background), the brightest pixel at 255 (so a lone photon
+    on an empty frame stays dim next to a Bragg spot)."""
     finite = np.nan_to_num(image.astype(np.float32), nan=0.0, posinf=0.0, neginf=0.0)
     signal = np.log1p(np.clip(finite - np.median(finite), 0.0, None))
-    top = float(np.percentile(signal, 99.9)) if signal.size else 0.0
-    if top <= 0.0:
-        top = float(signal.max()) or 1.0
-    return (np.clip(signal / top, 0.0, 1.0) * 255).astype(np.uint8)
+    top = float(signal.max()) if signal.size else 0.0
+    return (np.clip(signal / (top or 1.0), 0.0, 1.0) * 255).astype(np.uint8)
 
 
 @dataclass(frozen=True)
@@ -118,7 +118,10 @@ class FramePicture:
 def frame_picture(data: np.ndarray, peaks: np.ndarray | None, model: Layout, max_size: int = 512) -> FramePicture:
     """The frame assembled, downsampled to at most ``max_size`` pixels a side, log-scaled and coloured, with
     a circle around each peak."""
-    from PIL import Image, ImageDraw
+    try:
+        from PIL import Image, ImageDraw
+    except ImportError:
+        raise MissingDependencyError.for_package("pillow", "the dashboard's frame picture") from None
 
     image = model.assemble(data)
     factor = max(1, math.ceil(max(image.shape) / max_size))
