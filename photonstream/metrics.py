@@ -265,7 +265,7 @@ class PipelineMetrics:
             "stream": stream.stream_id,
             "experiment": stream.experiment,
             "run": str(stream.run),
-            "rank": str(getattr(pipeline.shard, "index", 0)),
+            "rank": str(pipeline.shard.rank),
         }
         r = registry
         self._messages = r.counter("photonstream_pipeline_messages_out", "Messages handed to the handlers",

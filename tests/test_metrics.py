@@ -14,6 +14,7 @@ from photonstream.client import subscribe
 from photonstream.config.pipeline import validate_pipeline
 from photonstream.metrics import LatencyHistogram, PipelineMetrics, Registry, group_accounting, serve
 from photonstream.pipeline import Pipeline
+from photonstream.sources.base import Shard
 from tests.buffer.support import produce, remote_stats, start_service
 
 
@@ -68,7 +69,7 @@ def test_pipeline_rank_counters_match_its_run(service: BufferService) -> None:
         "handlers": [{"type": "buffer", "address": service.endpoint}],
     })  # fmt: skip
     registry = Registry()
-    pipeline = Pipeline(config)
+    pipeline = Pipeline(config, Shard(rank=1, size=2))
     pipeline.metrics = PipelineMetrics(pipeline, registry)
     pipeline.run()
     server = serve(0, registry=registry)
@@ -76,12 +77,12 @@ def test_pipeline_rank_counters_match_its_run(service: BufferService) -> None:
         text = urllib.request.urlopen(f"http://127.0.0.1:{server.server_address[1]}/metrics", timeout=5).read().decode()
     finally:
         server.shutdown()
-    labels = 'stream="metrics-test",experiment="exp1",run="4",rank="0"'
+    labels = 'stream="metrics-test",experiment="exp1",run="4",rank="1"'
     values = {m[0]: float(m[1]) for m in re.findall(r"^(\w+)\{" + re.escape(labels) + r"\} (\S+)$", text, re.M)}
     stats = pipeline.stats
-    assert values["photonstream_pipeline_events_read_total"] == stats.counts["read"] == 12
+    assert values["photonstream_pipeline_events_read_total"] == stats.counts["read"] == 6  # rank 1 of 2: odd events
     assert values["photonstream_pipeline_events_sent_total"] == stats.events_sent
-    assert values["photonstream_pipeline_events_dropped_total"] == 12 - stats.events_sent == stats.counts["miss"] > 0
+    assert values["photonstream_pipeline_events_dropped_total"] == 6 - stats.events_sent == stats.counts["miss"] > 0
     assert values["photonstream_pipeline_messages_out_total"] == stats.messages_sent == stats.events_sent + 2
     assert values["photonstream_pipeline_bytes_out_total"] == stats.bytes_sent > 0
     assert values["photonstream_pipeline_latency_seconds_count"] == stats.messages_sent
