@@ -87,7 +87,8 @@ class Counters:
     reset: int = 0
     refused: int = 0
     active: int = 0
-    first_byte_down_at: float | None = None  # monotonic time of the first byte written towards a client
+    first_down_at: float | None = None  # time.time() of the first byte written towards a client
+    last_down_at: float | None = None  # ... and of the latest (wall clock: comparable across processes)
 
     def as_dict(self) -> dict[str, float | int | None]:
         return dict(self.__dict__)
@@ -283,8 +284,9 @@ class _Connection:
                     counters.bytes_up += len(piece)
                 else:
                     counters.bytes_down += len(piece)
-                    if counters.first_byte_down_at is None:
-                        counters.first_byte_down_at = time.monotonic()
+                    counters.last_down_at = time.time()
+                    if counters.first_down_at is None:
+                        counters.first_down_at = counters.last_down_at
                 if len(piece) < len(data):
                     pump.held[0] = (release_at, data[len(piece) :])
                 else:
