@@ -3,6 +3,7 @@ dashboard's data, and who may see what (pages, live data, metrics, the session c
 
 from __future__ import annotations
 
+import base64
 import io
 import json
 import re
@@ -186,3 +187,21 @@ def test_live_updates_over_server_sent_events(live: LiveStream, pki: Pki) -> Non
     assert [u["id"] for u in updates] == [live.stream_id] * 3
     received = [u["received"] for u in updates]
     assert received == sorted(received) and received[-1] > received[0]  # the numbers move while it streams
+
+
+def test_event_stream_ends_when_the_token_is_revoked(live: LiveStream, pki: Pki) -> None:
+    token = pki.token("alice", (EXPERIMENT,))
+    jti = json.loads(base64.urlsafe_b64decode(token.split(".")[1] + "==="))["jti"]
+    with running_server(live.api.app, pki) as url:
+        context = ssl.create_default_context(cafile=str(pki.ca.directory / "ca.crt"))
+        with httpx.Client(base_url=url, verify=context, headers={"Authorization": f"Bearer {token}"}) as http:
+            events = []
+            with http.stream("GET", "/ui/api/events", timeout=20) as response:
+                for line in response.iter_lines():
+                    if line.startswith("event: "):
+                        events.append(line[7:])
+                        if len(events) == 1:
+                            live.api.services().policy.revoke("token", jti, by="root", reason="test")
+                    if events and events[-1] == "logged-out":
+                        break
+    assert events[0] == "update" and events[-1] == "logged-out"

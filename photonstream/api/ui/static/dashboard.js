@@ -123,6 +123,10 @@
       source.close();
       if (onGone) onGone();
     });
+    source.addEventListener("logged-out", () => {
+      source.close();
+      location.href = `/ui/login?next=${encodeURIComponent(location.pathname)}`;
+    });
     return source;
   }
 
