@@ -78,6 +78,40 @@ def image_array(frame: Frame) -> np.ndarray | None:
     return None
 
 
+def result_fields(item: dict[str, Any]) -> dict[str, Any]:
+    """A result's own fields: under ``data`` if it has them there, else the item itself."""
+    data = item.get("data")
+    return data if isinstance(data, dict) else item
+
+
+def latest_of_kinds(results: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """The newest result of each kind (``hit_rate``, ``indexing_rate``, ``tof_histogram``, ...)."""
+    return {str(item.get("kind")): result_fields(item) for item in results if item.get("kind")}
+
+
+def fraction(fields: dict[str, Any] | None, part: str, whole: str) -> float | None:
+    """``rate`` of a hit/indexing-rate result, else part / whole (None without such a result)."""
+    if not fields:
+        return None
+    if isinstance(fields.get("rate"), int | float):
+        return float(fields["rate"])
+    total = fields.get(whole)
+    return float(fields.get(part, 0)) / total if isinstance(total, int | float) and total > 0 else None
+
+
+def tof_of(fields: dict[str, Any] | None) -> dict[str, Any] | None:
+    """A ``tof_histogram`` result as the page draws it (bin centres and counts)."""
+    if not fields or "edges" not in fields or "counts" not in fields:
+        return None
+    edges = np.asarray(fields["edges"], dtype=np.float64)
+    counts = np.asarray(fields["counts"], dtype=np.float64)
+    if counts.ndim > 1:
+        counts = counts.sum(axis=0)
+    if edges.size != counts.size + 1:
+        return None
+    return {"mq": _rounded(0.5 * (edges[1:] + edges[:-1])), "counts": [int(c) for c in counts]}
+
+
 class StreamWatch:
     """Samples one stream (its runs' buffer addresses in turn) from a thread of its own."""
 
@@ -280,7 +314,6 @@ class Monitor:
         self._rates: dict[str, float] = {}
         self._watches: dict[str, StreamWatch] = {}
         self._results: dict[str, deque[dict[str, Any]]] = {}
-        self._result_rates: dict[str, dict[str, float]] = {}  # indexed results: total, and the rate over ~1 s
         self._lock = threading.Lock()
 
     # -- the buffer's stats ----------------------------------------------------------------------------------
@@ -370,27 +403,17 @@ class Monitor:
             watch.stop()
 
     # -- results channel -------------------------------------------------------------------------------------
-    def latest_results(self, stream: Stream, limit: int = 20) -> tuple[list[dict[str, Any]], float | None]:
-        """The newest results and the indexing rate (results with ``indexed`` true per second), if a channel
-        exists."""
+    def latest_results(self, stream: Stream, limit: int = 20) -> list[dict[str, Any]]:
+        """The stream's newest results (oldest first), if a results channel is plugged in."""
         if self.results is None:
-            return [], None
+            return []
         kept = self._results.setdefault(stream.id, deque(maxlen=limit))
         after = int(kept[-1].get("id", 0)) if kept else 0
         try:
-            new = self.results(stream.id, after, 200)
+            kept.extend(self.results(stream.id, after, 200))
         except PhotonstreamError as exc:
             log.warning("results of stream %s: %s", stream.id, exc)
-            new = []
-        kept.extend(new)
-        now = time.monotonic()
-        state = self._result_rates.setdefault(stream.id, {"total": 0, "t": now, "at_t": 0, "rate": 0.0})
-        state["total"] += sum(1 for item in new if item.get("indexed"))
-        if now - state["t"] >= 1.0:
-            state["rate"] = (state["total"] - state["at_t"]) / (now - state["t"])
-            state["t"], state["at_t"] = now, state["total"]
-        rate = state["rate"]
-        return list(kept), round(rate, 3)
+        return list(kept)
 
     # -- views -----------------------------------------------------------------------------------------------
     def summary(self, stream: Stream) -> dict[str, Any]:
@@ -414,18 +437,22 @@ class Monitor:
         """Everything the stream page shows."""
         watch = self.watch(stream)
         sample = watch.snapshot() if watch is not None else None
-        results, indexing_rate = self.latest_results(stream)
+        results = self.latest_results(stream)
         summary = self.summary(stream)
-        hit_rate = None
-        if sample and sample["hit_fraction"] is not None:
-            hit_rate = round(sample["hit_fraction"] * summary["rate"] * (sample["events_per_message"] or 1.0), 3)
+        reported = latest_of_kinds(results)
+        hit_rate = fraction(reported.get("hit_rate"), "hits", "frames")
+        if hit_rate is None and sample is not None:
+            hit_rate = sample["hit_fraction"]
+        tof = (sample or {}).get("tof") or tof_of(reported.get("tof_histogram"))
+        if sample is not None:
+            sample = {**sample, "tof": tof}
         return {
             **summary,
             "finished": StreamState(stream.state).finished,
             "hops": self.hops(stream),
             "monitor": sample,
             "hit_rate": hit_rate,
-            "indexing_rate": indexing_rate,
+            "indexing_rate": fraction(reported.get("indexing_rate"), "indexed", "frames"),
             "results": results,
             "buffer_error": self.buffer_error,
             "at": time.time(),

@@ -205,3 +205,28 @@ def test_event_stream_ends_when_the_token_is_revoked(live: LiveStream, pki: Pki)
                     if events and events[-1] == "logged-out":
                         break
     assert events[0] == "update" and events[-1] == "logged-out"
+
+
+def test_results_channel_feeds_rates_tof_and_the_results_list(live: LiveStream) -> None:
+    published = [
+        {"id": 1, "kind": "indexing_rate", "data": {"frames": 10, "indexed": 4}},
+        {"id": 2, "kind": "hit_rate", "data": {"frames": 100, "hits": 25}},
+        {"id": 3, "kind": "tof_histogram", "data": {"quantity": "mq", "edges": [0, 1, 2, 3], "counts": [[1, 5, 2]]}},
+    ]
+    asked: list[tuple[str, int]] = []
+
+    def reader(stream_id: str, after: int, limit: int) -> list[dict]:
+        asked.append((stream_id, after))
+        return [item for item in published if item["id"] > after][:limit]
+
+    live.api.app.state.monitor.results = reader
+    client = live.api.client(token=live.token)
+    detail = client.get(f"/ui/api/streams/{live.stream_id}").json()
+    assert detail["indexing_rate"] == 0.4 and detail["hit_rate"] == 0.25
+    assert [r["id"] for r in detail["results"]] == [1, 2, 3]
+    published.append({"id": 4, "kind": "indexing_rate", "data": {"frames": 10, "indexed": 9}})
+    again = client.get(f"/ui/api/streams/{live.stream_id}").json()
+    assert [r["id"] for r in again["results"]] == [1, 2, 3, 4] and again["indexing_rate"] == 0.9
+    assert asked == [(live.stream_id, 0), (live.stream_id, 3)]  # only what is new is asked for
+    # no waveforms in this stream: the TOF histogram shown is the reported one
+    assert again["monitor"]["tof"] == {"mq": [0.5, 1.5, 2.5], "counts": [1, 5, 2]}

@@ -33,6 +33,10 @@ def _figure(value: Any, digits: int = 1) -> str:
     return f"{value:,}"
 
 
+def _percent(value: float | None) -> str:
+    return "–" if value is None else f"{100 * value:.1f} %"
+
+
 def streams_table(overview: dict[str, Any]) -> Table:
     table = Table(title=f"streams visible to {overview['me']['identity']}", title_justify="left")
     for name in ("stream", "state", "owner", "experiment", "runs", "rate msg/s", "received", "lag"):
@@ -70,8 +74,8 @@ def samples_line(detail: dict[str, Any]) -> str:
         f"rate {_figure(detail['rate'])} msg/s",
         f"latency p50 {_figure(latency.get('p50_ms'), 2)} ms, p99 {_figure(latency.get('p99_ms'), 2)} ms "
         f"({latency.get('count', 0)} sampled)",
-        f"hits {_figure(detail.get('hit_rate'))}/s",
-        f"indexed {_figure(detail.get('indexing_rate'))}/s",
+        f"hit rate {_percent(detail.get('hit_rate'))}",
+        f"indexing rate {_percent(detail.get('indexing_rate'))}",
         f"results {len(detail.get('results') or [])}",
     ]
     notes = [n for n in (detail.get("buffer_error"), monitor.get("error")) if n]

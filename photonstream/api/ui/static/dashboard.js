@@ -200,7 +200,7 @@
       lag: new Chart($("chart-lag"), { yLabel: "messages" }),
       losses: new Chart($("chart-losses"), { yLabel: "messages" }),
       latency: new Chart($("chart-latency"), { yLabel: "ms" }),
-      hits: new Chart($("chart-hits"), { yLabel: "per s" }),
+      hits: new Chart($("chart-hits"), { yLabel: "%" }),
       powder: new Chart($("chart-powder"), { time: false, xLabel: "q (1/Å)", yLabel: "mean intensity" }),
       tof: new Chart($("chart-tof"), { time: false, xLabel: "m/q", yLabel: "hits" }),
     };
@@ -326,8 +326,8 @@
         if (m.tof) charts.tof.set(m.tof.mq, { hits: m.tof.counts });
       }
       const hits = {};
-      if (data.hit_rate !== null) hits["hits/s"] = data.hit_rate;
-      if (data.indexing_rate !== null) hits["indexed/s"] = data.indexing_rate;
+      if (data.hit_rate !== null) hits["hit rate"] = 100 * data.hit_rate;
+      if (data.indexing_rate !== null) hits["indexing rate"] = 100 * data.indexing_rate;
       charts.hits.push(t, hits);
       $("results-caption").textContent = data.results.length ? `latest ${data.results.length}` : "no results channel yet";
       $("results").textContent = data.results.map((r) => JSON.stringify(r)).join("\n");
