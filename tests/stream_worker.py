@@ -3,7 +3,8 @@
     python -m tests.stream_worker ENDPOINT EXPERIMENT/RUN/STREAM OUT.jsonl [--group G] [--credit N] ...
 
 Every frame handed to the application is written to OUT as ``{"event": E, "seq": S, "bytes": B, "t": T}`` and
-flushed at once, so a worker killed with SIGKILL leaves the list of what it had finished. The last line is a
+flushed at once, so a worker killed with SIGKILL leaves the list of what it had finished (with ``--work-s`` a
+``{"begin": E}`` line marks the frame it is working on). The last line is a
 summary: ``{"summary": true, "subscribed_at": T0, "first_frame_at": T1, "end_reason": ..., ...}`` (times are
 ``time.time()``, comparable across processes and network namespaces). Exit status 0 when the stream ended,
 3 on a ``ConsumerError`` (the summary has its message).
@@ -35,9 +36,17 @@ def read_records(path: Path) -> tuple[list[dict[str, Any]], dict[str, Any] | Non
             continue  # a line cut short by SIGKILL
         if record.get("summary"):
             summary = record
-        else:
+        elif "event" in record:
             frames.append(record)
     return frames, summary
+
+
+def last_line(path: Path) -> dict[str, Any]:
+    lines = path.read_text().splitlines() if path.exists() else []
+    try:
+        return json.loads(lines[-1]) if lines else {}
+    except ValueError:
+        return {}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -61,6 +70,8 @@ def main(argv: list[str] | None = None) -> int:
             for message in sub:
                 if isinstance(message, Frame):
                     if args.work_s:
+                        out.write(json.dumps({"begin": message.event}) + "\n")  # working on it, not done
+                        out.flush()
                         time.sleep(args.work_s)
                     now = time.time()
                     first_frame_at = first_frame_at or now
