@@ -15,6 +15,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from photonstream.api.cli import ca_app, db_app, policy_app, request_app, serve_command
+from photonstream.api.ui.status import status_command
 from photonstream.buffer.cli import buffer_app, consume
 from photonstream.consumers.cli import train_app
 from photonstream.errors import ConfigError, PhotonstreamError
@@ -30,6 +31,7 @@ app.add_typer(db_app, name="db")
 app.add_typer(policy_app, name="policy")
 app.command("consume")(consume)
 app.command("serve")(serve_command)
+app.command("status")(status_command)
 
 console = Console()
 err_console = Console(stderr=True)
@@ -60,6 +62,10 @@ def run(
     events: int | None = typer.Option(None, "--events", "-n", min=0, help="stop after N source events"),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="no progress bar"),
     as_json: bool = typer.Option(False, "--json", help="print the end message as JSON"),
+    metrics_port: int | None = typer.Option(
+        None, "--metrics-port", min=0, max=65535, help="serve Prometheus metrics of this run on this port (+ rank)"
+    ),
+    metrics_host: str = typer.Option("127.0.0.1", "--metrics-host", help="address for --metrics-port"),
 ) -> None:
     """Run a pipeline here: source → steps → serializer → handlers."""
     from photonstream.config.pipeline import load_pipeline
@@ -70,6 +76,10 @@ def run(
     if events is not None:
         config = config.model_copy(update={"max_events": events})
     ranks = detect_ranks()
+    if metrics_port is not None:
+        from photonstream.metrics import serve as serve_metrics
+
+        serve_metrics(metrics_port + ranks.rank if metrics_port else 0, metrics_host)
     runner = Pipeline(config, ranks.shard, ranks.comm)
     if not ranks.is_root:
         end = runner.run()  # rank 0 reports for the whole run
