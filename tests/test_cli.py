@@ -66,3 +66,36 @@ def test_bad_inputs_give_one_line_and_no_traceback(tmp_path: Path) -> None:
         assert "Traceback" not in result.stderr + result.stdout, result.stderr
         lines = [line for line in result.stderr.splitlines() if line.strip()]
         assert len(lines) == 1 and lines[0].startswith("error:") and expected in lines[0], result.stderr
+
+
+def test_run_serves_its_metrics_while_it_runs(tmp_path: Path) -> None:
+    import time
+    import urllib.request
+
+    from photonstream.transport.ports import free_tcp_port
+
+    port = free_tcp_port()
+    (tmp_path / "p.yaml").write_text(
+        "stream: {experiment: xpp00001, run: 7, stream_id: tof}\n"
+        "source: {type: synthetic-tof, events: 40, rate_hz: 20}\n"
+        "handlers: [{type: 'null'}]\n"
+    )
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "photonstream", "run", str(tmp_path / "p.yaml"), "--metrics-port", str(port)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    text = ""
+    try:
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline and "photonstream_pipeline" not in text:
+            time.sleep(0.3)
+            try:
+                text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2).read().decode()
+            except OSError:
+                continue
+        assert proc.wait(60) == 0, proc.stderr.read()
+    finally:
+        proc.kill()
+    assert 'experiment="xpp00001"' in text and "photonstream_pipeline" in text
