@@ -15,13 +15,13 @@ import numpy as np
 import pytest
 
 from photonstream.consumers.xtal._wire import pack, unpack
-from photonstream.consumers.xtal.geometry import DetectorModel
 from photonstream.consumers.xtal.indexing import KnownCellIndexer
 from photonstream.consumers.xtal.integrate import IntegrationSettings, Integrator
 from photonstream.consumers.xtal.local import LocalRun, run_local
 from photonstream.consumers.xtal.merge import Merger, reference_from_source
 from photonstream.consumers.xtal.spots import find_spots
 from photonstream.consumers.xtal.worker import XtalOptions, run_xtal_worker
+from photonstream.detector import DetectorModel
 from photonstream.errors import ConfigError
 from photonstream.frames import StartMessage
 from photonstream.sources._crystal import UnitCell, space_group_operators, symmetry_unique

@@ -2,7 +2,7 @@
 
 Frames come as ``(rows, cols)`` or ``(modules, rows, cols)``; peak lists (``frame.metadata["peaks"]``, N×3 slow,
 fast, intensity) use the flattened frame (slow = module·rows + row). Where the start message describes the module
-layout the modules are placed as on the detector (``Layout``), otherwise they are tiled in a grid.
+layout the modules are placed as on the detector (``DetectorModel``), otherwise they are tiled in a grid.
 """
 
 from __future__ import annotations
@@ -13,10 +13,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from photonstream.detector import DetectorModel
 from photonstream.errors import MissingDependencyError
 from photonstream.frames import StartMessage
 
-HC_EV_ANGSTROM = 12398.41984
 # anchor colours of a dark-to-bright map (black, indigo, crimson, orange, pale yellow)
 _ANCHORS = np.array([[0, 0, 4], [60, 15, 110], [180, 45, 80], [245, 135, 30], [252, 255, 164]], dtype=np.float64)
 COLORMAP = np.stack(
@@ -25,66 +25,9 @@ COLORMAP = np.stack(
 PEAK_COLOR = (0, 230, 255)
 
 
-@dataclass(frozen=True)
-class Layout:
-    """Where each module's pixel (0, 0) lies in the assembled picture, and the geometry to turn pixels into q."""
-
-    module_shape: tuple[int, int]  # (rows, cols)
-    origins: np.ndarray  # (modules, 2): assembled (slow, fast)
-    pixel_size_m: float
-    distance_m: float
-    beam_center_px: tuple[float, float]  # (x = fast, y = slow), assembled
-    wavelength_a: float
-
-    @property
-    def n_modules(self) -> int:
-        return len(self.origins)
-
-    @property
-    def assembled_shape(self) -> tuple[int, int]:
-        rows, cols = self.module_shape
-        return int(self.origins[:, 0].max()) + rows, int(self.origins[:, 1].max()) + cols
-
-    def flat_to_assembled(self, slow: np.ndarray, fast: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        rows = self.module_shape[0]
-        slow = np.asarray(slow, dtype=np.float64)
-        module = np.clip(np.floor((slow + 0.5) / rows).astype(np.int64), 0, self.n_modules - 1)
-        origin = self.origins[module]
-        return origin[..., 0] + slow - module * rows, origin[..., 1] + np.asarray(fast, dtype=np.float64)
-
-    def assemble(self, data: np.ndarray) -> np.ndarray:
-        rows, cols = self.module_shape
-        if self.n_modules == 1:
-            return np.asarray(data, dtype=np.float32).reshape(rows, cols)
-        modules = np.asarray(data).reshape(self.n_modules, rows, cols)
-        image = np.zeros(self.assembled_shape, dtype=np.float32)
-        for m, (origin_slow, origin_fast) in enumerate(self.origins.astype(np.int64)):
-            image[origin_slow : origin_slow + rows, origin_fast : origin_fast + cols] = modules[m]
-        return image
-
-
-def layout_of(start: StartMessage | None, shape: tuple[int, ...]) -> Layout:
-    """The layout of frames of ``shape``: the start message's module origins (``source.layout``, as the synthetic
-    source writes them) when they fit, else the modules tiled in a square grid."""
-    modules = shape[0] if len(shape) == 3 else 1
-    rows, cols = int(shape[-2]), int(shape[-1])
-    given = (start.source.get("layout") or {}).get("module_origins_px") if start is not None else None
-    origins = np.asarray(given if given is not None else [], dtype=np.float64).reshape(-1, 2)
-    if len(origins) != modules:
-        grid = math.ceil(math.sqrt(modules))
-        origins = np.array([[(m // grid) * rows, (m % grid) * cols] for m in range(modules)], dtype=np.float64)
-    geometry = start.geometry if start is not None else None
-    centre = tuple(geometry.beam_center_px) if geometry and any(geometry.beam_center_px) else None
-    layout = Layout((rows, cols), origins, 100e-6, 0.1, (0.0, 0.0), HC_EV_ANGSTROM / 9500.0)
-    height, width = layout.assembled_shape
-    return Layout(
-        module_shape=(rows, cols),
-        origins=origins,
-        pixel_size_m=geometry.pixel_size_m if geometry else 100e-6,
-        distance_m=geometry.distance_m if geometry else 0.1,
-        beam_center_px=centre or (width / 2, height / 2),  # type: ignore[arg-type]
-        wavelength_a=HC_EV_ANGSTROM / (geometry.photon_energy_ev if geometry else 9500.0),
-    )
+def layout_of(start: StartMessage | None, shape: tuple[int, ...]) -> DetectorModel:
+    """How frames of ``shape`` are laid out on the detector (see ``DetectorModel.for_frames``)."""
+    return DetectorModel.for_frames(start, shape)
 
 
 def block_max(image: np.ndarray, factor: int) -> np.ndarray:
@@ -115,7 +58,9 @@ class FramePicture:
     peaks_drawn: int
 
 
-def frame_picture(data: np.ndarray, peaks: np.ndarray | None, model: Layout, max_size: int = 512) -> FramePicture:
+def frame_picture(
+    data: np.ndarray, peaks: np.ndarray | None, model: DetectorModel, max_size: int = 512
+) -> FramePicture:
     """The frame assembled, downsampled to at most ``max_size`` pixels a side, log-scaled and coloured, with
     a circle around each peak."""
     try:
@@ -144,7 +89,7 @@ def frame_picture(data: np.ndarray, peaks: np.ndarray | None, model: Layout, max
 class PowderProfile:
     """Mean intensity per |q| bin (1/Å, 4π·sinθ/λ) over the frames added: a virtual powder pattern."""
 
-    def __init__(self, model: Layout, bins: int = 200) -> None:
+    def __init__(self, model: DetectorModel, bins: int = 200) -> None:
         rows, cols = model.module_shape
         slow = np.arange(model.n_modules * rows, dtype=np.float64)[:, None]
         fast = np.arange(cols, dtype=np.float64)[None, :]

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from photonstream.consumers.xtal.geometry import DetectorModel
+from photonstream.detector import DetectorModel
 from photonstream.sources._crystal import UnitCell, enumerate_hkl
 
 

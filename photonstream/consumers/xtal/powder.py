@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from photonstream.consumers.xtal.geometry import DetectorModel
+from photonstream.detector import DetectorModel
 from photonstream.errors import MissingDependencyError
 
 

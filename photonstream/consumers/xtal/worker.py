@@ -31,11 +31,11 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from photonstream.consumers.xtal import _cctbx
 from photonstream.consumers.xtal._wire import pack
-from photonstream.consumers.xtal.geometry import DetectorModel
 from photonstream.consumers.xtal.indexing import IndexingSettings, KnownCellIndexer
 from photonstream.consumers.xtal.integrate import IntegrationSettings, Integrator
 from photonstream.consumers.xtal.powder import PowderAccumulator
 from photonstream.consumers.xtal.spots import SpotFinderSettings, find_hit, find_spots
+from photonstream.detector import DetectorModel
 from photonstream.errors import ConfigError
 from photonstream.frames import EndMessage, Frame, FrameBatch, Message, StartMessage
 from photonstream.processing.hitfinder import HitfinderOptions

@@ -1,21 +1,23 @@
-"""Detector geometry for crystallography: flattened pixel coordinates ↔ lab positions ↔ scattering vectors.
+"""Detector geometry: flattened pixel coordinates ↔ the assembled plane ↔ lab positions ↔ scattering vectors.
 
-Built from a stream's start message. Frames arrive as ``(modules, rows, cols)`` (or ``(rows, cols)``); spot lists
-use the flattened frame (slow = module·rows + row, fast = col; integer = pixel centre). The modules lie flat in one
-plane at ``distance_m`` along the beam (+z); where the source describes the layout (``source.layout`` with
-``module_origins_px``, as the synthetic source does) module m's pixel (0, 0) sits at that assembled (slow, fast)
-position, otherwise the modules are stacked along slow without gaps. The beam centre is in the assembled frame.
-Lab x = fast, y = slow (metres); reciprocal vectors in 1/Å without 2π: q = k_out − k0, |k| = 1/λ.
+Built from a stream's start message; used by the crystallography workers and the dashboard's pictures. Frames
+arrive as ``(modules, rows, cols)`` (or ``(rows, cols)``); spot lists use the flattened frame (slow = module·rows +
+row, fast = col; integer = pixel centre). The modules lie flat in one plane at ``distance_m`` along the beam (+z);
+where the source describes the layout (``source.layout`` with ``module_origins_px``, as the synthetic source does)
+module m's pixel (0, 0) sits at that assembled (slow, fast) position, otherwise the modules are stacked along slow
+without gaps. The beam centre is in the assembled frame. Lab x = fast, y = slow (metres); reciprocal vectors in 1/Å
+without 2π: q = k_out − k0, |k| = 1/λ.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
 
 from photonstream.errors import ConfigError
-from photonstream.frames import StartMessage
+from photonstream.frames import Geometry, StartMessage
 
 HC_EV_ANGSTROM = 12398.41984
 
@@ -28,6 +30,30 @@ class DetectorModel:
     distance_m: float
     beam_center_px: tuple[float, float]  # (x = fast, y = slow), assembled frame
     wavelength_a: float
+
+    @classmethod
+    def for_frames(cls, start: StartMessage | None, shape: tuple[int, ...]) -> DetectorModel:
+        """A model for pictures of frames of ``shape``: the start message's layout when it fits, otherwise the
+        modules tiled in a square grid around a beam in the middle (geometry defaults where there is no start)."""
+        modules = shape[0] if len(shape) == 3 else 1
+        rows, cols = int(shape[-2]), int(shape[-1])
+        given = (start.source.get("layout") or {}).get("module_origins_px") if start is not None else None
+        origins = np.asarray(given if given is not None else [], dtype=np.float64).reshape(-1, 2)
+        if len(origins) != modules:
+            grid = math.ceil(math.sqrt(modules))
+            origins = np.array([[(m // grid) * rows, (m % grid) * cols] for m in range(modules)], dtype=np.float64)
+        geometry = start.geometry if start is not None else Geometry()
+        height = int(origins[:, 0].max()) + rows
+        width = int(origins[:, 1].max()) + cols
+        centre = tuple(geometry.beam_center_px) if any(geometry.beam_center_px) else (width / 2, height / 2)
+        return cls(
+            module_shape=(rows, cols),
+            origins=origins,
+            pixel_size_m=float(geometry.pixel_size_m),
+            distance_m=float(geometry.distance_m),
+            beam_center_px=(float(centre[0]), float(centre[1])),
+            wavelength_a=HC_EV_ANGSTROM / float(geometry.photon_energy_ev),
+        )
 
     @classmethod
     def from_start(cls, start: StartMessage) -> DetectorModel:
