@@ -2,23 +2,20 @@
 
 from __future__ import annotations
 
-import functools
 import json
 import sys
-from collections.abc import Callable
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import typer
-from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from photonstream.api.cli import ca_app, db_app, policy_app, request_app, serve_command
 from photonstream.api.ui.status import status_command
 from photonstream.buffer.cli import buffer_app, consume
+from photonstream.cli_support import console, err_console, friendly
 from photonstream.consumers.cli import train_app
-from photonstream.errors import ConfigError, PhotonstreamError
 
 app = typer.Typer(help="Stream X-ray experiment data on request.", no_args_is_help=True, add_completion=False)
 bench_app = typer.Typer(help="Benchmarks (table for people, one JSON object on the last line).", no_args_is_help=True)
@@ -32,27 +29,6 @@ app.add_typer(policy_app, name="policy")
 app.command("consume")(consume)
 app.command("serve")(serve_command)
 app.command("status")(status_command)
-
-console = Console()
-err_console = Console(stderr=True)
-F = TypeVar("F", bound=Callable[..., Any])
-
-
-def friendly(fn: F) -> F:
-    """Turn photonstream errors into one red line and exit status 2 (bad input) or 1 (failed run)."""
-
-    @functools.wraps(fn)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        try:
-            return fn(*args, **kwargs)
-        except PhotonstreamError as exc:
-            err_console.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
-            raise typer.Exit(2 if isinstance(exc, ConfigError) else 1) from None
-        except KeyboardInterrupt:
-            err_console.print("[yellow]interrupted[/]")
-            raise typer.Exit(130) from None
-
-    return wrapper  # type: ignore[return-value]
 
 
 @app.command()

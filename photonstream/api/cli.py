@@ -9,21 +9,15 @@ app.command("serve")(serve_command)
 
 from __future__ import annotations
 
-import functools
 import json
-from collections.abc import Callable
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import typer
-from rich.console import Console
 from rich.table import Table
 
-from photonstream.errors import ConfigError, PhotonstreamError
-
-console = Console()
-err_console = Console(stderr=True)
-F = TypeVar("F", bound=Callable[..., Any])
+from photonstream.cli_support import console, err_console, friendly
+from photonstream.errors import ConfigError
 
 DEFAULT_ISSUER = "photonstream"
 DEFAULT_AUDIENCE = "photonstream-api"
@@ -31,23 +25,6 @@ DEFAULT_AUDIENCE = "photonstream-api"
 CA_DIR_OPTION = typer.Option(
     Path("ca"), "--ca", envvar="PHOTONSTREAM_CA_DIR", help="CA directory (env PHOTONSTREAM_CA_DIR)"
 )
-
-
-def friendly(fn: F) -> F:
-    """Photonstream errors become one red line and exit status 2 (bad input) or 1 (anything else)."""
-
-    @functools.wraps(fn)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        try:
-            return fn(*args, **kwargs)
-        except PhotonstreamError as exc:
-            err_console.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
-            raise typer.Exit(2 if isinstance(exc, ConfigError) else 1) from None
-        except KeyboardInterrupt:
-            err_console.print("[yellow]interrupted[/]")
-            raise typer.Exit(130) from None
-
-    return wrapper  # type: ignore[return-value]
 
 
 def split_names(values: list[str] | None) -> list[str]:
