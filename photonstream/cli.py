@@ -225,6 +225,19 @@ def bench_buffer(
     bench_main(frame_mb=frame_mb, seconds=seconds, json_only=as_json)
 
 
+@app.command(
+    "xtal",
+    context_settings={"allow_extra_args": True, "ignore_unknown_options": True, "help_option_names": []},
+    add_help_option=False,
+)
+def xtal(ctx: typer.Context) -> None:
+    """Crystallography workers and merger: `photonstream xtal worker|merge ...` (--help for their options)."""
+    import os
+
+    # A fresh interpreter: cctbx must be imported before scipy/hdf5plugin, which this process already loaded.
+    os.execv(sys.executable, [sys.executable, "-m", "photonstream.consumers.xtal", *ctx.args])
+
+
 @app.command()
 @friendly
 def demo(
