@@ -77,7 +77,7 @@ def outcome(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Outcome]:
         worker = start_worker(service.endpoint, STREAM, out, "--group", "workers", "--credit", "16", "--timeout-s",
                               "30")  # fmt: skip
         config = pipeline_yaml(root / "p.yaml", service.endpoint, run=5, events=EVENTS, shape=(128, 128),
-                               durable=True, send_timeout_s=15)  # fmt: skip
+                               durable=True, send_timeout_s=5)  # fmt: skip
         produced = finish(start_pipeline(config), "the pipeline", 60)
         state = stream_state(service.endpoint, STREAM)
         stored = int(state["head"])
