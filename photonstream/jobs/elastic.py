@@ -1,0 +1,480 @@
+"""Elastic worker pools: consumer workers that grow and shrink with their group's lag in the buffer.
+
+A ``WorkerPool`` (part of a stream request) describes one worker -- an argv template with ``{endpoint}``,
+``{stream}``, ``{group}``, ``{pool}``, ``{worker}`` and ``{index}`` placeholders, and its resources -- and the
+bounds of the pool: ``min_workers`` .. ``max_workers`` and the lag (messages of the group not yet finished) it
+aims at. An ``ElasticPool`` runs it through any ``JobBackend``, one job per worker; each ``tick()`` is one
+decision:
+
+- workers that ended FAILED or LOST while there is still work are replaced at once (up to ``max_failures``);
+- fewer than ``min_workers`` live: start workers up to the minimum;
+- lag above ``target_lag`` for ``scale_up_cooldown_s`` (and as long since the last change): start
+  ``ceil(workers * (lag / target - 1))`` more, at least 1, at most ``max_step``, never past ``max_workers``;
+  not while a worker is still waiting in the scheduler's queue (more would only queue too);
+- lag below ``scale_down_below * target_lag`` for ``scale_down_cooldown_s``: cancel the newest worker, one at a
+  time, never below ``min_workers``. In a lossless group no frame is lost: the buffer hands the unacked messages
+  of a member that leaves (or goes silent) to the others;
+- the stream ended and the group drained: workers get ``stop_grace_s`` to finish on their own, then the rest are
+  cancelled, and the pool is done.
+
+Every decision is a ``PoolEvent`` (time, action, workers, lag), logged, kept in ``events()`` and passed to
+``on_event`` for the API to record. ``run(stop_event)`` ticks every ``interval_s`` in a thread.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import string
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from photonstream.errors import PhotonstreamError
+from photonstream.jobs.base import JobBackend, JobSpec, JobState, Resources
+
+log = logging.getLogger(__name__)
+
+PLACEHOLDERS = ("endpoint", "stream", "group", "pool", "worker", "index")
+NAME = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
+EVENTS_KEPT = 2000
+ACTIONS = (
+    "start-worker",  # fewer than min_workers were live
+    "scale-up",
+    "scale-down",
+    "replace",  # a worker failed or was lost while there was work left
+    "worker-ended",  # a worker ended on its own (completed, or cancelled by someone else)
+    "lag-unknown",  # the buffer did not answer, or does not know the stream or group (yet)
+    "lag-back",
+    "give-up",  # more than max_failures workers failed: no more replacements
+    "error",
+    "stream-drained",  # the stream ended and the group finished it: workers get stop_grace_s
+    "stopped",
+)
+
+
+class WorkerPool(BaseModel):
+    """A pool of identical consumer workers for one consumer group, sized by the group's lag."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    name: str = Field(pattern=NAME, description="pool name, unique in the request, e.g. indexers")
+    group: str = Field(pattern=NAME, description="the consumer group the workers join (its lag sizes the pool)")
+    command: list[str] = Field(
+        min_length=1,
+        max_length=256,
+        description="one worker's argv; placeholders {endpoint} {stream} {group} {pool} {worker} {index}",
+    )
+    resources: Resources = Field(default_factory=Resources, description="what one worker asks of the scheduler")
+    environment: dict[str, str] = Field(default_factory=dict, description="extra environment of each worker")
+    min_workers: int = Field(1, ge=0, le=10_000, description="workers kept running while the stream runs")
+    max_workers: int = Field(8, ge=1, le=10_000, description="never more workers than this")
+    target_lag: int = Field(100, ge=1, description="messages of the group not yet finished that the pool aims at")
+    scale_down_below: float = Field(
+        0.25, gt=0.0, lt=1.0, description="remove a worker while lag stays below this fraction of target_lag"
+    )
+    scale_up_cooldown_s: float = Field(10.0, ge=0.0, le=86_400.0, description="lag above target this long: add")
+    scale_down_cooldown_s: float = Field(30.0, ge=0.0, le=86_400.0, description="lag well below this long: remove")
+    max_step: int = Field(4, ge=1, le=10_000, description="most workers added in one decision")
+    max_failures: int = Field(10, ge=0, le=10_000, description="failed workers replaced before the pool gives up")
+    stop_grace_s: float = Field(
+        30.0, ge=0.0, le=86_400.0, description="after the group drained, how long workers may take to end"
+    )
+    interval_s: float = Field(2.0, gt=0.0, le=3600.0, description="seconds between two decisions")
+
+    @field_validator("command")
+    @classmethod
+    def _known_placeholders(cls, command: list[str]) -> list[str]:
+        for argument in command:
+            try:
+                fields = {field for _, field, _, _ in string.Formatter().parse(argument) if field is not None}
+            except ValueError as error:
+                hint = "write a literal brace as {{ or }}"
+                raise ValueError(f"command argument {argument!r}: {error} ({hint})") from None
+            unknown = sorted(fields - set(PLACEHOLDERS))
+            if unknown:
+                raise ValueError(
+                    f"command argument {argument!r}: unknown placeholder(s) {', '.join(unknown)}; "
+                    f"known: {', '.join(PLACEHOLDERS)}"
+                )
+        return command
+
+    @model_validator(mode="after")
+    def _bounds(self) -> WorkerPool:
+        if self.min_workers > self.max_workers:
+            raise ValueError(f"min_workers ({self.min_workers}) exceeds max_workers ({self.max_workers})")
+        if self.resources.array is not None:
+            raise ValueError("resources.array: a pool starts one job per worker; leave array unset")
+        return self
+
+    def argv(self, **values: Any) -> list[str]:
+        """One worker's command with the placeholders filled in."""
+        return [argument.format(**values) for argument in self.command]
+
+
+@dataclass(frozen=True, slots=True)
+class LagReading:
+    """What the buffer says of a group: unfinished messages, members, and whether the stream is over for it."""
+
+    lag: int
+    members: int
+    stream_ended: bool = False
+    drained: bool = False  # the stream ended and the group has finished (acked) every message
+
+
+LagReader = Callable[[], "LagReading | None"]  # None: the buffer does not know the stream or group (yet)
+
+
+class BufferLagReader:
+    """Reads a group's lag from the buffer's stats (``photonstream buffer stats``), by ``fetch_stats``.
+
+    ``fetch_options`` go to the fetch function (e.g. a timeout, or credentials where the buffer wants them).
+    The stats of an authenticating buffer show a stream only to its owner or an admin: use the API's key.
+    """
+
+    def __init__(
+        self,
+        endpoint: str,
+        stream: str,
+        group: str,
+        fetch: Callable[..., dict[str, Any]] | None = None,
+        **fetch_options: Any,
+    ) -> None:
+        if fetch is None:
+            from photonstream.buffer.cli import fetch_stats
+
+            fetch = fetch_stats
+        self.endpoint = endpoint
+        self.stream = stream
+        self.group = group
+        self.fetch = fetch
+        self.fetch_options = {"timeout_s": 2.0, **fetch_options}
+
+    def __call__(self) -> LagReading | None:
+        return reading_from_stats(self.fetch(self.endpoint, **self.fetch_options), self.stream, self.group)
+
+
+def reading_from_stats(stats: dict[str, Any], stream: str, group: str) -> LagReading | None:
+    """The ``LagReading`` of ``group`` of ``stream`` in a buffer stats tree; None when either is absent."""
+    stream_stats = stats.get("streams", {}).get(stream)
+    if stream_stats is None:
+        return None
+    group_stats = stream_stats.get("groups", {}).get(group)
+    if group_stats is None:
+        return None
+    lag = int(group_stats.get("lag", 0))
+    ended = bool(stream_stats.get("ended"))
+    drained = ended and (bool(group_stats.get("ended")) or lag == 0)
+    return LagReading(lag=lag, members=int(group_stats.get("members", 0)), stream_ended=ended, drained=drained)
+
+
+@dataclass(frozen=True, slots=True)
+class PoolEvent:
+    """One decision of a pool: what it did, the workers it has after it, and the lag it decided on."""
+
+    time: float  # seconds since the epoch
+    pool: str
+    action: str  # one of ACTIONS
+    workers: int
+    lag: int | None
+    members: int | None = None
+    detail: str = ""
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass(slots=True)
+class Worker:
+    index: int
+    name: str
+    job_id: str
+    submitted_at: float
+    state: JobState = JobState.PENDING
+
+
+class ElasticPool:
+    """Keeps one ``WorkerPool`` sized by its group's lag, through ``backend``; see the module docstring.
+
+    ``endpoint`` and ``stream`` fill the command's placeholders; ``workdir`` is each worker's working directory
+    (logs: ``<workdir>/<job name>.log``); ``job_prefix`` starts every job name (e.g. ``stream-1a2b3c4d``).
+    ``clock`` (monotonic seconds) is injectable so that tests decide cooldowns, not the wall clock.
+    """
+
+    def __init__(
+        self,
+        pool: WorkerPool,
+        backend: JobBackend,
+        lag_reader: LagReader,
+        *,
+        endpoint: str,
+        stream: str,
+        workdir: str | Path,
+        job_prefix: str = "pool",
+        environment: dict[str, str] | None = None,
+        on_event: Callable[[PoolEvent], None] | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.pool = pool
+        self.backend = backend
+        self.lag_reader = lag_reader
+        self.endpoint = endpoint
+        self.stream = stream
+        self.workdir = str(workdir)
+        self.job_prefix = job_prefix
+        self.environment = dict(environment or {})
+        self.on_event = on_event
+        self.clock = clock
+        self.workers: list[Worker] = []  # live ones, oldest first
+        self.failures = 0
+        self.done = False
+        self._next_index = 0
+        self._events: deque[PoolEvent] = deque(maxlen=EVENTS_KEPT)
+        self._lock = threading.RLock()
+        self._last_change: float | None = None
+        self._above_since: float | None = None
+        self._below_since: float | None = None
+        self._lag_known = True
+        self._drained_at: float | None = None
+        self._gave_up = False
+        self._last_reading: LagReading | None = None
+
+    # --- what others read ------------------------------------------------------------------------------------
+
+    def events(self) -> list[PoolEvent]:
+        with self._lock:
+            return list(self._events)
+
+    def job_ids(self) -> list[str]:
+        with self._lock:
+            return [worker.job_id for worker in self.workers]
+
+    # --- decisions -------------------------------------------------------------------------------------------
+
+    def tick(self) -> list[PoolEvent]:
+        """Look at the workers and the lag once, and act; returns the events of this decision."""
+        with self._lock:
+            if self.done:
+                return []
+            before = len(self._events)
+            now = self.clock()
+            reading = self._read()
+            self._reap(reading)
+            if reading is not None and reading.drained:
+                self._finish(reading, now)
+            else:
+                self._keep_minimum(reading, now)
+                if reading is not None:
+                    self._scale(reading, now)
+            return list(self._events)[before:] if len(self._events) > before else []
+
+    def stop(self, reason: str = "stopped") -> None:
+        """Cancel every worker now (the stream was cancelled or failed, or the API shuts the pool down)."""
+        with self._lock:
+            if self.done:
+                return
+            cancelled = self._cancel_all()
+            self.done = True
+            detail = f"{reason}; cancelled {cancelled} worker(s)" if cancelled else reason
+            self._emit("stopped", self._last_reading, detail)
+
+    def run(self, stop_event: threading.Event) -> None:
+        """Tick every ``interval_s`` until the pool is done or ``stop_event`` is set (then stop every worker)."""
+        while not self.done:
+            try:
+                self.tick()
+            except Exception as error:  # one bad decision must not end the pool's watch over its workers
+                log.exception("pool %s: tick failed", self.pool.name)
+                self._emit("error", self._last_reading, f"tick failed: {error}")
+            if stop_event.wait(self.pool.interval_s):
+                self.stop("stop requested")
+
+    # --- internals -------------------------------------------------------------------------------------------
+
+    def _read(self) -> LagReading | None:
+        try:
+            reading = self.lag_reader()
+        except (PhotonstreamError, OSError) as error:
+            reading, why = None, f"cannot read the lag: {error}"
+        else:
+            why = "the buffer does not know the stream or group yet"
+        if reading is None:
+            if self._lag_known:
+                self._lag_known = False
+                self._emit("lag-unknown", None, why)
+            self._above_since = self._below_since = None
+            return None
+        if not self._lag_known:
+            self._lag_known = True
+            self._emit("lag-back", reading)
+        self._last_reading = reading
+        return reading
+
+    def _reap(self, reading: LagReading | None) -> None:
+        """Forget workers that ended; replace the ones that failed while there is work left."""
+        for worker in list(self.workers):
+            try:
+                status = self.backend.status(worker.job_id)
+            except (PhotonstreamError, LookupError) as error:
+                self._emit("error", reading, f"status of {worker.name} ({worker.job_id}): {error}")
+                continue
+            worker.state = status.state
+            if not status.state.finished:
+                continue
+            self.workers.remove(worker)
+            first_line = status.reason.splitlines()[0] if status.reason else f"exit code {status.exit_code}"
+            detail = f"{worker.name} ({worker.job_id}) {status.state}: {first_line}"
+            work_left = reading is None or not reading.drained
+            if status.state in (JobState.FAILED, JobState.LOST) and work_left and self._drained_at is None:
+                self.failures += 1
+                if self.failures > self.pool.max_failures:
+                    self._give_up(reading, detail)
+                    continue
+                self._start_workers(1, "replace", reading, detail)
+            else:
+                self._emit("worker-ended", reading, detail)
+
+    def _give_up(self, reading: LagReading | None, detail: str) -> None:
+        if not self._gave_up:
+            self._gave_up = True
+            self._emit("give-up", reading, f"{detail}; {self.failures} workers failed, replacing no more")
+
+    def _keep_minimum(self, reading: LagReading | None, now: float) -> None:
+        missing = self.pool.min_workers - len(self.workers)
+        if missing <= 0 or self._gave_up:
+            return
+        if self._start_workers(missing, "start-worker", reading, f"keeping at least {self.pool.min_workers}"):
+            self._last_change = now
+
+    def _scale(self, reading: LagReading, now: float) -> None:
+        pool, lag, count = self.pool, reading.lag, len(self.workers)
+        since_change = math.inf if self._last_change is None else now - self._last_change
+        if lag > pool.target_lag:
+            self._below_since = None
+            if self._above_since is None:
+                self._above_since = now
+            waiting = any(worker.state == JobState.PENDING for worker in self.workers)
+            sustained = now - self._above_since >= pool.scale_up_cooldown_s
+            if sustained and since_change >= pool.scale_up_cooldown_s and count < pool.max_workers and not waiting:
+                wanted = math.ceil(max(count, 1) * (lag / pool.target_lag - 1.0))
+                step = min(max(wanted, 1), pool.max_step, pool.max_workers - count)
+                if not self._gave_up:
+                    detail = f"lag {lag} above target {pool.target_lag} for {now - self._above_since:.3g} s"
+                    self._start_workers(step, "scale-up", reading, detail)
+                    self._last_change = self._above_since = now
+        elif lag < pool.scale_down_below * pool.target_lag:
+            self._above_since = None
+            if self._below_since is None:
+                self._below_since = now
+            sustained = now - self._below_since >= pool.scale_down_cooldown_s
+            if sustained and since_change >= pool.scale_down_cooldown_s and count > pool.min_workers:
+                newest = self.workers[-1]
+                threshold = pool.scale_down_below * pool.target_lag
+                detail = f"lag {lag} below {threshold:g} for {now - self._below_since:.3g} s; removed {newest.name}"
+                if self._cancel(newest, reading):
+                    self._emit("scale-down", reading, detail)
+                self._last_change = self._below_since = now
+        else:
+            self._above_since = self._below_since = None
+
+    def _finish(self, reading: LagReading, now: float) -> None:
+        if self._drained_at is None:
+            self._drained_at = now
+            self._emit("stream-drained", reading, f"waiting up to {self.pool.stop_grace_s:g} s for workers to end")
+        if not self.workers:
+            self.done = True
+            self._emit("stopped", reading, "every worker ended")
+        elif now - self._drained_at >= self.pool.stop_grace_s:
+            cancelled = self._cancel_all()
+            self.done = True
+            self._emit("stopped", reading, f"cancelled {cancelled} worker(s) still running after the grace")
+
+    def _start_workers(self, count: int, action: str, reading: LagReading | None, detail: str) -> int:
+        started = []
+        for _ in range(count):
+            if len(self.workers) >= self.pool.max_workers:
+                break
+            worker = self._submit(reading)
+            if worker is None:
+                break
+            started.append(worker.name)
+        if started:
+            self._emit(action, reading, f"{detail}; started {', '.join(started)}")
+        return len(started)
+
+    def _submit(self, reading: LagReading | None) -> Worker | None:
+        index = self._next_index
+        self._next_index += 1
+        name = f"{self.job_prefix}-{self.pool.name}-{index}"
+        values = {
+            "endpoint": self.endpoint,
+            "stream": self.stream,
+            "group": self.pool.group,
+            "pool": self.pool.name,
+            "worker": name,
+            "index": index,
+        }
+        try:
+            spec = JobSpec(
+                name=name,
+                command=self.pool.argv(**values),
+                resources=self.pool.resources,
+                environment={
+                    **self.environment,
+                    **self.pool.environment,
+                    "PHOTONSTREAM_POOL": self.pool.name,
+                    "PHOTONSTREAM_WORKER": name,
+                },
+                workdir=self.workdir,
+            )
+            job_id = self.backend.submit(spec)
+        except (PhotonstreamError, OSError, ValueError) as error:
+            self.failures += 1
+            self._emit("error", reading, f"could not submit {name}: {error}")
+            if self.failures > self.pool.max_failures:
+                self._give_up(reading, f"submitting {name} failed")
+            return None
+        worker = Worker(index=index, name=name, job_id=job_id, submitted_at=time.time())
+        self.workers.append(worker)
+        return worker
+
+    def _cancel(self, worker: Worker, reading: LagReading | None) -> bool:
+        try:
+            self.backend.cancel(worker.job_id)
+        except (PhotonstreamError, LookupError) as error:
+            self._emit("error", reading, f"could not cancel {worker.name} ({worker.job_id}): {error}")
+            return False
+        self.workers.remove(worker)
+        return True
+
+    def _cancel_all(self) -> int:
+        cancelled = 0
+        for worker in reversed(list(self.workers)):
+            if self._cancel(worker, self._last_reading):
+                cancelled += 1
+        return cancelled
+
+    def _emit(self, action: str, reading: LagReading | None, detail: str = "") -> None:
+        event = PoolEvent(
+            time=time.time(),
+            pool=self.pool.name,
+            action=action,
+            workers=len(self.workers),
+            lag=None if reading is None else reading.lag,
+            members=None if reading is None else reading.members,
+            detail=detail,
+        )
+        with self._lock:
+            self._events.append(event)
+        log.info("pool %s: %s (workers %d, lag %s) %s", event.pool, action, event.workers, event.lag, detail)
+        if self.on_event is not None:
+            try:
+                self.on_event(event)
+            except Exception:  # the API's recorder failing must not stop the pool
+                log.exception("pool %s: on_event failed", self.pool.name)
