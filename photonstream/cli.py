@@ -225,6 +225,20 @@ def bench_buffer(
     bench_main(frame_mb=frame_mb, seconds=seconds, json_only=as_json)
 
 
+@bench_app.command("e2e")
+@friendly
+def bench_e2e(
+    as_json: bool = typer.Option(False, "--json", help="only the JSON line"),
+    duration: float = typer.Option(20.0, min=1.0, help="seconds of acquisition per case"),
+    rate: float = typer.Option(120.0, min=1.0, help="frames per second"),
+    detectors: list[str] = typer.Option(["small"], "--detector", help="detector per case (repeatable)"),
+) -> None:
+    """The whole system: request → first frame and → first indexed result, sustained frames/s, keeping up."""
+    from benchmarks.e2e import main as bench_main
+
+    bench_main(json_only=as_json, duration_s=duration, rate_hz=rate, detectors=tuple(detectors))
+
+
 @app.command(
     "xtal",
     context_settings={"allow_extra_args": True, "ignore_unknown_options": True, "help_option_names": []},
@@ -241,14 +255,32 @@ def xtal(ctx: typer.Context) -> None:
 @app.command()
 @friendly
 def demo(
-    events: int = typer.Option(600, help="events in the synthetic run"),
-    rate: float = typer.Option(120.0, help="event rate in Hz (0: as fast as possible)"),
-    detector: str = typer.Option("epix10k2m", help="detector preset"),
+    duration: float = typer.Option(20.0, "--duration", min=1.0, help="seconds of acquisition"),
+    rate: float = typer.Option(120.0, "--rate", min=1.0, help="frames per second"),
+    detector: str = typer.Option(
+        "small", "--detector", help="small (4×192×192, keeps up at 120 Hz on 2 cores) | epix10k2m | jungfrau4m"
+    ),
+    workers: int = typer.Option(2, "--workers", min=1, help="crystallography worker processes"),
+    backend: str = typer.Option("local", "--backend", help="job backend: local | slurm (a running Slurm)"),
+    keep_running: bool = typer.Option(False, "--keep-running", help="after the report, keep the API and dashboard"),
+    as_json: bool = typer.Option(False, "--json", help="also print the report as one JSON line on stdout"),
 ) -> None:
-    """Stream a synthetic serial-crystallography run over ZeroMQ to a consumer that prints hit rate and throughput."""
-    from photonstream.demo import run_demo
+    """The whole system here: CA, buffer, API + dashboard, a user's request, the job, crystallography workers,
+    a hit-classifier trainer; live progress, then a report; everything it started is stopped."""
+    from photonstream.system_demo.report import print_report, print_stopped
+    from photonstream.system_demo.run import DemoOptions, run_system_demo
 
-    run_demo(events=events, rate=rate, detector=detector, console=console)
+    options = DemoOptions(duration_s=duration, rate_hz=rate, detector=detector, workers=workers, backend=backend,
+                          keep_running=keep_running)  # fmt: skip
+    report = run_system_demo(options, err_console)
+    if keep_running:
+        print_stopped(report, err_console)
+    else:
+        print_report(report, err_console)
+    if as_json:
+        print(json.dumps(report.as_dict()))
+    if report.state != "completed" or report.processes.get("left"):
+        raise typer.Exit(1)
 
 
 def main() -> None:

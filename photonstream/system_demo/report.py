@@ -1,0 +1,128 @@
+"""The demo's report: what the run did, how fast, and whether analysis kept up (``DemoReport``), and its printing."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table
+
+KEEP_UP_DRAIN_S = 2.0  # analysis keeps up if its last result comes at most this long after the last frame
+
+
+@dataclass
+class DemoReport:
+    stream_id: str
+    state: str
+    reason: str
+    backend: str
+    job_id: str | None
+    detector: str
+    rate_hz: float
+    duration_s: float
+    events_requested: int
+    dashboard: str
+    frames_sent: int | None = None  # the pipeline's end message
+    frames_analysed: int = 0  # results the merger got
+    hits: int = 0
+    hit_rate: float | None = None  # hits found by the workers / frames analysed
+    true_hit_fraction: float | None = None
+    indexed: int = 0
+    indexing_rate: float | None = None  # indexed true hits / true hits
+    indexed_per_hit: float | None = None
+    cc: float | None = None  # merged intensities vs the synthetic truth (Pearson)
+    cc_reflections: int = 0
+    unique_reflections: int = 0
+    mean_multiplicity: float | None = None
+    cell: list[float] | None = None
+    first_frame_s: float | None = None  # request → first frame at a consumer
+    first_result_s: float | None = None  # request → first result at the merger
+    first_indexed_s: float | None = None  # request → first indexed result at the merger
+    acquisition_fps: float | None = None  # frames / (first → last frame created by the pipeline)
+    analysis_fps: float | None = None  # frames / (first → last result at the merger)
+    end_to_end_fps: float | None = None  # frames / (first frame created → last result)
+    drain_s: float | None = None  # last frame created → last result
+    keeps_up: bool | None = None
+    latency_p50_ms: float | None = None  # frame creation → a worker, median over workers' medians
+    trainer: dict[str, Any] | None = None
+    total_s: float = 0.0
+    workdir: str = ""  # the temporary directory (CA, state, logs), removed at the end
+    processes: dict[str, Any] = field(default_factory=dict)
+    problems: list[str] = field(default_factory=list)
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def _value(value: Any, unit: str = "", digits: int = 2) -> str:
+    if value is None:
+        return "–"
+    if isinstance(value, float):
+        return f"{value:,.{digits}f}{unit}"
+    return f"{value}{unit}"
+
+
+def _percent(value: float | None) -> str:
+    return "–" if value is None else f"{value:.1%}"
+
+
+def print_report(report: DemoReport, console: Console) -> None:
+    table = Table(
+        title=f"photonstream demo: stream {report.stream_id} {report.state}", title_justify="left", show_header=False
+    )
+    table.add_column("", style="bold")
+    table.add_column("")
+    rows = [
+        ("run", f"{report.detector}, {report.rate_hz:g} Hz for {report.duration_s:g} s, job on {report.backend}"),
+        ("frames", f"{_value(report.frames_sent)} sent, {report.frames_analysed} analysed by the workers"),
+        ("hit rate", f"{_percent(report.hit_rate)} ({report.hits} hits; true {_percent(report.true_hit_fraction)})"),
+        ("indexing rate", f"{_percent(report.indexing_rate)} of the true hits ({report.indexed} indexed)"),
+        (
+            "merged CC",
+            f"{_value(report.cc, digits=3)} with the true intensities over {report.cc_reflections} reflections "
+            f"({report.unique_reflections} unique, multiplicity {_value(report.mean_multiplicity)})",
+        ),
+        ("request → first frame", _value(report.first_frame_s, " s")),
+        ("request → first result", _value(report.first_result_s, " s")),
+        ("request → first indexed", _value(report.first_indexed_s, " s")),
+        (
+            "throughput",
+            f"acquisition {_value(report.acquisition_fps, ' frames/s', 1)}, analysis "
+            f"{_value(report.analysis_fps, ' frames/s', 1)}, "
+            f"end to end {_value(report.end_to_end_fps, ' frames/s', 1)}",
+        ),
+        (
+            "keeps up",
+            f"{'yes' if report.keeps_up else 'no' if report.keeps_up is not None else '–'} (last result "
+            f"{_value(report.drain_s, ' s')} after the last frame; latency p50 {_value(report.latency_p50_ms, ' ms')})",
+        ),
+    ]
+    if report.trainer:
+        t = report.trainer
+        rows.append(
+            (
+                "hit classifier",
+                f"held-out accuracy {_value(t.get('accuracy'), digits=3)} on {t.get('test_events')} frames "
+                f"(majority {_value(t.get('majority_baseline'), digits=3)}), trained on {t.get('train_events')}",
+            )
+        )
+    if report.processes:
+        rows.append(("stopped", stopped_text(report)))
+    rows.append(("total", _value(report.total_s, " s", 1)))
+    for name, text in rows:
+        table.add_row(name, text)
+    console.print(table)
+    for problem in report.problems:
+        console.print(f"[yellow]note:[/] {problem}")
+
+
+def stopped_text(report: DemoReport) -> str:
+    left = report.processes.get("left") or []
+    consumers = len(report.processes.get("consumers") or [])
+    state = "nothing left running" if not left else f"[red]still running: {left}[/]"
+    return f"API, buffer, {consumers} consumer processes and job {report.job_id or '–'}: {state}"
+
+
+def print_stopped(report: DemoReport, console: Console) -> None:
+    console.print(f"stopped {stopped_text(report)}", highlight=False)

@@ -1,0 +1,268 @@
+"""The demo's consumer processes: ``python -m photonstream.system_demo.roles worker|merge|trainer``.
+
+Each process first imports what its work needs (cctbx before anything else for ``worker`` and ``merge``; torch for
+``trainer``), prints ``{"type": "ready"}`` and then reads one JSON line from stdin: its setup (the stream's buffer
+link from the API's create response, its consumer group, the merger's endpoint, ...). So the demo starts them
+while it sets up the services, and the slow imports are over before the request is made. They print JSON lines:
+``progress`` and ``report`` while they run, ``final`` at the end, ``error`` (and exit 1) when they fail.
+
+Link: ``{"address": "tcp://...", "stream": "exp/run/id", "credentials": {...} | null}`` where ``credentials`` is
+``photonstream.buffer.credentials.Credentials`` as a dict (absent or null: a buffer without authentication).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+from collections.abc import Callable, Iterable, Iterator
+from typing import Any
+
+PROGRESS_EVERY_S = 0.5
+
+
+def emit(kind: str, **fields: Any) -> None:
+    print(json.dumps({"type": kind, "at": time.time(), **fields}, default=str), flush=True)
+
+
+def read_setup() -> dict[str, Any]:
+    emit("ready", pid=os.getpid())
+    line = sys.stdin.readline()
+    if not line.strip():
+        raise SystemExit(0)  # the demo ended before it needed this process
+    setup: dict[str, Any] = json.loads(line)
+    return setup
+
+
+def open_subscription(link: dict[str, Any], group: str, policy: str, **options: Any) -> Any:
+    """A buffer subscription to the link's stream, with its credentials if it has any."""
+    from photonstream.client import subscribe
+
+    if link.get("credentials"):
+        from photonstream.buffer.credentials import Credentials
+
+        options["credentials"] = Credentials.from_dict(link["credentials"])
+    return subscribe(link["address"], link["stream"], group=group, policy=policy, **options)
+
+
+class FrameClock:
+    """Passes messages through, noting when the first frame arrived and the creation times of the first and last
+    frames (the pipeline's stamps)."""
+
+    def __init__(self, messages: Iterable[Any]) -> None:
+        self.messages = messages
+        self.first_received_at: float | None = None
+        self.first_created_ns = 0
+        self.last_created_ns = 0
+        self.frames = 0
+
+    def __iter__(self) -> Iterator[Any]:
+        from photonstream.frames import Frame, FrameBatch
+
+        for message in self.messages:
+            if isinstance(message, Frame | FrameBatch):
+                frames = message.frames if isinstance(message, FrameBatch) else [message]
+                self.first_received_at = self.first_received_at or time.time()
+                for frame in frames:
+                    created = frame.created_ns or 0
+                    self.first_created_ns = self.first_created_ns or created
+                    self.last_created_ns = max(self.last_created_ns, created)
+                self.frames += len(frames)
+            yield message
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "first_received_at": self.first_received_at,
+            "first_created_at": self.first_created_ns / 1e9 or None,
+            "last_created_at": self.last_created_ns / 1e9 or None,
+        }
+
+
+def latency_ms(subscription: Any) -> dict[str, float | None]:
+    latency = getattr(getattr(subscription, "stats", None), "latency", None)
+    if latency is None or not latency.count:
+        return {"latency_p50_ms": None, "latency_p95_ms": None}
+    return {
+        "latency_p50_ms": round(latency.quantile(0.5) * 1e3, 2),
+        "latency_p95_ms": round(latency.quantile(0.95) * 1e3, 2),
+    }
+
+
+# --- worker ------------------------------------------------------------------------------------------------------
+
+
+def worker() -> None:
+    import photonstream.consumers.xtal  # noqa: F401  (cctbx before scipy: first)
+    from photonstream.client import subscribe  # noqa: F401  (imported now, not after the request)
+    from photonstream.consumers.xtal import XtalOptions, run_xtal_worker
+
+    setup = read_setup()
+    subscription = open_subscription(
+        setup["link"], setup["group"], "lossless", credit=setup.get("credit", 2), timeout_s=setup["idle_timeout_s"]
+    )
+    clock = FrameClock(subscription)
+    options = XtalOptions.model_validate(setup.get("options") or {})
+    summary = run_xtal_worker(clock, setup["results"], options, worker_id=setup["worker_id"])
+    emit(
+        "final",
+        worker=summary.worker,
+        frames=summary.frames,
+        hits=summary.hits,
+        indexed=summary.indexed,
+        seconds=summary.seconds,
+        **clock.as_dict(),
+        **latency_ms(subscription),
+    )
+
+
+# --- merger ------------------------------------------------------------------------------------------------------
+
+
+class ResultTimes:
+    """Passes the workers' records to the merger, timing the first result and the first indexed one and printing
+    running counts every ``PROGRESS_EVERY_S``."""
+
+    def __init__(self, records: Iterable[dict[str, Any]], publish: Callable[[dict[str, int]], None] | None) -> None:
+        self.records = records
+        self.publish = publish
+        self.first_result_at: float | None = None
+        self.first_indexed_at: float | None = None
+        self.last_result_at: float | None = None
+        self.counts = {"frames": 0, "hits": 0, "indexed": 0}
+
+    def __iter__(self) -> Iterator[dict[str, Any]]:
+        shown = 0.0
+        for record in self.records:
+            if record.get("type") == "result":
+                now = time.time()
+                self.first_result_at = self.first_result_at or now
+                self.last_result_at = now
+                self.counts["frames"] += 1
+                self.counts["hits"] += bool(record.get("hit"))
+                if record.get("indexed"):
+                    self.counts["indexed"] += 1
+                    self.first_indexed_at = self.first_indexed_at or now
+                if now - shown >= PROGRESS_EVERY_S:
+                    shown = now
+                    emit("progress", **self.counts, **self.times())
+                    if self.publish is not None:
+                        self.publish(self.counts)
+            yield record
+
+    def times(self) -> dict[str, float | None]:
+        return {
+            "first_result_at": self.first_result_at,
+            "first_indexed_at": self.first_indexed_at,
+            "last_result_at": self.last_result_at,
+        }
+
+
+def result_publisher(setup: dict[str, Any]) -> Callable[[dict[str, int]], None] | None:
+    """Hit and indexing rates to the API's results channel, where this photonstream has one (else None)."""
+    info = setup.get("stream_info")
+    if not info:
+        return None
+    try:
+        from photonstream.client.results import ResultPublisher
+    except ImportError:
+        return None
+    try:
+        publisher = ResultPublisher.from_stream_info(info, group=setup.get("group", "xtal"), worker="merger")
+    except Exception as exc:  # the demo goes on without the channel; say why once
+        emit("warning", message=f"results channel unavailable: {exc}")
+        return None
+
+    def publish(counts: dict[str, int]) -> None:
+        try:
+            publisher.publish("hit_rate", {"frames": counts["frames"], "hits": counts["hits"]})
+            tried = counts["hits"]
+            indexed = min(counts["indexed"], tried)
+            publisher.publish("indexing_rate", {"frames": tried, "indexed": indexed, "hits": tried})
+        except Exception as exc:
+            emit("warning", message=f"results channel: {exc}")
+
+    return publish
+
+
+def merge() -> None:
+    import photonstream.consumers.xtal  # noqa: F401  (cctbx first)
+    from photonstream.consumers.xtal.merge import receive_results, run_merger
+
+    setup = read_setup()
+    timed = ResultTimes(receive_results(setup["bind"], setup["idle_timeout_s"]), result_publisher(setup))
+    outcome = run_merger(
+        timed,
+        setup["workers"],
+        mtz_path=setup.get("mtz"),
+        report_every=setup.get("report_every", 60),
+        on_report=lambda report: emit("report", **report),
+    )
+    if timed.publish is not None:
+        timed.publish(timed.counts)
+    emit(
+        "final",
+        report=outcome.report,
+        workers=outcome.workers,
+        mtz=outcome.mtz_path,
+        results_window_s=outcome.results_window_s,
+        **timed.times(),
+    )
+
+
+# --- trainer -----------------------------------------------------------------------------------------------------
+
+
+def trainer() -> None:
+    import torch
+
+    torch.set_num_threads(1)  # a demo on a laptop: one core for training, the rest for the crystallography
+    from photonstream.client import subscribe  # noqa: F401
+    from photonstream.consumers.hitclassifier import train_hit_classifier
+
+    setup = read_setup()
+    subscriptions: list[Any] = []
+
+    def messages() -> Any:
+        subscription = open_subscription(
+            setup["link"], setup["group"], setup.get("policy", "lossless"), credit=8, timeout_s=setup["idle_timeout_s"]
+        )
+        subscriptions.append(subscription)
+        return subscription
+
+    shown = [0.0]
+
+    def progress(state: dict[str, Any]) -> None:
+        now = time.time()
+        if now - shown[0] >= PROGRESS_EVERY_S:
+            shown[0] = now
+            emit("progress", **state)
+
+    report = train_hit_classifier(messages, label="true_hit", batch_size=16, timeout_s=setup["idle_timeout_s"],
+                                  progress=progress)  # fmt: skip
+    emit("final", **report.as_dict(), **(latency_ms(subscriptions[0]) if subscriptions else {}))
+
+
+ROLES: dict[str, Callable[[], None]] = {"worker": worker, "merge": merge, "trainer": trainer}
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = sys.argv[1:] if argv is None else argv
+    if len(args) != 1 or args[0] not in ROLES:
+        print(f"usage: python -m photonstream.system_demo.roles {'|'.join(ROLES)}", file=sys.stderr)
+        return 2
+    try:
+        ROLES[args[0]]()
+    except KeyboardInterrupt:
+        return 130
+    except Exception as exc:  # reported to the demo as one line; the traceback goes to this process's log
+        import traceback
+
+        traceback.print_exc()
+        emit("error", message=f"{type(exc).__name__}: {exc}")
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,406 @@
+"""Running the whole-system demo: ``run_system_demo(DemoOptions(...), console)`` → ``DemoReport``.
+
+Order of events (see the package docstring for the parts): the consumer processes start first (their imports take
+seconds) while the CA, the buffer and the API come up; then alice's request goes through the typed client with
+her certificate; the create response gives the buffer link (address, stream, CURVE credentials where the buffer
+asks for them), which goes to the consumers; the job starts on the chosen backend; every second a progress line
+(stream state, the buffer's intake, the merger's counts, the trainer's loss) until the stream has ended and every
+consumer has reported. Everything is stopped in reverse order in any case, and the report says whether any
+process it started is still alive.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import shutil
+import tempfile
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+
+from photonstream.errors import ConfigError, PhotonstreamError
+from photonstream.system_demo.pki import make_pki
+from photonstream.system_demo.processes import RoleProcess, Roles, alive
+from photonstream.system_demo.report import KEEP_UP_DRAIN_S, DemoReport, print_report
+from photonstream.system_demo.services import api_settings, start_api, start_buffer
+from photonstream.transport.ports import free_tcp_port
+
+EXPERIMENT = "demo00001"
+USER = "alice"
+XTAL_GROUP, TRAINER_GROUP, MONITOR_GROUP = "xtal", "trainer", "monitor"
+READY_TIMEOUT_S = 120.0
+IDLE_TIMEOUT_S = 120.0  # consumers give up after this long without a message
+DRAIN_GRACE_S = 120.0  # after the planned duration, how long the analysis may take to finish
+
+# Crystallography settings per detector. "small" (4 modules of 192 × 192 pixels, 200 µm, 3 Å) indexes a hit in
+# ~10 ms on one core, so two workers keep up with 120 Hz on a laptop; the full-size presets need ~0.1 s per hit
+# (ePix10k2M, 2 Å) and a core per ~8 hits/s.
+DETECTORS: dict[str, dict[str, Any]] = {
+    "small": {"detector": "custom", "shape": [4, 192, 192], "pixel_size_m": 200e-6, "module_grid": [2, 2],
+              "module_gap_px": 6, "resolution_limit_a": 3.0, "spot_photons": 300.0},
+    "epix10k2m": {"detector": "epix10k2m", "resolution_limit_a": 2.0, "spot_photons": 300.0},
+    "jungfrau4m": {"detector": "jungfrau4m", "resolution_limit_a": 2.0, "spot_photons": 300.0},
+}  # fmt: skip
+BACKENDS = ("local", "slurm")
+
+
+class DemoError(PhotonstreamError):
+    """The demo could not run to its report. (500)"""
+
+
+@dataclass(frozen=True)
+class DemoOptions:
+    duration_s: float = 20.0
+    rate_hz: float = 120.0
+    detector: str = "small"
+    workers: int = 2
+    backend: str = "local"
+    hit_fraction: float = 0.1
+    seed: int = 42
+    keep_running: bool = False
+    show_progress: bool = True
+
+    def __post_init__(self) -> None:
+        if self.detector not in DETECTORS:
+            raise ConfigError(f"--detector: {self.detector!r} is not one of {', '.join(DETECTORS)}")
+        if self.backend not in BACKENDS:
+            raise ConfigError(f"--backend: {self.backend!r} is not one of {', '.join(BACKENDS)}")
+        if self.duration_s <= 0 or self.rate_hz <= 0:
+            raise ConfigError("--duration and --rate: both must be positive")
+        if self.workers < 1:
+            raise ConfigError("--workers: at least one crystallography worker")
+
+    @property
+    def events(self) -> int:
+        return max(1, round(self.duration_s * self.rate_hz))
+
+
+def stream_request(options: DemoOptions) -> dict[str, Any]:
+    """alice's request: a synthetic serial-crystallography run, the hit finder marking hits, three groups."""
+    source = {"type": "synthetic-diffraction", **DETECTORS[options.detector], "events": options.events,
+              "hit_fraction": options.hit_fraction, "rate_hz": options.rate_hz, "seed": options.seed}  # fmt: skip
+    hitfinder = {"type": "hitfinder", "algorithm": "numpy", "min_peaks": 10, "threshold": 2.0, "min_snr": 5.0}
+    return {
+        "experiment": EXPERIMENT,
+        "runs": [1],
+        "pipeline": {"source": source, "steps": [hitfinder], "serializer": {"type": "msgpack"}},
+        "consumers": [
+            {"name": XTAL_GROUP, "policy": "lossless"},
+            {"name": TRAINER_GROUP, "policy": "lossless"},
+            {"name": MONITOR_GROUP, "policy": "latest"},
+        ],
+        "job_backend": options.backend,
+        "resources": {"time_limit_s": int(options.duration_s + DRAIN_GRACE_S + 300)},
+    }
+
+
+def consumer_link(created: dict[str, Any]) -> dict[str, Any]:
+    """The buffer link consumers need, from the create response (JSON): address, stream, credentials."""
+    endpoint = created["data_endpoint"]
+    address, credentials = str(endpoint["address"]), None
+    try:
+        from photonstream.buffer.credentials import Credentials
+    except ImportError:  # a photonstream whose buffer has no credentials yet
+        pass
+    else:
+        address, found = Credentials.from_endpoint(endpoint)
+        if found is not None:
+            credentials = {k: v for k, v in vars(found).items() if v is not None}
+    return {"address": address, "stream": endpoint["streams"][0], "credentials": credentials}
+
+
+class MonitorGroup:
+    """The request's ``latest`` group, read in a thread here: when the first frame came, and the end message."""
+
+    def __init__(self, link: dict[str, Any]) -> None:
+        import zmq
+
+        self.link = link
+        self.first_frame_at: float | None = None
+        self.frames_seen = 0
+        self.end: Any = None
+        self.error = ""
+        self._context = zmq.Context()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="demo-monitor-group", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        import zmq
+
+        from photonstream.frames import EndMessage, Frame, FrameBatch
+        from photonstream.system_demo.roles import open_subscription
+
+        try:
+            subscription = open_subscription(self.link, MONITOR_GROUP, "latest", credit=1, timeout_s=IDLE_TIMEOUT_S,
+                                             context=self._context)  # fmt: skip
+            try:
+                for message in subscription:
+                    if isinstance(message, Frame | FrameBatch):
+                        self.first_frame_at = self.first_frame_at or time.time()
+                        self.frames_seen += len(message.frames) if isinstance(message, FrameBatch) else 1
+                    elif isinstance(message, EndMessage):
+                        self.end = message
+                        break
+                    if self._stop.is_set():
+                        break
+            finally:
+                subscription.close()
+        except zmq.ContextTerminated:
+            pass
+        except PhotonstreamError as exc:
+            self.error = str(exc)
+        finally:
+            if not self._stop.is_set():
+                self._context.term()
+
+    def stop(self) -> None:
+        if self._stop.is_set():
+            return
+        self._stop.set()
+        threading.Thread(target=self._context.term, name="demo-monitor-stop", daemon=True).start()
+        self._thread.join(timeout=5)
+
+
+@dataclass
+class DemoRun:
+    """What a running demo holds (for cleanup and the report)."""
+
+    options: DemoOptions
+    console: Console
+    roles: Roles
+    merger: RoleProcess
+    workers: list[RoleProcess]
+    trainer: RoleProcess
+    url: str = ""
+    stream_id: str = ""
+    job_id: str | None = None
+    job_group: int | None = None
+    requested_at: float = 0.0
+    problems: list[str] = field(default_factory=list)
+
+
+def check_backend(name: str) -> None:
+    """Slurm must answer before anything starts (ConfigError naming why not)."""
+    if name != "slurm":
+        return
+    from photonstream.jobs.slurm import SlurmBackend
+
+    with tempfile.TemporaryDirectory(prefix="photonstream-demo-") as state:
+        available, why_not = SlurmBackend(state_dir=state).available()
+    if not available:
+        raise ConfigError(f"--backend slurm: no Slurm to run the job on ({why_not})")
+
+
+def run_system_demo(options: DemoOptions, console: Console | None = None) -> DemoReport:
+    """Run the demo to its report (see the module docstring); everything it started is stopped on return."""
+    console = console or Console(stderr=True)
+    check_backend(options.backend)
+    began = time.time()
+    root = Path(tempfile.mkdtemp(prefix="photonstream-demo-"))
+    roles = Roles(root / "logs")
+    report: DemoReport | None = None
+    with contextlib.ExitStack() as stack:
+        stack.callback(shutil.rmtree, root, ignore_errors=True)
+        stack.callback(roles.stop)
+        merger = roles.spawn("merge", "merger")
+        workers = [roles.spawn("worker", f"worker-{i}") for i in range(options.workers)]
+        trainer = roles.spawn("trainer", "trainer")
+        run = DemoRun(options, console, roles, merger, workers, trainer)
+
+        pki = make_pki(root, USER, EXPERIMENT)
+        buffer = start_buffer()
+        stack.callback(buffer.stop)
+        api = start_api(api_settings(root / "state", pki, buffer.endpoint, options.backend), pki)
+        stack.callback(api.stop)
+        run.url = api.url
+        say(run, f"[bold]photonstream demo[/]: API and dashboard on {api.url}/ui (CA {pki.ca_certificate}; "
+                 f"log in with the token in {pki.user_token}); buffer {buffer.endpoint}")  # fmt: skip
+
+        from photonstream.client.api import PhotonstreamClient
+
+        client = PhotonstreamClient(api.url, cert=pki.user_certificate[0], key=pki.user_certificate[1],
+                                    ca=pki.ca_certificate)  # fmt: skip
+        stack.callback(client.close)
+        roles.wait_ready(READY_TIMEOUT_S)
+        say(run, f"{USER} requests {options.events} {options.detector} frames at {options.rate_hz:g} Hz "
+                 f"(~{options.hit_fraction:.0%} hits), {options.workers} crystallography workers, a hit-classifier "
+                 f"trainer and a monitor group; the job runs on the {options.backend} backend")  # fmt: skip
+        run.requested_at = time.time()
+        created = client.create_stream(stream_request(options)).model_dump(mode="json")
+        run.stream_id = str(created["id"])
+        stack.callback(cancel_if_running, client, run)
+        link = consumer_link(created)
+        start_consumers(run, link, created)
+        monitor = MonitorGroup(link)
+        stack.callback(monitor.stop)
+        follow(run, client, monitor, api)
+        stream = client.get_stream(run.stream_id)
+        report = build_report(run, stream, monitor)
+        if options.keep_running:
+            print_report(report, console)
+            say(run, f"[bold]--keep-running[/]: the dashboard stays at {api.url}/ui until Ctrl-C")
+            with contextlib.suppress(KeyboardInterrupt):
+                while True:
+                    time.sleep(3600)
+    assert report is not None
+    report.processes = processes_left(run)
+    report.total_s = round(time.time() - began, 2)
+    report.workdir = str(root)
+    return report
+
+
+def say(run: DemoRun, text: str) -> None:
+    if run.options.show_progress:
+        run.console.print(text, highlight=False)
+
+
+def start_consumers(run: DemoRun, link: dict[str, Any], created: dict[str, Any]) -> None:
+    results = f"tcp://127.0.0.1:{free_tcp_port()}"
+    report_every = max(20, round(run.options.rate_hz / 2))
+    run.merger.send({"bind": results, "workers": len(run.workers), "report_every": report_every,
+                     "idle_timeout_s": IDLE_TIMEOUT_S, "group": XTAL_GROUP, "stream_info": created})  # fmt: skip
+    for index, worker in enumerate(run.workers):
+        worker.send({"link": link, "group": XTAL_GROUP, "results": results, "worker_id": f"worker-{index}",
+                     "idle_timeout_s": IDLE_TIMEOUT_S})  # fmt: skip
+    run.trainer.send({"link": link, "group": TRAINER_GROUP, "policy": "lossless", "idle_timeout_s": IDLE_TIMEOUT_S})
+
+
+def follow(run: DemoRun, client: Any, monitor: MonitorGroup, api: Any) -> None:
+    """Print progress every second until the stream has ended and every consumer has reported."""
+    deadline = run.requested_at + run.options.duration_s + DRAIN_GRACE_S + 60
+    finished_at: float | None = None
+    while True:
+        stream = client.get_stream(run.stream_id)
+        if stream.job_id and run.job_group is None:
+            run.job_id = stream.job_id
+            run.job_group = job_process_group(api, stream.job_backend, stream.job_id)
+        detail = client.monitor_stream(run.stream_id)  # also what starts the dashboard's _monitor group
+        say(run, progress_line(run, stream.state, detail))
+        failed = run.roles.failed()
+        if failed:
+            raise DemoError("; ".join(f"{p.name}: {p.error}" for p in failed))
+        if stream.state in ("failed", "cancelled"):
+            raise DemoError(f"the stream {stream.state}: {stream.reason}")
+        if stream.state == "completed":
+            finished_at = finished_at or time.time()
+            if run.roles.all_done():
+                return
+            if time.time() - finished_at > DRAIN_GRACE_S:
+                waiting = [p.name for p in run.roles.processes if not p.done.is_set()]
+                raise DemoError(f"the stream completed but {', '.join(waiting)} did not finish")
+        if time.time() > deadline:
+            raise DemoError(f"the demo did not finish within {deadline - run.requested_at:.0f} s of the request")
+        time.sleep(1.0)
+
+
+def progress_line(run: DemoRun, state: str, detail: dict[str, Any]) -> str:
+    elapsed = time.time() - run.requested_at
+    hops = [hop for hop in detail.get("hops", []) if hop.get("present")]
+    received = sum(int(hop.get("in", 0)) for hop in hops)
+    rate = sum(float(hop.get("rate_in", 0.0)) for hop in hops)
+    lag = max((int(g.get("lag", 0)) for h in hops for g in h["groups"] if g["name"] == XTAL_GROUP), default=0)
+    merged = run.merger.latest.get("progress", {})
+    cc = run.merger.latest.get("report", {}).get("cc_reference")
+    loss = run.trainer.latest.get("progress", {}).get("loss")
+    parts = [
+        f"{elapsed:5.1f} s  {state:<9}",
+        f"buffer {received:6d} frames ({rate:5.0f}/s)",
+        f"xtal {merged.get('frames', 0):6d} analysed, {merged.get('hits', 0):4d} hits, "
+        f"{merged.get('indexed', 0):4d} indexed, lag {lag:4d}",
+        f"CC {cc:.3f}" if isinstance(cc, float) else "CC –",
+        f"trainer loss {loss:.3f}" if isinstance(loss, float) else "trainer –",
+    ]
+    return "  ".join(parts)
+
+
+def job_process_group(api: Any, backend_name: str, job_id: str) -> int | None:
+    backend = api.services.backends.get(backend_name)
+    lookup = getattr(backend, "process_group", None)
+    with contextlib.suppress(PhotonstreamError, LookupError):
+        return lookup(job_id) if callable(lookup) else None
+    return None
+
+
+def cancel_if_running(client: Any, run: DemoRun) -> None:
+    """Cancel the stream (its job) if it has not ended: after a failure or an interruption."""
+    with contextlib.suppress(PhotonstreamError):
+        if client.get_stream(run.stream_id).state not in ("completed", "failed", "cancelled"):
+            client.cancel_stream(run.stream_id)
+
+
+def processes_left(run: DemoRun) -> dict[str, Any]:
+    """The processes the demo started, and any of them still alive (after everything was stopped)."""
+    left = [pid for pid in run.roles.pids if alive(pid)]
+    job_members: list[int] = []
+    if run.job_group is not None:
+        from photonstream.jobs._shepherd import group_members
+
+        job_members = group_members(run.job_group)
+        left += job_members
+    return {"consumers": run.roles.pids, "job_process_group": run.job_group, "left": left}
+
+
+def _seconds_after(moment: float | None, start: float) -> float | None:
+    return None if moment is None else round(moment - start, 3)
+
+
+def build_report(run: DemoRun, stream: Any, monitor: MonitorGroup) -> DemoReport:
+    options = run.options
+    final = run.merger.final or {}
+    merged = final.get("report") or {}
+    workers = [w.final or {} for w in run.workers]
+    frames = int(merged.get("frames") or 0)
+    first_frames = [t for t in [monitor.first_frame_at, *(w.get("first_received_at") for w in workers)] if t]
+    created_first = [w["first_created_at"] for w in workers if w.get("first_created_at")]
+    created_last = [w["last_created_at"] for w in workers if w.get("last_created_at")]
+    first_result, last_result = final.get("first_result_at"), final.get("last_result_at")
+    report = DemoReport(
+        stream_id=run.stream_id,
+        state=stream.state,
+        reason=stream.reason,
+        backend=stream.job_backend,
+        job_id=stream.job_id,
+        detector=options.detector,
+        rate_hz=options.rate_hz,
+        duration_s=options.duration_s,
+        events_requested=options.events,
+        dashboard=f"{run.url}/ui/streams/{run.stream_id}",
+        frames_sent=None if monitor.end is None else int(monitor.end.events_sent),
+        frames_analysed=frames,
+        hits=int(merged.get("hits_found") or 0),
+        hit_rate=round(merged["hits_found"] / frames, 4) if frames else None,
+        true_hit_fraction=round(merged["true_hits"] / frames, 4) if frames else None,
+        indexed=int(merged.get("indexed") or 0),
+        indexing_rate=merged.get("indexing_rate"),
+        indexed_per_hit=merged.get("indexed_per_hit_found"),
+        cc=merged.get("cc_reference"),
+        cc_reflections=int(merged.get("cc_reflections") or 0),
+        unique_reflections=int(merged.get("unique_reflections") or 0),
+        mean_multiplicity=merged.get("mean_multiplicity"),
+        cell=(merged.get("cell") or {}).get("mean"),
+        first_frame_s=_seconds_after(min(first_frames), run.requested_at) if first_frames else None,
+        first_result_s=_seconds_after(first_result, run.requested_at),
+        first_indexed_s=_seconds_after(final.get("first_indexed_at"), run.requested_at),
+        trainer=run.trainer.final and {k: v for k, v in run.trainer.final.items() if k not in ("type", "at")},
+        problems=[*run.problems, *(f"{p.name}: {w}" for p in run.roles.processes for w in p.warnings)],
+    )
+    if created_first and created_last and max(created_last) > min(created_first):
+        report.acquisition_fps = round(frames / (max(created_last) - min(created_first)), 2)
+    if first_result and last_result and last_result > first_result:
+        report.analysis_fps = round(frames / (last_result - first_result), 2)
+    if created_first and last_result:
+        report.end_to_end_fps = round(frames / (last_result - min(created_first)), 2)
+    if created_last and last_result:
+        report.drain_s = round(last_result - max(created_last), 3)
+        complete = report.frames_sent is None or frames >= report.frames_sent
+        report.keeps_up = report.drain_s <= KEEP_UP_DRAIN_S and complete
+    medians = sorted(w["latency_p50_ms"] for w in workers if w.get("latency_p50_ms") is not None)
+    report.latency_p50_ms = medians[len(medians) // 2] if medians else None
+    if monitor.error:
+        report.problems.append(f"monitor group: {monitor.error}")
+    return report

@@ -1,0 +1,76 @@
+"""``photonstream demo`` as a user runs it: a short run in a subprocess, its report, and nothing left running.
+
+The CI's short version of the README's first command. The figures are checked against the run's own truth (the
+synthetic source's hit fraction and ground truth), never against timings.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from photonstream.system_demo.processes import alive
+
+HIT_FRACTION = 0.1
+
+
+def run_demo(*args: str, timeout_s: float = 150.0) -> tuple[subprocess.CompletedProcess[str], dict[str, Any]]:
+    result = subprocess.run(
+        [sys.executable, "-m", "photonstream", "demo", "--json", *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout_s,
+        env={**os.environ, "COLUMNS": "160"},
+    )
+    lines = [line for line in result.stdout.splitlines() if line.startswith("{")]
+    assert lines, f"no report (exit {result.returncode}): {result.stderr[-3000:]}"
+    return result, json.loads(lines[-1])
+
+
+def job_group_members(pgid: int | None) -> list[int]:
+    if pgid is None:
+        return []
+    from photonstream.jobs._shepherd import group_members
+
+    return group_members(pgid)
+
+
+@pytest.mark.timeout(180)
+def test_short_demo_reports_the_run_and_leaves_nothing_running() -> None:
+    result, report = run_demo("--duration", "6", "--rate", "60")
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert report["state"] == "completed"
+    frames = report["frames_sent"]
+    assert frames == 360 and report["frames_analysed"] == frames  # every frame reached the lossless group
+    # hit rate: a binomial count around 10 % (n = 360: ±3 standard deviations is about ±4.7 %)
+    assert abs(report["hit_rate"] - HIT_FRACTION) < 0.05
+    assert abs(report["hit_rate"] - report["true_hit_fraction"]) < 0.03
+    assert report["indexing_rate"] >= 0.8
+    assert report["cc"] is not None and report["cc"] > 0.5 and report["cc_reflections"] > 0
+    assert 0 < report["first_frame_s"] <= report["first_result_s"] <= report["first_indexed_s"]
+    assert report["end_to_end_fps"] > 0 and report["keeps_up"] is not None
+    assert report["trainer"]["train_events"] + report["trainer"]["test_events"] == frames
+    # the human report on stderr names the figures
+    for words in ("hit rate", "indexing rate", "merged CC", "request → first indexed", "nothing left running"):
+        assert words in result.stderr
+    # nothing the demo started outlives it: its consumer processes and the job's process group
+    processes = report["processes"]
+    assert len(processes["consumers"]) == 4 and processes["job_process_group"] is not None
+    assert processes["left"] == []
+    assert [pid for pid in processes["consumers"] if alive(pid)] == []
+    assert job_group_members(processes["job_process_group"]) == []
+    assert report["workdir"] and not Path(report["workdir"]).exists()  # the temporary CA, state and logs
+
+
+def test_bad_option_fails_with_one_line() -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "photonstream", "demo", "--detector", "pilatus"], capture_output=True, text=True
+    )
+    assert result.returncode != 0
+    assert "--detector" in result.stderr and "Traceback" not in result.stderr
