@@ -9,6 +9,10 @@ those frames as opaque bytes and never decodes them. One envelope frame per mess
 Producer → buffer
     PUB   {s: stream address, p: producer id, n: transport seq, q: message seq, k: kind,
            d: durable (start only), z: serializer name (start only)} + payload
+          Several producers may write one stream (MPI ranks): each sends the same start message (the first
+          opens the stream, an identical one from another producer id joins it, a different one is refused),
+          then its data with its own transport sequence (acked per producer). One end message closes the stream
+          (rank 0 sends it once every rank's data is acked); data after it is refused.
 Buffer → producer
     ACK   {s, n}: every message of stream ``s`` up to transport seq ``n`` is stored
     NACK  {s, n}: out of order; resend from transport seq ``n``
@@ -18,13 +22,21 @@ Consumer → buffer
     SUB   {s, g: group, pol: policy, st: start spec, c: credit, m: member id}
     CRED  {c: credit returned, a: [offsets acked]}
     HB    {} heartbeat (any message counts); BYE {} leave the group
-    STATS {} → STATS reply with the service's state as JSON
+    STATS {} → STATS reply with the service's state as JSON (a non-admin sees only its own streams)
+    RES   {s, t: result kind, g: group, w: worker, f: [first, last] frame range, n: client seq} + one msgpack
+          frame (the result's fields) → RACK {id, n}: a result for the API (``photonstream.client.results``)
+Admin (the API's key) → buffer
+    ACL     {op: register | sync | drop} + msgpack frame (entries, or addresses for drop) → ACL {ok, i, n}
+    RESULTS {after: id, limit} → RESULTS {i: buffer instance, last: newest id} + msgpack frame (list of results)
 Buffer → consumer
     START {s, g, z: serializer, o: group cursor} + start payload (always first)
     CAL   {o} + calibration payload (to every member of every group, in order)
     MSG   {o: offset, q: seq, k: kind, h: log head, x: skipped so far} + payload
     END   {o, x: skipped, r: redelivered, e: expired} + end payload (after the last message the group gets)
     HB {}; REJOIN {} (the buffer does not know this member: subscribe again); ERR {c, m}
+
+Every message is checked against the sender's authenticated identity (see ``access.py``): a refusal is ``ERR``
+with code ``forbidden``.
 """
 
 from __future__ import annotations
@@ -50,6 +62,10 @@ CAL = b"c"
 MSG = b"m"
 END = b"e"
 REJOIN = b"R"
+RES = b"r"
+RACK = b"k"
+RESULTS = b"L"
+ACL = b"X"
 
 KINDS = ("start", "event", "batch", "calibration", "end")
 DATA_KINDS = frozenset({"event", "batch"})

@@ -24,6 +24,8 @@ import re
 import shutil
 import threading
 import time
+import uuid
+from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -31,9 +33,11 @@ from typing import Any
 import zmq
 from msgpack import packb as msgpack_pack
 from msgpack import unpackb as msgpack_unpack
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from photonstream.buffer import protocol as P
+from photonstream.buffer.access import ANONYMOUS, ZAP_ENDPOINT, AccessTable, zap_reply
+from photonstream.buffer.credentials import Security, ensure_keypair
 from photonstream.buffer.groups import Group, Policy, monotonic, parse_start, start_offset
 from photonstream.buffer.log import GROUPS_FILE, META_FILE, Record, StreamLog, stream_dir
 from photonstream.config.base import one_line
@@ -41,6 +45,8 @@ from photonstream.errors import ConfigError, PhotonstreamError
 
 ADDRESS = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}/[0-9]{1,12}/[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 SPILL_DIR = "_spill"
+MULTI_PRODUCER_FILE = "producers.json"  # a durable stream written by several producers (see _recover)
+MAX_RESULT_BYTES = 1 << 20
 MB = 1 << 20
 GB = 1 << 30
 
@@ -65,6 +71,35 @@ class BufferSettings(BaseModel):
     member_timeout_s: float = Field(10.0, gt=0, description="a consumer silent this long has left its group")
     fsync: bool = Field(False, description="fsync durable data every second (power-loss safety; slower)")
     io_threads: int = Field(2, ge=1, le=16, description="libzmq I/O threads")
+    security: Security = Field(
+        "none",
+        description="security of 'bind': curve (authenticated and encrypted), token (authenticated, plaintext: "
+        "inside one facility only) or none (no authentication: test/demo only)",
+    )
+    token_bind: str | None = Field(None, description="a second listener with token security (ZAP PLAIN)")
+    keys_dir: Path | None = Field(
+        None, description="buffer.key_secret (CURVE server pair, created if missing) and admins/*.key (admin keys)"
+    )
+    admin_keys: tuple[str, ...] = Field((), description="Z85 public keys of admins besides those in keys_dir/admins")
+    results_kept: int = Field(100_000, ge=1, description="consumer results kept until the API collects them")
+
+    @model_validator(mode="after")
+    def _keys_for_curve(self) -> BufferSettings:
+        if self.security == "curve" and self.keys_dir is None:
+            raise ValueError("security curve needs keys_dir (where the buffer's key pair is kept)")
+        return self
+
+    @property
+    def listeners(self) -> list[tuple[str, Security]]:
+        """(endpoint to bind, security) of every listener; the first is ``bind``."""
+        found: list[tuple[str, Security]] = [(self.bind, self.security)]
+        if self.token_bind is not None:
+            found.append((self.token_bind, "token"))
+        return found
+
+    @property
+    def secured(self) -> bool:
+        return any(security != "none" for _, security in self.listeners)
 
     @classmethod
     def build(cls, **values: Any) -> BufferSettings:
@@ -75,10 +110,24 @@ class BufferSettings(BaseModel):
 
 
 @dataclass(eq=False)
+class Producer:
+    """One producer of a stream (an MPI rank's ``buffer`` handler): its own transport sequence and acks."""
+
+    producer_id: str
+    identity: bytes | None  # the connection acks go to (the latest it wrote from)
+    last_n: int  # newest transport seq stored
+    acked_n: int = -1  # newest transport seq acked
+    pending: deque[tuple[int, int]] = field(default_factory=deque)  # (arrival, n) stored, not yet acked
+    reack: bool = False  # a resend arrived: repeat the last ack
+
+
+@dataclass(eq=False)
 class Stream:
     log: StreamLog
     groups: dict[str, Group] = field(default_factory=dict)
-    producer_identity: bytes | None = None
+    producers: dict[str, Producer] = field(default_factory=dict)
+    start_bytes: bytes | None = None  # the start message as stored: a joining producer must send the same
+    refuse_producers: str = ""  # why no producer may write (a recovered stream that had several)
     blocked: str = ""  # why producer acks are held ("" when not)
     wait_sent_at: float = 0.0
     errors: int = 0
@@ -138,6 +187,10 @@ class DiskWriter:
             sock.close()
 
 
+def _joined(frames: list[Any]) -> bytes:
+    return b"".join(P.frame_bytes(f) for f in frames)
+
+
 def tune_allocator() -> bool:
     """Let glibc keep and reuse freed payload buffers instead of unmapping them (dedicated service processes).
 
@@ -175,7 +228,17 @@ class BufferService:
         self.context = context or zmq.Context(io_threads=self.settings.io_threads)
         self.streams: dict[str, Stream] = {}
         self._members: dict[bytes, tuple[Stream, Group]] = {}
-        self._pending_acks: dict[tuple[bytes, str], int] = {}
+        self._pending_acks: dict[Producer, Stream] = {}  # producers with something to ack
+        self.access = AccessTable(set(self.settings.admin_keys), self._admin_dir())
+        self.instance = uuid.uuid4().hex[:12]  # changes on every start: the API re-registers and re-reads
+        self.public_key: str | None = None
+        self._sockets: list[zmq.Socket] = []
+        self._securities: list[Security] = []
+        self._zap: zmq.Socket | None = None
+        self._results: deque[dict[str, Any]] = deque(maxlen=self.settings.results_kept)
+        self._result_id = 0
+        self._results_lock = threading.Lock()
+        self.token_endpoint: str | None = None
         self._dispatch_later: set[str] = set()  # streams that lost a member while sending
         self._stop = threading.Event()
         self._ready = threading.Event()
@@ -194,19 +257,51 @@ class BufferService:
         self._next_snapshot = 0.0
 
     # -- lifecycle ----------------------------------------------------------------------------------------
+    def _admin_dir(self) -> Path | None:
+        keys = self.settings.keys_dir
+        return None if keys is None else keys / "admins"
+
     def _bind(self) -> None:
-        sock = self.context.socket(zmq.ROUTER)
-        sock.setsockopt(zmq.ROUTER_MANDATORY, 1)
-        sock.setsockopt(zmq.SNDHWM, 0)
-        sock.setsockopt(zmq.RCVHWM, 0)
-        sock.setsockopt(zmq.LINGER, 0)
-        try:
-            sock.bind(self.settings.bind)
-        except zmq.ZMQError as exc:
-            sock.close()
-            raise ServiceError(f"buffer: cannot bind {self.settings.bind} ({exc})") from None
-        self._socket = sock
-        self.endpoint = sock.getsockopt_string(zmq.LAST_ENDPOINT)
+        s = self.settings
+        secret_key = None
+        if s.keys_dir is not None and s.secured:
+            self.public_key, secret_key = ensure_keypair(s.keys_dir, "buffer")
+        if s.secured:  # the ZAP handler first: a secured listener without one would admit any client
+            zap = self.context.socket(zmq.ROUTER)
+            zap.setsockopt(zmq.LINGER, 0)
+            try:
+                zap.bind(ZAP_ENDPOINT)
+            except zmq.ZMQError as exc:
+                zap.close()
+                raise ServiceError(f"buffer: cannot bind the ZAP handler ({exc}); one per ZeroMQ context") from None
+            self._zap = zap
+        for bind, security in s.listeners:
+            sock = self.context.socket(zmq.ROUTER)
+            sock.setsockopt(zmq.ROUTER_MANDATORY, 1)
+            sock.setsockopt(zmq.SNDHWM, 0)
+            sock.setsockopt(zmq.RCVHWM, 0)
+            sock.setsockopt(zmq.LINGER, 0)
+            if security == "curve":
+                assert self.public_key is not None and secret_key is not None
+                sock.curve_server = True
+                sock.curve_publickey = self.public_key.encode()
+                sock.curve_secretkey = secret_key.encode()
+            elif security == "token":
+                sock.plain_server = True
+            if security != "none":
+                sock.setsockopt(zmq.ZAP_DOMAIN, f"photonstream-{security}".encode())
+                sock.setsockopt(zmq.ZAP_ENFORCE_DOMAIN, 1)
+            try:
+                sock.bind(bind)
+            except zmq.ZMQError as exc:
+                sock.close()
+                raise ServiceError(f"buffer: cannot bind {bind} ({exc})") from None
+            self._sockets.append(sock)
+            self._securities.append(security)
+        self._socket = self._sockets[0]
+        self.endpoint = self._socket.getsockopt_string(zmq.LAST_ENDPOINT)
+        if s.token_bind is not None:
+            self.token_endpoint = self._sockets[-1].getsockopt_string(zmq.LAST_ENDPOINT)
         if self.settings.data_dir is not None:
             written = self.context.socket(zmq.PULL)
             written.bind(f"inproc://photonstream-buffer-written-{id(self)}")
@@ -231,6 +326,18 @@ class BufferService:
                 for state in json.loads(groups_file.read_text()).get("groups", []):
                     group = Group.from_state(log, state)
                     stream.groups[group.name] = group
+            if log.start is not None:
+                stream.start_bytes = _joined(log.start.frames or [])
+            if (meta.parent / MULTI_PRODUCER_FILE).exists():
+                # records carry the buffer's arrival numbers, not each producer's sequence: a resend could not
+                # be told from new data, so refuse rather than duplicate or lose
+                stream.refuse_producers = (
+                    f"{log.address}: the buffer restarted while several producers wrote this durable stream; "
+                    "it cannot take more data (start a new run)"
+                )
+            elif log.producer:
+                last = log.last_transport_seq
+                stream.producers[log.producer] = Producer(log.producer, None, last, acked_n=last)
             self.streams[log.address] = stream
 
     def start(self) -> str:
@@ -266,6 +373,7 @@ class BufferService:
             self._bind()
         except BaseException as exc:
             self._startup_error = exc
+            self._close_sockets()
             self._ready.set()
             return
         self._ready.set()
@@ -276,6 +384,15 @@ class BufferService:
         finally:
             self._shutdown()
 
+    def _close_sockets(self) -> None:
+        for sock in [*self._sockets, self._zap]:
+            if sock is not None:
+                sock.close(linger=0)
+        self._sockets = []
+        self._socket = self._zap = None
+        if self._own_context:
+            self.context.term()
+
     def _shutdown(self) -> None:
         if self._writer is not None:
             self._writer.stop()
@@ -285,35 +402,49 @@ class BufferService:
         for stream in self.streams.values():
             self._persist(stream)
             stream.log.close()
-        if self._socket is not None:
-            self._socket.close(linger=0)
-        if self._own_context:
-            self.context.term()
+        self._close_sockets()
         if self.settings.data_dir is not None:
             shutil.rmtree(self.settings.data_dir / SPILL_DIR, ignore_errors=True)
 
     # -- the loop -----------------------------------------------------------------------------------------
     def _loop(self) -> None:
-        sock = self._socket
-        assert sock is not None
         poller = zmq.Poller()
-        poller.register(sock, zmq.POLLIN)
+        for sock in self._sockets:
+            poller.register(sock, zmq.POLLIN)
         if self._written is not None:
             poller.register(self._written, zmq.POLLIN)
+        if self._zap is not None:
+            poller.register(self._zap, zmq.POLLIN)
+        sockets = list(enumerate(self._sockets))
         while not self._stop.is_set():
             if poller.poll(self._poll_timeout_ms()):
                 self._drain_written()
-                for _ in range(64):
-                    try:
-                        parts = sock.recv_multipart(zmq.NOBLOCK, copy=False)
-                    except zmq.Again:
-                        break
-                    self._on_message(parts)
+                self._answer_zap()
+                for index, sock in sockets:
+                    for _ in range(64):
+                        try:
+                            parts = sock.recv_multipart(zmq.NOBLOCK, copy=False)
+                        except zmq.Again:
+                            break
+                        self._on_message(parts, index)
             self._flush_producer_acks()
             now = monotonic()
             if now >= self._next_tick:
                 self._tick(now)
                 self._next_tick = now + 0.05
+
+    def _answer_zap(self) -> None:
+        """Authenticate connections (ZAP requests from libzmq's handshakes) against the access table."""
+        if self._zap is None:
+            return
+        while True:
+            try:
+                request = self._zap.recv_multipart(zmq.NOBLOCK)
+            except zmq.Again:
+                return
+            reply = zap_reply(request, self.access)
+            if reply:
+                self._zap.send_multipart(reply)
 
     def _drain_written(self) -> None:
         """Completions from the disk writer: durable messages that may now be acked to their producer."""
@@ -346,41 +477,118 @@ class BufferService:
                     timeout = min(timeout, max(0.0, at - now))
         return max(0, int(timeout * 1000))
 
-    def _on_message(self, parts: list[zmq.Frame]) -> None:
-        identity = parts[0].bytes
+    def _principal(self, frame: zmq.Frame, index: int) -> str:
+        """Who sent a message: the User-Id the ZAP handler gave its connection (anonymous on a 'none' listener)."""
+        if self._securities[index] == "none":
+            return ANONYMOUS
+        try:
+            return str(frame.get("User-Id"))
+        except zmq.ZMQError:
+            return ""
+
+    def _on_message(self, parts: list[zmq.Frame], index: int = 0) -> None:
+        # the listener's index in front of the routing id: replies go out on the socket the peer came in on
+        identity = bytes((index,)) + parts[0].bytes
         try:
             if len(parts) < 2:
                 raise P.ProtocolError("protocol", "not a photonstream buffer message (protocol PSB1)")
             command, header = P.open_envelope(parts[1])
+            principal = self._principal(parts[1], index)
             if command == P.PUB:
-                self._on_publish(identity, header, parts[2:])
+                self._on_publish(identity, principal, header, parts[2:])
             elif command == P.CRED:
                 self._on_credit(identity, header)
             elif command == P.SUB:
-                self._on_subscribe(identity, header)
+                self._on_subscribe(identity, principal, header)
             elif command == P.HB:
                 self._on_heartbeat(identity)
             elif command == P.BYE:
                 self._on_bye(identity)
             elif command == P.STATS:
-                self._reply(identity, P.STATS, None, [json.dumps(self.stats_now()).encode()])
+                self._reply(identity, P.STATS, None, [json.dumps(self._stats_for(principal)).encode()])
+            elif command == P.RES:
+                self._on_result(identity, principal, header, parts[2:])
+            elif command == P.RESULTS:
+                self._require_admin(principal, "results")
+                after, limit = int(header.get("after", 0)), max(1, min(int(header.get("limit", 500)), 5000))
+                items = self.results_after(after, limit)
+                reply = {"i": self.instance, "last": self._result_id}
+                self._reply(identity, P.RESULTS, reply, [msgpack_pack(items, use_bin_type=True)])
+            elif command == P.ACL:
+                self._require_admin(principal, "acl")
+                self._on_acl(identity, header, parts[2:])
             else:
                 raise P.ProtocolError("unknown-command", f"unknown command {command!r}")
         except P.ProtocolError as exc:
             self._reply(identity, P.ERR, {"c": exc.code, "m": str(exc)})
         except ConfigError as exc:
             self._reply(identity, P.ERR, {"c": "bad-request", "m": str(exc)})
+        except (TypeError, ValueError) as exc:
+            self._reply(identity, P.ERR, {"c": "malformed", "m": f"malformed request ({exc})"})
 
     def _reply(self, identity: bytes, command: bytes, header: dict[str, Any] | None, frames: list[Any] = ()) -> bool:
-        assert self._socket is not None
+        sock = self._sockets[identity[0]]
         try:
-            self._socket.send_multipart([identity, P.envelope(command, header), *frames], flags=zmq.NOBLOCK, copy=False)
+            sock.send_multipart([identity[1:], P.envelope(command, header), *frames], flags=zmq.NOBLOCK, copy=False)
             return True
         except zmq.ZMQError as exc:
             if exc.errno in (errno.EHOSTUNREACH, errno.EAGAIN):
                 self._member_gone(identity)
                 return False
             raise
+
+    # -- access control and results -------------------------------------------------------------------------
+    def _require_admin(self, principal: str, what: str) -> None:
+        if not self.access.is_admin(principal):
+            raise P.ProtocolError("forbidden", f"{what}: only the buffer's admins (the API) may do this")
+
+    def _on_acl(self, identity: bytes, header: dict[str, Any], payload: list[zmq.Frame]) -> None:
+        op = header.get("op")
+        body = msgpack_unpack(payload[0].bytes, raw=False) if payload else []
+        if op == "register":
+            self.access.register(body)
+        elif op == "sync":
+            self.access.sync(body)
+        elif op == "drop":
+            self.access.drop([str(a) for a in body])
+        else:
+            raise ConfigError(f"acl: op {op!r} is not one of register, sync, drop")
+        self._reply(identity, P.ACL, {"ok": True, "i": self.instance, "n": len(self.access.addresses())})
+
+    def _on_result(self, identity: bytes, principal: str, header: dict[str, Any], payload: list[zmq.Frame]) -> None:
+        address = header.get("s")
+        if not isinstance(address, str) or not ADDRESS.match(address):
+            raise P.ProtocolError("bad-address", f"stream address {address!r} is not experiment/run/stream-id")
+        if not self.access.may(principal, address, "consume"):
+            raise P.ProtocolError("forbidden", f"{address}: this credential may not publish results for this stream")
+        size = sum(len(f) for f in payload)
+        if len(payload) != 1 or size > MAX_RESULT_BYTES:
+            raise P.ProtocolError("malformed", f"{address}: a result is one frame of at most {MAX_RESULT_BYTES} bytes")
+        frames = header.get("f")
+        item = {
+            "s": address,
+            "t": str(header.get("t", "custom"))[:64],
+            "g": str(header.get("g", ""))[:128],
+            "w": str(header.get("w", ""))[:128],
+            "f": [int(frames[0]), int(frames[1])] if isinstance(frames, list | tuple) and len(frames) == 2 else None,
+            "at": time.time(),
+            "by": principal,
+            "d": payload[0].bytes,
+        }
+        with self._results_lock:
+            self._result_id += 1
+            item["id"] = self._result_id
+            self._results.append(item)
+        self._reply(identity, P.RACK, {"id": item["id"], "n": header.get("n")})
+
+    def results_after(self, after: int, limit: int = 500) -> list[dict[str, Any]]:
+        """Results with an id above ``after``, oldest first (safe to call from any thread)."""
+        with self._results_lock:
+            if not self._results or self._results[-1]["id"] <= after:
+                return []
+            first = self._results[0]["id"]
+            start = max(0, after - first + 1)
+            return [self._results[i] for i in range(start, min(len(self._results), start + limit))]
 
     # -- producers ----------------------------------------------------------------------------------------
     def _producer_error(self, identity: bytes, header: dict[str, Any], code: str, message: str) -> None:
@@ -389,7 +597,7 @@ class BufferService:
             stream.errors += 1
         self._reply(identity, P.ERR, {"s": header.get("s"), "n": header.get("n"), "c": code, "m": message})
 
-    def _on_publish(self, identity: bytes, header: dict[str, Any], payload: list[zmq.Frame]) -> None:
+    def _on_publish(self, identity: bytes, principal: str, header: dict[str, Any], payload: list[zmq.Frame]) -> None:
         address = header.get("s")
         kind = header.get("k")
         if not isinstance(address, str) or not ADDRESS.match(address):
@@ -399,9 +607,12 @@ class BufferService:
         try:
             n = int(header["n"])
             seq = int(header.get("q", -1))
-            producer = str(header["p"])
+            producer_id = str(header["p"])
         except (KeyError, TypeError, ValueError):
             raise P.ProtocolError("malformed", f"{address}: PUB header needs integer n and a producer id p") from None
+        if not self.access.may(principal, address, "produce"):
+            self._producer_error(identity, header, "forbidden", f"{address}: this credential may not write this stream")
+            return
         size = sum(len(f) for f in payload)
         limit = self.settings.max_message_bytes
         if size > limit:
@@ -413,25 +624,8 @@ class BufferService:
             self._producer_error(identity, header, "malformed", f"{address}: PUB without payload")
             return
         stream = self.streams.get(address)
-        if kind == "start" and (stream is None or not stream.started):
-            durable = bool(header.get("d", False))
-            if durable and self.settings.data_dir is None:
-                self._producer_error(
-                    identity,
-                    header,
-                    "no-data-dir",
-                    f"{address}: a durable stream needs a buffer started with --data-dir",
-                )
-                return
-            stream = self._open_stream(address, durable, str(header.get("z", "")), producer)
-            try:
-                stream.log.add_control("start", n, seq, payload, time.time_ns())
-            except OSError as exc:
-                self._producer_error(identity, header, "disk", f"{address}: cannot write start message ({exc})")
-                return
-            stream.producer_identity = identity
-            self._pending_acks[(identity, address)] = n
-            self._greet_waiting_members(stream)
+        if kind == "start":
+            self._on_start(identity, header, address, n, seq, producer_id, payload, stream)
             return
         if stream is None or not stream.started:
             self._producer_error(
@@ -442,22 +636,23 @@ class BufferService:
                 "without this non-durable stream)",
             )
             return
-        log = stream.log
-        if producer != log.producer:
-            self._producer_error(
-                identity,
-                header,
-                "other-producer",
-                f"{address}: the stream is written by another producer; use a new run number",
+        producer = stream.producers.get(producer_id)
+        if producer is None:
+            reason = stream.refuse_producers or (
+                f"{address}: the stream is written by another producer and this one never joined it "
+                "(its start message is missing); use a new run number"
             )
+            self._producer_error(identity, header, "other-producer", reason)
             return
-        stream.producer_identity = identity
-        if n <= log.last_transport_seq:  # a resend after a reconnect: already stored
-            self._pending_acks[(identity, address)] = log.last_transport_seq
+        producer.identity = identity
+        if n <= producer.last_n:  # a resend after a reconnect: already stored
+            producer.reack = True
+            self._pending_acks[producer] = stream
             return
-        if n != log.last_transport_seq + 1:
-            self._reply(identity, P.NACK, {"s": address, "n": log.last_transport_seq + 1})
+        if n != producer.last_n + 1:
+            self._reply(identity, P.NACK, {"s": address, "n": producer.last_n + 1})
             return
+        log = stream.log
         if log.end is not None:
             self._producer_error(identity, header, "ended", f"{address}: the stream has already ended")
             return
@@ -465,24 +660,90 @@ class BufferService:
             self._producer_error(identity, header, "disk", f"{address}: {log.write_error}")
             return
         now_ns = time.time_ns()
+        arrival = log.last_transport_seq + 1  # the stream's own count: several producers' sequences overlap
         try:
             if kind in P.DATA_KINDS:
                 background = log.durable and self._writer is not None
-                record = log.append(kind, n, seq, payload, now_ns, write=not background)
+                record = log.append(kind, arrival, seq, payload, now_ns, write=not background)
                 if background:
                     assert self._writer is not None
-                    log.unwritten.append(n)
+                    log.unwritten.append(arrival)
                     self._writer.submit(log, record)
             else:
-                log.add_control(kind, n, seq, payload, now_ns)
+                log.add_control(kind, arrival, seq, payload, now_ns)
         except OSError as exc:
             self._producer_error(
                 identity, header, "disk", f"{address}: cannot write to {log.directory}: {exc.strerror}"
             )
             return
-        self._pending_acks[(identity, address)] = n
+        producer.last_n = n
+        producer.pending.append((arrival, n))
+        self._pending_acks[producer] = stream
         self._enforce(stream)
         self._dispatch(stream)
+
+    def _on_start(
+        self,
+        identity: bytes,
+        header: dict[str, Any],
+        address: str,
+        n: int,
+        seq: int,
+        producer_id: str,
+        payload: list[zmq.Frame],
+        stream: Stream | None,
+    ) -> None:
+        """The first start message opens the stream; an identical one from another producer joins it."""
+        durable = bool(header.get("d", False))
+        if stream is None or not stream.started:
+            if durable and self.settings.data_dir is None:
+                self._producer_error(
+                    identity,
+                    header,
+                    "no-data-dir",
+                    f"{address}: a durable stream needs a buffer started with --data-dir",
+                )
+                return
+            stream = self._open_stream(address, durable, str(header.get("z", "")), producer_id)
+            arrival = stream.log.last_transport_seq + 1
+            try:
+                stream.log.add_control("start", arrival, seq, payload, time.time_ns())
+            except OSError as exc:
+                self._producer_error(identity, header, "disk", f"{address}: cannot write start message ({exc})")
+                return
+            stream.start_bytes = _joined(payload)
+            producer = Producer(producer_id, identity, n)
+            producer.pending.append((arrival, n))
+            stream.producers[producer_id] = producer
+            self._pending_acks[producer] = stream
+            self._greet_waiting_members(stream)
+            return
+        producer = stream.producers.get(producer_id)
+        if producer is not None:  # its own start again (a resend)
+            producer.identity = identity
+            producer.reack = True
+            self._pending_acks[producer] = stream
+            return
+        log = stream.log
+        refusal = stream.refuse_producers
+        if not refusal and log.end is not None:
+            refusal = f"{address}: the stream has already ended"
+        elif not refusal and (durable != log.durable or _joined(payload) != stream.start_bytes):
+            refusal = (
+                f"{address}: the stream is written by another producer with a different start message; "
+                "use a new run number"
+            )
+        if refusal:
+            code = "ended" if log.end is not None else "other-producer"
+            self._producer_error(identity, header, code, refusal)
+            return
+        producer = Producer(producer_id, identity, n)
+        producer.pending.append((-1, n))  # nothing stored: ack it as soon as the producer's turn comes
+        stream.producers[producer_id] = producer
+        self._pending_acks[producer] = stream
+        if log.durable and log.directory is not None and len(stream.producers) == 2:
+            with contextlib.suppress(OSError):
+                (log.directory / MULTI_PRODUCER_FILE).write_text(json.dumps({"producers": len(stream.producers)}))
 
     def _open_stream(self, address: str, durable: bool, serializer: str, producer: str) -> Stream:
         stream = self.streams.get(address)
@@ -502,22 +763,24 @@ class BufferService:
         return stream
 
     def _flush_producer_acks(self) -> None:
+        """Cumulative acks per producer, covering what is stored (durable: what the disk writer finished)."""
         if not self._pending_acks:
             return
-        held: dict[tuple[bytes, str], int] = {}
-        for (identity, address), n in self._pending_acks.items():
-            stream = self.streams.get(address)
-            if stream is not None and stream.blocked:
-                held[(identity, address)] = n
+        held: dict[Producer, Stream] = {}
+        for producer, stream in self._pending_acks.items():
+            if stream.blocked:
+                held[producer] = stream
                 continue
-            if stream is not None and stream.log.unwritten:
-                stored = stream.log.unwritten[0] - 1  # durable: only what is on disk
-                if stored < n:
-                    held[(identity, address)] = n
-                    n = stored
-                    if n < 0:
-                        continue
-            self._reply(identity, P.ACK, {"s": address, "n": n})
+            unwritten = stream.log.unwritten
+            upto = producer.acked_n
+            while producer.pending and (not unwritten or producer.pending[0][0] < unwritten[0]):
+                upto = producer.pending.popleft()[1]
+            if producer.pending:
+                held[producer] = stream
+            if (upto != producer.acked_n or producer.reack) and upto >= 0 and producer.identity is not None:
+                producer.acked_n = upto
+                producer.reack = False
+                self._reply(producer.identity, P.ACK, {"s": stream.log.address, "n": upto})
         self._pending_acks = held
 
     # -- budgets ------------------------------------------------------------------------------------------
@@ -593,10 +856,12 @@ class BufferService:
         return min(log.first + 1, limit)
 
     # -- consumers ----------------------------------------------------------------------------------------
-    def _on_subscribe(self, identity: bytes, header: dict[str, Any]) -> None:
+    def _on_subscribe(self, identity: bytes, principal: str, header: dict[str, Any]) -> None:
         address = header.get("s")
         if not isinstance(address, str) or not ADDRESS.match(address):
             raise ConfigError(f"stream: {address!r} is not experiment/run/stream-id")
+        if not self.access.may(principal, address, "consume"):
+            raise P.ProtocolError("forbidden", f"{address}: this credential may not read this stream")
         group_name = str(header.get("g", "default"))
         if not group_name or len(group_name) > 128:
             raise ConfigError("group: must be 1-128 characters")
@@ -756,9 +1021,11 @@ class BufferService:
                     touched = True
             if stream.blocked or self.settings.retention_s is not None:
                 self._enforce(stream)
-            if stream.blocked and stream.producer_identity is not None and now - stream.wait_sent_at > 0.5:
+            if stream.blocked and stream.producers and now - stream.wait_sent_at > 0.5:
                 stream.wait_sent_at = now
-                self._reply(stream.producer_identity, P.WAIT, {"s": stream.log.address, "r": stream.blocked})
+                for producer in list(stream.producers.values()):
+                    if producer.identity is not None:
+                        self._reply(producer.identity, P.WAIT, {"s": stream.log.address, "r": stream.blocked})
             if touched or stream.started:
                 self._dispatch(stream)
         if now >= self._next_persist:
@@ -791,6 +1058,14 @@ class BufferService:
     def stats(self) -> dict[str, Any]:
         """The state as of the last second (safe to call from any thread)."""
         return self._snapshot or {"service": {"endpoint": self.endpoint}, "streams": {}}
+
+    def _stats_for(self, principal: str) -> dict[str, Any]:
+        """The state, limited to the streams ``principal`` may see (admins: all)."""
+        state = self.stats_now()
+        if not self.access.is_admin(principal):
+            visible = {a: v for a, v in state["streams"].items() if self.access.visible(principal, a)}
+            state = {"service": {"endpoint": self.endpoint}, "streams": visible}
+        return state
 
     def stats_now(self) -> dict[str, Any]:
         """Per stream and group: messages and bytes in and out, rates, lag, memory and disk fill, losses."""
@@ -837,6 +1112,7 @@ class BufferService:
                 "disk_bytes": log.disk_bytes,
                 "disk_fill": log.disk_bytes / s.disk_per_stream if s.disk_per_stream else None,
                 "blocked": stream.blocked,
+                "producers": len(stream.producers),
                 "producer_errors": stream.errors,
                 "groups": groups,
             }
@@ -851,9 +1127,16 @@ class BufferService:
                 "disk_budget": s.disk_total,
                 "streams": len(self.streams),
                 "members": len(self._members),
+                "instance": self.instance,
+                "listeners": [{"security": sec, "endpoint": ep} for sec, ep in self._listener_endpoints()],
+                "auth_refused": self.access.refused,
             },
             "streams": streams,
         }
+
+    def _listener_endpoints(self) -> list[tuple[str, str]]:
+        pairs = zip(self._securities, self._sockets, strict=True)
+        return [(security, sock.getsockopt_string(zmq.LAST_ENDPOINT)) for security, sock in pairs]
 
     def _rate(self, key: str, now: float, messages: int, nbytes: int) -> tuple[float, float]:
         previous = self._rates.get(key)

@@ -11,6 +11,12 @@ the subscription drops duplicates by offset (the buffer's per-stream sequence nu
 each message once. Heartbeats go out whenever the iterator waits; an application that spends longer than the
 buffer's member timeout on one message is taken for gone (its messages are redelivered) and rejoins on its next
 call.
+
+Security: pass ``credentials`` (``photonstream.buffer.credentials.Credentials``: the stream's CURVE key pair or
+token, as the API's create response gives them; ``Credentials.from_endpoint``) to connect to a buffer listener that
+authenticates. A buffer that refuses them (no credential, another stream's) raises ``ConsumerError`` at once.
+``publish_result(kind, data, ...)`` sends a typed result for the API over the same connection (see
+``photonstream.client.results``).
 """
 
 from __future__ import annotations
@@ -25,6 +31,7 @@ from typing import Any
 import zmq
 
 from photonstream.buffer import protocol as P
+from photonstream.buffer.credentials import Credentials, HandshakeWatch
 from photonstream.buffer.groups import Policy, parse_start
 from photonstream.errors import ConfigError, PhotonstreamError
 from photonstream.frames import EndMessage, Message, StartMessage
@@ -33,12 +40,19 @@ from photonstream.serializers.base import Serializer
 from photonstream.serializers.base import create as create_serializer
 
 SEEN_LIMIT = 200_000  # offsets remembered for dropping duplicates
+SEND_TIMEOUT_S = 10.0  # a send blocks only while no connection is up; past this it raises
 
 
 class ConsumerError(PhotonstreamError):
     """The buffer cannot be reached or refused the subscription. (503)"""
 
     http_status = 503
+
+
+class AccessRefusedError(ConsumerError):
+    """The buffer authenticated this client but its credential is not for this stream. (403)"""
+
+    http_status = 403
 
 
 @dataclass(slots=True)
@@ -89,6 +103,7 @@ class Subscription(Iterator[Any]):
         timeout_s: float | None = None,
         member: str | None = None,
         context: zmq.Context | None = None,
+        credentials: Credentials | None = None,
     ) -> None:
         Policy.parse(policy)
         parse_start(start)
@@ -119,14 +134,29 @@ class Subscription(Iterator[Any]):
         self._done = False
         self._sent_at = 0.0
         self._heard_at = time.monotonic()
+        self.credentials = credentials
+        self.results_acked = 0
+        self._result_n = 0
         self._socket = (context or zmq.Context.instance()).socket(zmq.DEALER)
         self._socket.setsockopt(zmq.LINGER, 1000)
+        self._socket.setsockopt(zmq.SNDHWM, 0)
+        self._socket.setsockopt(zmq.SNDTIMEO, int(SEND_TIMEOUT_S * 1000))
+        if credentials is not None:
+            credentials.apply(self._socket)
+        self._watch = HandshakeWatch(self._socket, endpoint)  # a refused handshake raises instead of waiting
         self._socket.connect(endpoint)
         self._subscribe()
 
     # -- wire ---------------------------------------------------------------------------------------------
-    def _send(self, command: bytes, header: dict[str, Any]) -> None:
-        self._socket.send(P.envelope(command, header))
+    def _send(self, command: bytes, header: dict[str, Any], block: bool = True) -> None:
+        """Send to the buffer; with ``block=False`` (heartbeats, goodbyes) a message that cannot go now is dropped."""
+        try:
+            self._socket.send(P.envelope(command, header), 0 if block else zmq.NOBLOCK)
+        except zmq.Again:
+            if not block:
+                return
+            reason = self._watch.check() or f"buffer {self.endpoint}: no connection for {SEND_TIMEOUT_S:g} s"
+            raise ConsumerError(reason) from None
         self._sent_at = time.monotonic()
 
     def _subscribe(self) -> None:
@@ -142,9 +172,9 @@ class Subscription(Iterator[Any]):
             },
         )
 
-    def _flush(self) -> None:
+    def _flush(self, block: bool = True) -> None:
         if self._pending_credit or self._pending_acks:
-            self._send(P.CRED, {"c": self._pending_credit, "a": self._pending_acks})
+            self._send(P.CRED, {"c": self._pending_credit, "a": self._pending_acks}, block)
             self._pending_credit = 0
             self._pending_acks = []
 
@@ -245,13 +275,16 @@ class Subscription(Iterator[Any]):
     def _receive(self) -> None:
         """Wait for the buffer (heartbeating), and queue what it sends."""
         sock = self._socket
-        if not sock.poll(int(self.heartbeat_s * 1000)):
+        if not sock.poll(int(min(self.heartbeat_s, 0.25) * 1000)):
+            if self._watch.check():
+                raise ConsumerError(self._watch.refused)
             now = time.monotonic()
             if self.timeout_s is not None and now - self._heard_at > self.timeout_s:
                 raise ConsumerError(
                     f"buffer {self.endpoint}: no answer for {self.timeout_s:g} s while reading {self.stream}"
                 )
-            self._send(P.HB, {})
+            if now - self._sent_at >= self.heartbeat_s:
+                self._send(P.HB, {}, block=False)
             return
         while True:
             try:
@@ -265,7 +298,7 @@ class Subscription(Iterator[Any]):
                 continue
             self._on_reply(command, header, parts[1:])
         if time.monotonic() - self._sent_at > self.heartbeat_s:
-            self._send(P.HB, {})
+            self._send(P.HB, {}, block=False)
 
     def _on_reply(self, command: bytes, header: dict[str, Any], frames: list[Any]) -> None:
         if command == P.MSG:
@@ -278,12 +311,16 @@ class Subscription(Iterator[Any]):
                 self._queue.append((command, header, frames))
         elif command in (P.CAL, P.END):
             self._queue.append((command, header, frames))
+        elif command == P.RACK:
+            self.results_acked += 1
         elif command == P.REJOIN:
             self._rejoin()
         elif command == P.ERR:
             message = f"buffer {self.endpoint}: {header.get('m', 'refused')}"
             if header.get("c") == "bad-request":
                 raise ConfigError(message)
+            if header.get("c") == "forbidden":
+                raise AccessRefusedError(message)
             raise ConsumerError(message)
 
     def _rejoin(self) -> None:
@@ -299,6 +336,26 @@ class Subscription(Iterator[Any]):
             self._send(P.CRED, {"c": 0, "a": self._pending_acks})
             self._pending_acks = []
 
+    # -- results ------------------------------------------------------------------------------------------
+    def publish_result(
+        self,
+        kind: str,
+        data: dict[str, Any],
+        *,
+        frames: tuple[int, int] | None = None,
+        worker: str | None = None,
+    ) -> None:
+        """Send a typed result of this stream to the API (checked here; the buffer acks it with RACK)."""
+        from photonstream.client.results import encode_result
+
+        if self._socket.closed:
+            raise ConsumerError("publish_result: the subscription is closed")
+        self._result_n += 1
+        header, payload = encode_result(self.stream, kind, data, group=self.group,
+                                        worker=worker or self.member, frames=frames, n=self._result_n)  # fmt: skip
+        self._socket.send_multipart([P.envelope(P.RES, header), payload])
+        self._sent_at = time.monotonic()
+
     # -- end ----------------------------------------------------------------------------------------------
     def close(self) -> None:
         """Ack what was handed out, leave the group, close the socket (idempotent)."""
@@ -307,9 +364,10 @@ class Subscription(Iterator[Any]):
         self._done = True
         try:
             self._ack_last()
-            self._flush()
-            self._send(P.BYE, {})
+            self._flush(block=False)
+            self._send(P.BYE, {}, block=False)
         finally:
+            self._watch.close()
             self._socket.close()
 
     def __enter__(self) -> Subscription:
@@ -341,3 +399,24 @@ def subscribe(
     ``timeout_s`` (raise ``ConsumerError`` after this long with no word from the buffer), ``heartbeat_s``.
     """
     return Subscription(endpoint, stream, group, policy, start, credit, **options)
+
+
+def subscribe_stream(
+    info: Any, group: str | None = None, *, run: int | None = None, security: str | None = None, **options: Any
+) -> Subscription:
+    """Subscribe to a stream the API created, from its create response (or its ``data_endpoint``): the buffer
+    address and credentials of the link ``security`` (default: the endpoint's), the address of ``run`` (default:
+    the first), and ``group`` (default: the first consumer group of the request, with its policy)."""
+    if hasattr(info, "model_dump"):
+        info = info.model_dump(mode="json")
+    endpoint = info.get("data_endpoint", info) if isinstance(info, dict) else info
+    address, credentials = Credentials.from_endpoint(endpoint, security)  # type: ignore[arg-type]
+    streams = list(endpoint.get("streams") or [])
+    if run is not None:
+        streams = [s for s in streams if s.split("/")[1] == str(run)]
+    if not streams:
+        raise ConfigError(f"run: {run} is not one of the stream's runs" if run is not None else "no stream address")
+    groups = {g["name"]: g.get("policy", "lossless") for g in endpoint.get("consumer_groups") or []}
+    name = group or next(iter(groups), "default")
+    options.setdefault("policy", groups.get(name, "lossless"))
+    return Subscription(address, streams[0], name, credentials=credentials, **options)

@@ -68,12 +68,12 @@ def test_oversized_messages_are_refused_with_the_limit_named(make_service: Any) 
     assert events_of(list(subscribe(service.endpoint, "exp/1/small", timeout_s=10))) == [0, 1, 2]
 
 
-def test_a_second_producer_of_a_live_stream_is_refused(service: BufferService) -> None:
+def test_a_second_producer_with_another_start_message_is_refused(service: BufferService) -> None:
     first = Producer(service.endpoint, STREAM)
     first.start()
     second = Producer(service.endpoint, STREAM)
-    second.start()
-    with pytest.raises(HandlerError, match="another producer"):
+    second.start(source={"generator": "another run"})
+    with pytest.raises(HandlerError, match="another producer with a different start message"):
         second.frames(2)
         second.close()
     first.frames(2)
