@@ -74,3 +74,24 @@ def test_bad_option_fails_with_one_line() -> None:
     )
     assert result.returncode != 0
     assert "--detector" in result.stderr and "Traceback" not in result.stderr
+
+
+@pytest.mark.slurm
+@pytest.mark.timeout(180)
+def test_demo_through_slurm() -> None:
+    from tests.jobs.conftest import REQUIRE_SLURM_ENV, slurm_unavailable_reason
+
+    reason = slurm_unavailable_reason()
+    if reason is not None:
+        if os.environ.get(REQUIRE_SLURM_ENV) == "1":
+            pytest.fail(f"{REQUIRE_SLURM_ENV}=1 but {reason}")
+        pytest.skip(reason)
+    result, report = run_demo("--backend", "slurm", "--duration", "4", "--rate", "40")
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert report["state"] == "completed" and report["backend"] == "slurm"
+    assert report["frames_sent"] == 160 and report["frames_analysed"] == 160
+    assert report["indexing_rate"] >= 0.8 and report["first_indexed_s"] is not None
+    assert report["processes"]["left"] == []
+    assert [pid for pid in report["processes"]["consumers"] if alive(pid)] == []
+    queue = subprocess.run(["squeue", "-h", "-j", str(report["job_id"])], capture_output=True, text=True, check=False)
+    assert queue.stdout.strip() == ""

@@ -335,14 +335,26 @@ def cancel_if_running(client: Any, run: DemoRun) -> None:
 
 def processes_left(run: DemoRun) -> dict[str, Any]:
     """The processes the demo started, and any of them still alive (after everything was stopped)."""
-    left = [pid for pid in run.roles.pids if alive(pid)]
-    job_members: list[int] = []
+    left: list[int | str] = [pid for pid in run.roles.pids if alive(pid)]
     if run.job_group is not None:
         from photonstream.jobs._shepherd import group_members
 
-        job_members = group_members(run.job_group)
-        left += job_members
+        left += group_members(run.job_group)
+    elif run.options.backend == "slurm" and run.job_id and slurm_job_listed(run.job_id):
+        left.append(f"slurm job {run.job_id}")
     return {"consumers": run.roles.pids, "job_process_group": run.job_group, "left": left}
+
+
+def slurm_job_listed(job_id: str) -> bool:
+    """Whether squeue still lists the job (pending, running or completing)."""
+    import subprocess
+
+    try:
+        listed = subprocess.run(["squeue", "-h", "-j", job_id, "-o", "%T"], capture_output=True, text=True,
+                                timeout=10, check=False)  # fmt: skip
+    except (OSError, subprocess.TimeoutExpired):
+        return False
+    return listed.returncode == 0 and bool(listed.stdout.strip())
 
 
 def _seconds_after(moment: float | None, start: float) -> float | None:
