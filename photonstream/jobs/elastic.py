@@ -10,7 +10,8 @@ decision:
 - fewer than ``min_workers`` live: start workers up to the minimum;
 - lag above ``target_lag`` for ``scale_up_cooldown_s`` (and as long since the last change): start
   ``ceil(workers * (lag / target - 1))`` more, at least 1, at most ``max_step``, never past ``max_workers``;
-  not while a worker is still waiting in the scheduler's queue (more would only queue too);
+  not while a worker is still waiting in the scheduler's queue (more would only queue too), nor while the group
+  has fewer members than the pool has workers (the last ones are still starting), for up to ``join_timeout_s``;
 - lag below ``scale_down_below * target_lag`` for ``scale_down_cooldown_s``: cancel the newest worker, one at a
   time, never below ``min_workers``. In a lossless group no frame is lost: the buffer hands the unacked messages
   of a member that leaves (or goes silent) to the others;
@@ -87,6 +88,9 @@ class WorkerPool(BaseModel):
         30.0, ge=0.0, le=86_400.0, description="after the group drained, how long workers may take to end"
     )
     interval_s: float = Field(2.0, gt=0.0, le=3600.0, description="seconds between two decisions")
+    join_timeout_s: float = Field(
+        60.0, ge=0.0, le=86_400.0, description="how long new workers may take to join before the pool adds more"
+    )
 
     @field_validator("command")
     @classmethod
@@ -232,6 +236,7 @@ class ElasticPool:
         self.on_event = on_event
         self.clock = clock
         self.workers: list[Worker] = []  # live ones, oldest first
+        self.started: list[Worker] = []  # every worker the pool started (for logs, and to check on them)
         self.failures = 0
         self.done = False
         self._next_index = 0
@@ -251,9 +256,10 @@ class ElasticPool:
         with self._lock:
             return list(self._events)
 
-    def job_ids(self) -> list[str]:
+    def job_ids(self, live_only: bool = True) -> list[str]:
+        """The backend job ids of the live workers (or of every worker started)."""
         with self._lock:
-            return [worker.job_id for worker in self.workers]
+            return [worker.job_id for worker in (self.workers if live_only else self.started)]
 
     # --- decisions -------------------------------------------------------------------------------------------
 
@@ -359,7 +365,9 @@ class ElasticPool:
             self._below_since = None
             if self._above_since is None:
                 self._above_since = now
-            waiting = any(worker.state == JobState.PENDING for worker in self.workers)
+            queued = any(worker.state == JobState.PENDING for worker in self.workers)
+            joining = reading.members < count and since_change < pool.join_timeout_s
+            waiting = queued or joining
             sustained = now - self._above_since >= pool.scale_up_cooldown_s
             if sustained and since_change >= pool.scale_up_cooldown_s and count < pool.max_workers and not waiting:
                 wanted = math.ceil(max(count, 1) * (lag / pool.target_lag - 1.0))
@@ -442,6 +450,7 @@ class ElasticPool:
             return None
         worker = Worker(index=index, name=name, job_id=job_id, submitted_at=time.time())
         self.workers.append(worker)
+        self.started.append(worker)
         return worker
 
     def _cancel(self, worker: Worker, reading: LagReading | None) -> bool:
