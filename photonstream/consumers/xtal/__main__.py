@@ -3,10 +3,12 @@
     worker --buffer tcp://HOST:5600 --stream EXP/RUN/ID [--group xtal] [--credit 4] --results tcp://MERGER:5700
            [--options JSON]
     worker --pull tcp://HOST:5555 --results ...          (a zmq-push pipeline; one reader only, see worker.py)
-    merge --bind tcp://*:5700 --workers N [--mtz out.mtz] [--report out.json] [--report-every 50]
+    merge --bind tcp://*:5700 --workers N [--mtz out.mtz] [--report out.json] [--report-every 50] [--settle 2]
 
 The merger prints one JSON line per report and writes the final report (with the CC history, per-worker counts and
-the powder pattern) to ``--report``.
+the powder pattern) to ``--report``. It finishes once ``--workers`` end records have arrived, or once every event of
+the stream has a result and ``--settle`` more seconds have passed (a worker that died sends no end record; see
+``run_merger``).
 """
 
 from __future__ import annotations
@@ -46,6 +48,7 @@ def _merge(args: argparse.Namespace) -> None:
         report_every=args.report_every,
         on_report=lambda report: print(json.dumps(report), flush=True),
         idle_timeout_s=args.idle_timeout,
+        settle_s=args.settle,
     )
     if args.report:
         powder = outcome.powder
@@ -53,6 +56,7 @@ def _merge(args: argparse.Namespace) -> None:
             "report": outcome.report,
             "history": outcome.history,
             "workers": outcome.workers,
+            "workers_missing": outcome.workers_missing,
             "mtz": outcome.mtz_path,
             "seconds": outcome.seconds,
             "results_window_s": outcome.results_window_s,
@@ -92,6 +96,9 @@ def main(argv: list[str] | None = None) -> int:
     merge.add_argument("--report", default=None, help="write the final report (JSON) here")
     merge.add_argument("--report-every", type=int, default=50)
     merge.add_argument("--idle-timeout", type=float, default=120.0)
+    merge.add_argument(
+        "--settle", type=float, default=2.0, help="once every event has a result, wait this long for end records"
+    )
     args = parser.parse_args(argv)
     if args.command == "worker" and args.buffer and not args.stream:
         parser.error("--buffer needs --stream")

@@ -8,7 +8,11 @@ A buffer service runs in a thread here; the merger and ``workers`` worker proces
 work-sharing group; once all are members the pipeline (the given source → ``buffer`` handler) runs here. With
 ``prefill`` the pipeline runs first and the workers then read the run from the buffer, so producing frames does not
 compete with them for CPU (for measuring the workers alone). The result holds each worker's summary, the merger's
-running reports, its final document and the MTZ path.
+running reports, its final document, the MTZ path and the consumer group's buffer statistics.
+
+``kill=WorkerKill(worker=1, after_results=30)`` SIGKILLs that worker once the merger's running report credits it
+with that many results (a fault test: its unacked frames are redelivered to the others, and the merger finishes
+without its end record once every event has a result; see ``merge.run_merger``).
 """
 
 from __future__ import annotations
@@ -17,8 +21,9 @@ import json
 import socket
 import subprocess
 import sys
+import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -33,14 +38,24 @@ class LocalRunError(PhotonstreamError):
     """A worker or the merger of a local run failed or did not finish. (500)"""
 
 
+@dataclass(frozen=True)
+class WorkerKill:
+    """SIGKILL worker number ``worker`` once the merger has counted ``after_results`` of its results."""
+
+    worker: int
+    after_results: int
+
+
 @dataclass
 class LocalRun:
-    workers: list[dict[str, Any]]  # each worker's final summary line
+    workers: list[dict[str, Any]]  # the final summary line of each worker that finished (not the killed one)
     reports: list[dict[str, Any]]  # the merger's running reports, then its final one
     document: dict[str, Any]  # the merger's final document (report, history, workers, powder)
     mtz: Path
     seconds: float  # pipeline start (with prefill: worker start) → merger done
     events: int
+    group: dict[str, Any] = field(default_factory=dict)  # the buffer's statistics of the workers' group
+    killed: list[str] = field(default_factory=list)  # worker ids killed on purpose (``kill``)
 
 
 def _free_port() -> int:
@@ -75,6 +90,49 @@ def _members(endpoint: str, stream: str) -> int:
     return int(groups.get(GROUP, {}).get("members", 0))
 
 
+def _group_stats(endpoint: str, stream: str, wait_s: float = 3.0) -> dict[str, Any]:
+    """The group's statistics once the buffer has ended the stream for it (its statistics are a snapshot taken
+    every second, so wait for one that shows the end)."""
+    from photonstream.buffer.cli import fetch_stats
+
+    deadline = time.monotonic() + wait_s
+    while True:
+        group = fetch_stats(endpoint).get("streams", {}).get(stream, {}).get("groups", {}).get(GROUP, {})
+        if group.get("ended") or time.monotonic() > deadline:
+            return dict(group)
+        time.sleep(0.1)
+
+
+class _Killer(threading.Thread):
+    """Watches the merger's running reports and SIGKILLs one worker once it has been credited enough results."""
+
+    def __init__(self, kill: WorkerKill, process: subprocess.Popen[str], reports: Path) -> None:
+        super().__init__(name="xtal-killer", daemon=True)
+        self.kill, self.process, self.reports = kill, process, reports
+        self.worker_id = f"worker-{kill.worker}"
+        self.done = threading.Event()
+        self.killed = False
+
+    def _credited(self) -> int:
+        lines = self.reports.read_text().splitlines() if self.reports.exists() else []
+        for line in reversed(lines):
+            try:
+                return int(json.loads(line).get("by_worker", {}).get(self.worker_id, 0))
+            except json.JSONDecodeError:
+                continue  # a line still being written
+        return 0
+
+    def run(self) -> None:
+        while not self.done.wait(0.02):
+            if self.process.poll() is not None:
+                return
+            if self._credited() >= self.kill.after_results:
+                self.process.kill()
+                self.process.wait()
+                self.killed = True
+                return
+
+
 def _produce(config: dict[str, Any]) -> EndMessage:
     from photonstream.config.pipeline import validate_pipeline
     from photonstream.pipeline import Pipeline
@@ -94,6 +152,7 @@ def run_local(
     report_every: int = 50,
     timeout_s: float = 600.0,
     prefill: bool = False,
+    kill: WorkerKill | None = None,
 ) -> LocalRun:
     """Run ``source`` through a buffer to ``workers`` worker processes and a merger; see the module docstring."""
     from photonstream.buffer import BufferService, BufferSettings
@@ -119,6 +178,9 @@ def run_local(
         worker_args += ("--options", json.dumps(options or {}))
         pool = [_spawn(folder / f"worker-{i}", *worker_args, "--worker-id", f"worker-{i}") for i in range(workers)]
         processes.extend(pool)
+        killer = None if kill is None else _Killer(kill, pool[kill.worker], (folder / "merger").with_suffix(".out"))
+        if killer is not None:
+            killer.start()
         if not prefill:
             deadline = time.monotonic() + 120
             while _members(endpoint, stream) < workers:
@@ -127,8 +189,17 @@ def run_local(
                 time.sleep(0.05)
             began = time.perf_counter()
             end = _produce(config)
-        outputs = [_finish(p, folder / f"worker-{i}", timeout_s) for i, p in enumerate(pool)]
-        merger_lines = _finish(merger, folder / "merger", timeout_s)
+        target = None if kill is None else kill.worker
+        try:
+            # The target of ``kill`` last: the killer thread is the one waiting on it until then.
+            outputs = [_finish(p, folder / f"worker-{i}", timeout_s) for i, p in enumerate(pool) if i != target]
+            merger_lines = _finish(merger, folder / "merger", timeout_s)
+        finally:
+            if killer is not None:
+                killer.done.set()
+                killer.join()
+        if target is not None and killer is not None and not killer.killed:  # done before it had the results
+            outputs.append(_finish(pool[target], folder / f"worker-{target}", timeout_s))
         seconds = time.perf_counter() - began
         return LocalRun(
             workers=[json.loads(lines[-1]) for lines in outputs],
@@ -137,6 +208,8 @@ def run_local(
             mtz=folder / "merged.mtz",
             seconds=seconds,
             events=end.events_sent,
+            group=_group_stats(endpoint, stream),
+            killed=[killer.worker_id] if killer is not None and killer.killed else [],
         )
     finally:
         for process in processes:

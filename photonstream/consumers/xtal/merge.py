@@ -2,9 +2,11 @@
 
     run_merger("tcp://*:5700", workers=2, mtz_path="run42.mtz")   # workers: run_xtal_worker(..., "tcp://host:5700")
 
-``Merger.add(result)`` takes the per-frame dicts the workers publish (see ``worker.FrameResult``). ``merged()``
-scales each frame to the current merged set (k_f = Σ I_ref·I_f / Σ I_f², a few rounds, k_f limited to
-[``min_scale``, ``max_scale``]) and averages: I_h = mean over observations of k_f·I_fh, σ_h = the standard error
+``Merger.add(result)`` takes the per-frame dicts the workers publish (see ``worker.FrameResult``); delivery is
+at-least-once (a worker killed after sending a frame's result but before acking the frame has it redelivered to
+another worker), so the first result of each event counts and later copies are only counted as ``duplicates``.
+``merged()`` scales each frame to the current merged set (k_f = Σ I_ref·I_f / Σ I_f², a few rounds, k_f limited
+to [``min_scale``, ``max_scale``]) and averages: I_h = mean over observations of k_f·I_fh, σ_h = the standard error
 of that mean (or the propagated σ for a single observation). ``report()`` gives the rates, the cell spread and,
 where a reference is known (a synthetic run: the structure model from the start message's source details), the
 Pearson CC of merged intensities with the reference |F|² over reflections seen at least ``min_observations`` times.
@@ -69,7 +71,10 @@ class Merger:
     true_hits_found: int = 0
     indexed: int = 0
     indexed_true_hits: int = 0
+    duplicates: int = 0  # results for an event already counted (redelivered frames), dropped
+    by_worker: dict[str, int] = field(default_factory=dict)  # counted results per worker
     cells: list[tuple[float, ...]] = field(default_factory=list)
+    _seen: set[int] = field(default_factory=set)
     _events: list[int] = field(default_factory=list)
     _hkl: list[np.ndarray] = field(default_factory=list)
     _intensity: list[np.ndarray] = field(default_factory=list)
@@ -77,8 +82,16 @@ class Merger:
     _reference_cache: dict[bytes, float] = field(default_factory=dict)
     history: list[dict[str, Any]] = field(default_factory=list)
 
-    def add(self, result: dict[str, Any]) -> None:
+    def add(self, result: dict[str, Any]) -> bool:
+        """Count one frame's result; False (and ``duplicates`` + 1) if its event was already counted."""
+        event = int(result["event"])
+        if event in self._seen:
+            self.duplicates += 1
+            return False
+        self._seen.add(event)
         self.frames += 1
+        worker = str(result.get("worker", ""))
+        self.by_worker[worker] = self.by_worker.get(worker, 0) + 1
         hit = bool(result.get("hit"))
         true_hit = result.get("true_hit")
         self.hits_found += hit
@@ -88,16 +101,17 @@ class Merger:
             self.true_hits_found += bool(true_hit) and hit
             self.indexed_true_hits += bool(true_hit) and indexed
         if not indexed:
-            return
+            return True
         self.indexed += 1
         self.cells.append(tuple(float(v) for v in result["cell"]))
         reflections = result.get("reflections") or {}
         hkl = np.asarray(reflections.get("hkl", np.zeros((0, 3))), dtype=np.int32).reshape(-1, 3)
         if len(hkl):
-            self._events.append(int(result["event"]))
+            self._events.append(event)
             self._hkl.append(hkl)
             self._intensity.append(np.asarray(reflections["I"], dtype=np.float64))
             self._sigma.append(np.asarray(reflections["sigma"], dtype=np.float64))
+        return True
 
     # -- merging ----------------------------------------------------------------------------------------------
     def merged(self) -> MergedIntensities:
@@ -167,6 +181,8 @@ class Merger:
         cc, cc_reflections = self.cc_with_reference(merged)
         summary = {
             "frames": self.frames,
+            "duplicates": self.duplicates,
+            "by_worker": dict(self.by_worker),
             "hits_found": self.hits_found,
             "indexed": self.indexed,
             "true_hits": self.true_hits,
@@ -187,16 +203,32 @@ class Merger:
 
 def receive_results(endpoint: str, idle_timeout_s: float = 60.0, bind: bool = True) -> Iterator[dict[str, Any]]:
     """Records PUSHed by workers to ``endpoint`` (bound here); raises ``StreamTimeout`` after a silent spell."""
+    for record in _receive(endpoint, idle_timeout_s, bind):
+        if record is not None:
+            yield record
+
+
+def _receive(
+    endpoint: str, idle_timeout_s: float, bind: bool = True, tick_s: float | None = None
+) -> Iterator[dict[str, Any] | None]:
+    """``receive_results``, yielding ``None`` after every ``tick_s`` of silence too (so the caller can check
+    a deadline)."""
     ctx = zmq.Context.instance()
     sock = ctx.socket(zmq.PULL)
     sock.setsockopt(zmq.LINGER, 0)
     sock.setsockopt(zmq.RCVHWM, 10_000)
     (sock.bind if bind else sock.connect)(endpoint)
+    wait_s = idle_timeout_s if tick_s is None else min(tick_s, idle_timeout_s)
     try:
+        heard = time.monotonic()
         while True:
-            if not sock.poll(int(idle_timeout_s * 1000)):
+            if sock.poll(int(wait_s * 1000)):
+                heard = time.monotonic()
+                yield unpack(sock.recv())
+                continue
+            if time.monotonic() - heard >= idle_timeout_s:
                 raise StreamTimeout(f"xtal merger: no result on {endpoint} within {idle_timeout_s:g} s")
-            yield unpack(sock.recv())
+            yield None
     finally:
         sock.close()
 
@@ -207,7 +239,8 @@ class MergeOutcome:
     history: list[dict[str, Any]]
     merged: MergedIntensities
     powder: PowderPattern | None
-    workers: dict[str, dict[str, Any]]
+    workers: dict[str, dict[str, Any]]  # each end record that arrived (its worker's counts)
+    workers_missing: list[str]  # workers that sent a start record but no end record (died, or too late)
     mtz_path: str | None
     seconds: float
     results_window_s: float  # first result → last result received: the workers' throughput without start-up
@@ -221,30 +254,49 @@ def run_merger(
     report_every: int = 50,
     on_report: Callable[[dict[str, Any]], None] | None = None,
     idle_timeout_s: float = 60.0,
+    settle_s: float = 2.0,
 ) -> MergeOutcome:
-    """Merge worker records until ``workers`` end records have arrived; write MTZ at the end if asked.
+    """Merge worker records until the run is done; write MTZ at the end if asked.
 
     ``results`` is an endpoint to bind (workers PUSH to it) or any iterable of records. Every ``report_every``
     frames ``on_report`` gets the running report (rates, cell spread, CC with the reference where known).
+
+    The run is done when ``workers`` end records have arrived, or when it is complete without them: a worker's
+    end record carried the stream's end (``events_sent``) and a result has been counted for that many distinct
+    events. A worker that dies never sends its end record; its unacked frames are redelivered to the others, so
+    every event still gets a result. Once complete, the merger waits at most ``settle_s`` more for the other
+    workers' end records (their counts and powder patterns; live workers send them as soon as the buffer ends
+    the stream for them, which is when the last frame is acked), then finishes; ``workers_missing`` names the
+    workers that started but never ended. The deadline is checked as records arrive and, on an endpoint, every
+    quarter second of silence; an iterable that blocks holds the merger until its next record (or its timeout).
     """
-    records = receive_results(results, idle_timeout_s) if isinstance(results, str) else iter(results)
+    tick_s = max(min(settle_s, 0.25), 0.01)
+    records = _receive(results, idle_timeout_s, tick_s=tick_s) if isinstance(results, str) else iter(results)
     merger = Merger()
     powder: PowderPattern | None = None
+    started: list[str] = []
     finished: dict[str, dict[str, Any]] = {}
     symmetry: dict[str, Any] = {}
+    expected_events: int | None = None  # the stream's event count, from a worker's end record
+    settle_until: float | None = None
     began = time.perf_counter()
     first_result = last_result = 0.0
     for record in records:
+        if record is None:  # a silent tick of the socket
+            if settle_until is not None and time.monotonic() >= settle_until:
+                break
+            continue
         kind = record.get("type")
         if kind == "start":
+            if str(record.get("worker")) not in started:
+                started.append(str(record.get("worker")))
             if not symmetry:
                 symmetry = {k: record[k] for k in ("unit_cell", "space_group", "wavelength_a")}
                 merger.reference = reference_from_source(record.get("source") or {})
         elif kind == "result":
             last_result = time.perf_counter()
             first_result = first_result or last_result
-            merger.add(record)
-            if on_report is not None and report_every and merger.frames % report_every == 0:
+            if merger.add(record) and on_report is not None and report_every and merger.frames % report_every == 0:
                 on_report(merger.report())
         elif kind in ("powder", "end"):
             if record.get("powder") is not None:
@@ -257,6 +309,13 @@ def run_merger(
                 finished[str(record["worker"])] = {k: v for k, v in record.items() if k != "powder"}
                 if len(finished) >= workers:
                     break
+                stream_end = record.get("stream_end")
+                if stream_end is not None:
+                    expected_events = int(stream_end["events_sent"])
+        if settle_until is None and expected_events is not None and merger.frames >= expected_events:
+            settle_until = time.monotonic() + settle_s
+        if settle_until is not None and time.monotonic() >= settle_until:
+            break
     report = merger.report()
     if on_report is not None:
         on_report(report)
@@ -282,6 +341,7 @@ def run_merger(
         merged=merged,
         powder=powder,
         workers=finished,
+        workers_missing=[worker for worker in started if worker not in finished],
         mtz_path=written,
         seconds=time.perf_counter() - began,
         results_window_s=last_result - first_result,
