@@ -74,7 +74,9 @@ class WorkerPool(BaseModel):
     )
     resources: Resources = Field(default_factory=Resources, description="what one worker asks of the scheduler")
     environment: dict[str, str] = Field(default_factory=dict, description="extra environment of each worker")
-    min_workers: int = Field(1, ge=0, le=10_000, description="workers kept running while the stream runs")
+    min_workers: int = Field(
+        1, ge=1, le=10_000, description="workers kept running while the stream runs (the group exists once one joins)"
+    )
     max_workers: int = Field(8, ge=1, le=10_000, description="never more workers than this")
     target_lag: int = Field(100, ge=1, description="messages of the group not yet finished that the pool aims at")
     scale_down_below: float = Field(
@@ -241,6 +243,8 @@ class ElasticPool:
         self.done = False
         self._next_index = 0
         self._events: deque[PoolEvent] = deque(maxlen=EVENTS_KEPT)
+        self._emitted = 0
+        self._events_lock = threading.Lock()  # apart from the decisions' lock: reading never waits on a scheduler
         self._lock = threading.RLock()
         self._last_change: float | None = None
         self._above_since: float | None = None
@@ -253,13 +257,12 @@ class ElasticPool:
     # --- what others read ------------------------------------------------------------------------------------
 
     def events(self) -> list[PoolEvent]:
-        with self._lock:
+        with self._events_lock:
             return list(self._events)
 
     def job_ids(self, live_only: bool = True) -> list[str]:
         """The backend job ids of the live workers (or of every worker started)."""
-        with self._lock:
-            return [worker.job_id for worker in (self.workers if live_only else self.started)]
+        return [worker.job_id for worker in list(self.workers if live_only else self.started)]
 
     # --- decisions -------------------------------------------------------------------------------------------
 
@@ -268,7 +271,7 @@ class ElasticPool:
         with self._lock:
             if self.done:
                 return []
-            before = len(self._events)
+            before = self._emitted
             now = self.clock()
             reading = self._read()
             self._reap(reading)
@@ -278,7 +281,8 @@ class ElasticPool:
                 self._keep_minimum(reading, now)
                 if reading is not None:
                     self._scale(reading, now)
-            return list(self._events)[before:] if len(self._events) > before else []
+            new = self._emitted - before
+            return self.events()[-new:] if new else []
 
     def stop(self, reason: str = "stopped") -> None:
         """Cancel every worker now (the stream was cancelled or failed, or the API shuts the pool down)."""
@@ -306,7 +310,7 @@ class ElasticPool:
     def _read(self) -> LagReading | None:
         try:
             reading = self.lag_reader()
-        except (PhotonstreamError, OSError) as error:
+        except Exception as error:  # the buffer down, a timeout, garbled stats: hold, and say why once
             reading, why = None, f"cannot read the lag: {error}"
         else:
             why = "the buffer does not know the stream or group yet"
@@ -479,8 +483,9 @@ class ElasticPool:
             members=None if reading is None else reading.members,
             detail=detail,
         )
-        with self._lock:
+        with self._events_lock:
             self._events.append(event)
+            self._emitted += 1
         log.info("pool %s: %s (workers %d, lag %s) %s", event.pool, action, event.workers, event.lag, detail)
         if self.on_event is not None:
             try:
