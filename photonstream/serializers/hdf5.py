@@ -33,6 +33,9 @@ CODEC_ATTR = "__codec__"
 SHAPE_ATTR = "__shape__"
 DTYPE_ATTR = "__dtype__"
 
+GLOBAL_HEAP = b"GCOL\x01\x00\x00\x00"  # signature, version 1, reserved: where a global heap collection starts
+HEAP_HEADER = 16  # collection header, and the header of each object in it (8-byte lengths)
+
 
 class Hdf5Options(PluginOptions):
     type: Literal["hdf5"] = "hdf5"
@@ -128,6 +131,31 @@ class _Writer:
         ds.attrs[CODEC_ATTR] = value.codec
 
 
+def check_global_heaps(image: bytes) -> None:
+    """Refuse a file whose global heap collections (where variable-length strings, our attributes, live) do not
+    tile exactly into objects.
+
+    HDF5 (2.0.0 here) walks a collection object by object and loops forever, holding the GIL, on a free-space
+    object of size 0; one flipped byte in a message makes that happen. The walk below is HDF5's, with the checks
+    it lacks. A collection is recognised by 8 bytes (signature, version, zero padding) and a plausible size, so
+    array data that happens to contain them is vanishingly rare, and is then refused rather than decoded.
+    """
+    at = image.find(GLOBAL_HEAP)
+    while at >= 0:
+        size = int.from_bytes(image[at + 8 : at + 16], "little")
+        if size < 4096 or at + size > len(image):
+            raise SerializerError(f"hdf5: global heap at byte {at} claims {size} bytes (file of {len(image)})")
+        end, p = at + size, at + HEAP_HEADER
+        while end - p >= HEAP_HEADER:
+            index = int.from_bytes(image[p : p + 2], "little")
+            length = int.from_bytes(image[p + 8 : p + 16], "little")
+            step = length if index == 0 else HEAP_HEADER + (length + 7) // 8 * 8
+            if step < HEAP_HEADER or p + step > end:
+                raise SerializerError(f"hdf5: corrupt global heap object at byte {p} (index {index}, size {length})")
+            p += step
+        at = image.find(GLOBAL_HEAP, end)
+
+
 def _read(group: h5py.Group) -> Any:
     tree: dict[str, Any] = {unquote(k): json.loads(v) for k, v in group.attrs.items() if k != LIST_ATTR}
     for name, item in group.items():
@@ -179,9 +207,10 @@ class Hdf5Serializer:
     def decode(self, frames: Sequence[Buffer]) -> Message:
         if len(frames) != 1:
             raise SerializerError(f"hdf5: expected 1 frame per message, got {len(frames)}")
-        image = frames[0]
+        image = frames[0] if isinstance(frames[0], bytes) else bytes(frames[0])
+        check_global_heaps(image)
         try:
-            with h5py.File(io.BytesIO(image if isinstance(image, bytes) else bytes(image)), "r") as f:
+            with h5py.File(io.BytesIO(image), "r") as f:
                 return message_from_dict(_read(f))
         except Exception as exc:
             raise SerializerError(f"hdf5: malformed or truncated message ({type(exc).__name__}: {exc})") from None
