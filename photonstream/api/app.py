@@ -23,11 +23,13 @@ from photonstream.api import ui
 from photonstream.api.auth.certificates import CertificateVerifier
 from photonstream.api.auth.principal import Authenticator
 from photonstream.api.auth.tokens import OwnIssuerKeys, TokenVerifier
+from photonstream.api.buffer_link import BufferLink
 from photonstream.api.deps import Services
 from photonstream.api.errors import CredentialLifetimeError
 from photonstream.api.launcher import Backends, Launcher
 from photonstream.api.middleware import ApiMetrics, BodySizeLimitMiddleware, RequestContextMiddleware, request_id_of
-from photonstream.api.routers import admin, datasets, health, streams
+from photonstream.api.monitor import Monitor
+from photonstream.api.routers import admin, datasets, health, internal, streams
 from photonstream.api.settings import ApiSettings
 from photonstream.api.strict import install_body_schemas
 from photonstream.config.pipeline import PLUGIN_NAMES
@@ -35,6 +37,7 @@ from photonstream.errors import ConfigError, PhotonstreamError
 from photonstream.jobs.base import JobBackend
 from photonstream.store.db import Database
 from photonstream.store.policy import PolicyStore
+from photonstream.store.reports import ReportStore
 from photonstream.store.streams import StreamStore
 
 log = logging.getLogger("photonstream.api")
@@ -200,6 +203,8 @@ def build_services(settings: ApiSettings, backends: dict[str, JobBackend] | None
         )
     policy = PolicyStore(db)
     stream_store = StreamStore(db)
+    reports = ReportStore(db)
+    link = BufferLink(settings, reports)
     pool = Backends(settings, backends)
     return Services(
         settings=settings,
@@ -215,9 +220,30 @@ def build_services(settings: ApiSettings, backends: dict[str, JobBackend] | None
             admins=set(settings.admins),
         ),
         backends=pool,
-        launcher=Launcher(settings, stream_store, pool),
+        launcher=Launcher(settings, stream_store, pool, link, reports),
         metrics=ApiMetrics(),
     )
+
+
+def results_reader(reports: ReportStore) -> Any:
+    """The dashboard's results channel: a stream's stored results after an id, as plain dicts."""
+
+    def read(stream_id: str, after: int, limit: int) -> list[dict[str, Any]]:
+        return [
+            {
+                "id": r.id,
+                "kind": r.kind,
+                "group": r.group_name,
+                "worker": r.worker,
+                "address": r.address,
+                "first_frame": r.first_frame,
+                "last_frame": r.last_frame,
+                **r.data,
+            }
+            for r in reports.results(stream_id, after, limit)
+        ]
+
+    return read
 
 
 def create_app(settings: ApiSettings | None = None, backends: dict[str, JobBackend] | None = None) -> FastAPI:
@@ -226,14 +252,19 @@ def create_app(settings: ApiSettings | None = None, backends: dict[str, JobBacke
     svc = build_services(settings, backends)
     svc.metrics.registry.register(health.StreamStateCollector(svc.streams))
 
+    link = svc.launcher.link
+    assert link is not None
+
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
+        link.start()  # the embedded buffer (if any) first: the launcher's jobs write to it
         if settings.launcher:
             svc.launcher.start()
         try:
             yield
         finally:
             svc.launcher.stop()
+            link.stop()
             svc.backends.close()
             svc.db.dispose()
 
@@ -247,9 +278,10 @@ def create_app(settings: ApiSettings | None = None, backends: dict[str, JobBacke
     app.state.services = svc
     install_error_handlers(app)
     install_openapi(app)
-    for module in (streams, datasets, health, admin):
+    for module in (streams, datasets, health, admin, internal):
         app.include_router(module.router)
-    ui.install(app)
+    monitor = Monitor(link.stats, link.subscriber(), results=results_reader(svc.launcher.reports))
+    ui.install(app, monitor)
     app.add_middleware(BodySizeLimitMiddleware, max_bytes=settings.max_body_bytes)
     app.add_middleware(RequestContextMiddleware, metrics=svc.metrics)
     return app

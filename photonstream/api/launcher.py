@@ -1,29 +1,46 @@
-"""The launcher: queued streams become jobs on a JobBackend; job states become stream states.
+"""The launcher: queued streams become jobs on a JobBackend; job states and job reports become stream states.
 
 A stream is claimed with the compare-and-set queued → starting, so with several API processes on one database
 exactly one submits its job. The job runs ``photonstream run pipeline.yaml`` in the stream's workdir (one YAML per
-run, run one after the other). Job states map onto stream states:
+run, run one after the other); its buffer handlers point at the service's buffer with the stream's producer
+credential (generated at launch, granted in the buffer, passed in the job's environment with the report secret).
 
-    PENDING → (stays starting)   RUNNING → streaming   COMPLETED → completed
-    FAILED | LOST → failed (with the backend's reason)   CANCELLED → cancelled
+"streaming" means data is flowing: the job reports it (``on_report``: the buffer acked its first data message), or,
+should that report be lost, the launcher sees the stream's data in the buffer. The launcher reconciles with the
+backend on every pass (``launcher_interval_s``), so a lost report never leaves a stream in the wrong state:
+
+    PENDING → (stays starting)   RUNNING → streaming once data flows (no buffer handler: at once)
+    COMPLETED → completed        FAILED | LOST → failed (with the backend's reason)   CANCELLED → cancelled
+
+A report that every run ended finishes the stream at once (completed, or failed/cancelled with the run's error).
 """
 
 from __future__ import annotations
 
 import datetime as dt
 import logging
+import secrets
 import shlex
 import threading
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import yaml
+import zmq
 
+from photonstream import reporting
 from photonstream.api.settings import ApiSettings
+from photonstream.buffer.credentials import CREDENTIALS_ENV, Credentials, new_token_secret, token_hash
 from photonstream.errors import ConfigError, PhotonstreamError
 from photonstream.jobs.base import JobBackend, JobSpec, JobState, Resources
 from photonstream.store.models import Stream, utcnow
+from photonstream.store.reports import ReportStore
 from photonstream.store.streams import IllegalTransitionError, StreamState, StreamStore
+
+if TYPE_CHECKING:
+    from photonstream.api.buffer_link import BufferLink
+    from photonstream.api.schemas import ReportBody
 
 log = logging.getLogger(__name__)
 
@@ -84,11 +101,28 @@ class Backends:
                 close()
 
 
+def uses_buffer(stream: Stream) -> bool:
+    return any(h.get("type") == "buffer" for config in stream.spec.get("pipelines", []) for h in config["handlers"])
+
+
+def report_path(stream_id: str) -> str:
+    return f"/v1/internal/streams/{stream_id}/report"
+
+
 class Launcher:
-    def __init__(self, settings: ApiSettings, streams: StreamStore, backends: Backends) -> None:
+    def __init__(
+        self,
+        settings: ApiSettings,
+        streams: StreamStore,
+        backends: Backends,
+        link: BufferLink | None = None,
+        reports: ReportStore | None = None,
+    ) -> None:
         self.settings = settings
         self.streams = streams
         self.backends = backends
+        self.link = link
+        self.reports = reports or ReportStore(streams.db)
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -119,8 +153,9 @@ class Launcher:
             backend = self.backends.get(stream.job_backend)
             workdir = (self.settings.workdirs / stream.id).resolve()
             workdir.mkdir(parents=True, exist_ok=True)
+            environment, configs = self._job_secrets(stream)
             paths = []
-            for config in stream.spec["pipelines"]:
+            for config in configs:
                 path = workdir / f"pipeline-run{config['stream']['run']}.yaml"
                 path.write_text(yaml.safe_dump(config, sort_keys=False))
                 paths.append(path)
@@ -128,17 +163,68 @@ class Launcher:
                 name=f"stream-{stream.id[:8]}",
                 command=self.command(paths),
                 resources=Resources.model_validate(stream.spec["request"]["resources"]),
-                environment={"PHOTONSTREAM_STREAM_ID": stream.id},
+                environment=environment,
                 workdir=str(workdir),
                 log_path=JOB_LOG,
             )
             job_id = backend.submit(spec)
-        except (PhotonstreamError, OSError) as exc:
+        except (PhotonstreamError, OSError, zmq.ZMQError) as exc:
             self.streams.transition(stream.id, StreamState.FAILED, f"job submission failed: {exc}", ACTOR)
             return
         self.streams.set_job(stream.id, backend.name, job_id, str(workdir))
         if self.streams.get(stream.id).state == StreamState.CANCELLED:  # cancelled while we submitted
             backend.cancel(job_id)
+
+    def _job_secrets(self, stream: Stream) -> tuple[dict[str, str], list[dict[str, Any]]]:
+        """The job's environment (producer credential, report URL and secret) and its pipeline configs, with every
+        buffer handler pointed at the service's buffer; the producer's grant is registered in the buffer first."""
+        environment = {"PHOTONSTREAM_STREAM_ID": stream.id}
+        configs: list[dict[str, Any]] = [dict(c) for c in stream.spec["pipelines"]]
+        secret = self.reports.secrets(stream.id)
+        if secret is None:  # a stream from before this service kept secrets: give it some
+            user = f"c.{stream.id.replace('-', '')}"
+            self.reports.create_secrets(stream.id, user, token_hash(new_token_secret()))
+        report_secret = secrets.token_hex(32)
+        public, secret_key = (k.decode() for k in zmq.curve_keypair())
+        producer_user, producer_password = f"p.{stream.id.replace('-', '')}", new_token_secret()
+        self.reports.set_job_secrets(
+            stream.id,
+            producer_public_key=public,
+            producer_token_user=producer_user,
+            producer_token_hash=token_hash(producer_password),
+            report_secret=report_secret,
+        )
+        if self.settings.report_url:
+            environment[reporting.URL_ENV] = self.settings.report_url.rstrip("/") + report_path(stream.id)
+            environment[reporting.SECRET_ENV] = report_secret
+            ca_file = self.settings.report_ca_file or (
+                self.settings.ca_dir / "ca.crt" if self.settings.ca_dir is not None else None
+            )
+            if ca_file is not None and self.settings.report_url.startswith("https:"):
+                environment[reporting.CA_ENV] = str(Path(ca_file).resolve())
+            if self.settings.report_client_cert and self.settings.report_client_key:
+                environment[reporting.CERT_ENV] = str(Path(self.settings.report_client_cert).resolve())
+                environment[reporting.KEY_ENV] = str(Path(self.settings.report_client_key).resolve())
+        if self.link is None or not uses_buffer(stream):
+            return environment, configs
+        address, security = self.link.producer_link()
+        if security == "curve":
+            assert self.link.server_public_key is not None
+            environment[CREDENTIALS_ENV] = Credentials.curve(self.link.server_public_key, public, secret_key).to_json()
+        elif security == "token":
+            environment[CREDENTIALS_ENV] = Credentials.token(producer_user, producer_password).to_json()
+        for config in configs:
+            config["handlers"] = [
+                {**h, "address": address, "security": security} if h.get("type") == "buffer" else h
+                for h in config["handlers"]
+            ]
+        self.link.register(stream.id)
+        return environment, configs
+
+    def _data_flowing(self, stream: Stream) -> bool:
+        if self.link is None or not uses_buffer(stream):
+            return True  # nothing to watch: a running job is all we know
+        return self.link.data_flowing(list(stream.data_endpoint.get("streams", [])))
 
     def follow(self, stream: Stream) -> None:
         if stream.job_id is None:
@@ -155,8 +241,11 @@ class Launcher:
         state = StreamState(stream.state)
         if status.state == JobState.PENDING:
             return
-        if state == StreamState.STARTING and status.state in (JobState.RUNNING, JobState.COMPLETED):
-            state = StreamState(self.streams.transition(stream.id, StreamState.STREAMING, "job running", ACTOR).state)
+        if state == StreamState.STARTING and (
+            status.state == JobState.COMPLETED or (status.state == JobState.RUNNING and self._data_flowing(stream))
+        ):
+            why = "job running" if not uses_buffer(stream) else "data flowing (seen in the buffer)"
+            state = StreamState(self.streams.transition(stream.id, StreamState.STREAMING, why, ACTOR).state)
         if status.state == JobState.COMPLETED:
             self.streams.transition(stream.id, StreamState.COMPLETED, "job finished (exit code 0)", ACTOR)
         elif status.state in (JobState.FAILED, JobState.LOST):
@@ -164,6 +253,37 @@ class Launcher:
             self.streams.transition(stream.id, StreamState.FAILED, reason, ACTOR)
         elif status.state == JobState.CANCELLED:
             self.streams.transition(stream.id, StreamState.CANCELLED, status.reason or "job cancelled", ACTOR)
+
+    # --- reports from the job ------------------------------------------------------------------------------
+    def on_report(self, stream: Stream, report: ReportBody) -> Stream:
+        """A job's (verified) progress report: keep it; data flowing → streaming; every run ended → finished."""
+        body = report.model_dump(mode="json")
+        self.reports.save_progress(stream.id, report.address, report.phase, body)
+        try:
+            if StreamState(stream.state) == StreamState.STARTING and report.phase in ("streaming", "ended"):
+                why = "data flowing: the buffer acked the first data message"
+                if report.phase == "ended" and report.data_acked == 0 and report.events_sent == 0:
+                    why = "the run ended without data"
+                stream = self.streams.transition(stream.id, StreamState.STREAMING, why, "job")
+            if report.phase == "ended" and StreamState(stream.state) == StreamState.STREAMING:
+                stream = self._finish_if_every_run_ended(stream)
+        except IllegalTransitionError:
+            stream = self.streams.get(stream.id)  # the launcher or a cancel got there first
+        return stream
+
+    def _finish_if_every_run_ended(self, stream: Stream) -> Stream:
+        ends = {p.address: p.report.get("end") or {} for p in self.reports.progress(stream.id) if p.phase == "ended"}
+        addresses = list(stream.data_endpoint.get("streams", []))
+        if not addresses or any(a not in ends for a in addresses):
+            return stream
+        reasons = [ends[a].get("reason") for a in addresses]
+        errors = "; ".join(f"{a}: {ends[a].get('error')}" for a in addresses if ends[a].get("error"))
+        if "failed" in reasons:
+            return self.streams.transition(stream.id, StreamState.FAILED, errors or "a run failed", "job")
+        if "cancelled" in reasons:
+            return self.streams.transition(stream.id, StreamState.CANCELLED, errors or "a run was cancelled", "job")
+        sent = sum(int(ends[a].get("events_sent", 0)) for a in addresses)
+        return self.streams.transition(stream.id, StreamState.COMPLETED, f"every run ended ({sent} events)", "job")
 
     # --- user actions ---------------------------------------------------------------------------------------
 

@@ -137,13 +137,26 @@ class CurveCredentials(BaseModel):
     client_secret_key: str | None = Field(None, description="only in the response to POST /v1/streams")
 
 
-class DataEndpoint(BaseModel):
-    """What a consumer needs to read the stream from the buffer."""
+class TokenCredentials(BaseModel):
+    """The stream's token for the buffer's token link (ZAP PLAIN: authenticated, not encrypted; inside one
+    facility only, since the secret and the data cross the network in clear). The password is shown once."""
 
-    address: str = Field(description="the buffer's endpoint, e.g. tcp://buffer.example:5600")
+    address: str = Field(description="the buffer's token endpoint")
+    username: str
+    password: str | None = Field(None, description="only in the response to POST /v1/streams")
+
+
+class DataEndpoint(BaseModel):
+    """What a consumer needs to read the stream from the buffer (``photonstream.client.subscribe_stream``)."""
+
+    address: str = Field(description="the buffer's main endpoint, e.g. tcp://buffer.example:5600")
+    security: Literal["curve", "token", "none"] = Field(
+        "curve", description="security of 'address': curve (authenticated, encrypted) or none (test/demo buffer)"
+    )
     streams: list[str] = Field(description="buffer stream addresses experiment/run/stream-id, one per run")
     consumer_groups: list[ConsumerGroup]
     curve: CurveCredentials
+    token: TokenCredentials | None = Field(None, description="the token link, where the buffer offers one")
 
 
 class StreamInfo(BaseModel):
@@ -165,6 +178,70 @@ class StreamInfo(BaseModel):
     credential_expires_at: dt.datetime | None
     estimated_end_at: dt.datetime
     spec: dict[str, Any] = Field(description="the request as accepted")
+
+
+class EndInfo(Strict):
+    reason: Literal["completed", "failed", "cancelled"]
+    error: str = Field("", max_length=10_000)
+    events_sent: int = Field(0, ge=0, le=2**53 - 1)
+    counts: dict[str, Annotated[int, Field(ge=0, le=2**53 - 1)]] = Field(default_factory=dict, max_length=64)
+
+
+class ReportBody(Strict):
+    """A job's progress report (POST /v1/internal/streams/{id}/report, HMAC-signed; see photonstream.reporting)."""
+
+    seq: int = Field(ge=1, le=2**63 - 1, description="increases with every report of the stream (replays refused)")
+    address: str = Field("", max_length=200, description="the run's buffer address ('' before the buffer acked)")
+    phase: Literal["starting", "streaming", "ended"]
+    events_read: int = Field(0, ge=0, le=2**53 - 1)
+    events_sent: int = Field(0, ge=0, le=2**53 - 1)
+    messages_sent: int = Field(0, ge=0, le=2**53 - 1)
+    bytes_sent: int = Field(0, ge=0, le=2**53 - 1)
+    messages_acked: int = Field(0, ge=0, le=2**53 - 1)
+    bytes_acked: int = Field(0, ge=0, le=2**53 - 1)
+    data_acked: int = Field(0, ge=0, le=2**53 - 1)
+    expected_events: int | None = Field(None, ge=0, le=2**53 - 1)
+    elapsed_s: float = Field(0.0, ge=0, le=1e9)
+    events_per_s: float = Field(0.0, ge=0, le=1e12)
+    mb_per_s: float = Field(0.0, ge=0, le=1e12)
+    end: EndInfo | None = None
+
+
+class ReportAccepted(BaseModel):
+    accepted: bool
+    state: StreamStateName
+
+
+class RunProgress(BaseModel):
+    """The newest progress report of one run of a stream."""
+
+    address: str
+    phase: str
+    end_reason: str | None
+    updated_at: dt.datetime
+    report: dict[str, Any]
+
+
+class ResultInfo(BaseModel):
+    """A typed result a consumer published (photonstream.client.results), with its provenance."""
+
+    id: int
+    stream_id: uuid.UUID
+    address: str
+    kind: str
+    group: str
+    worker: str
+    first_frame: int | None
+    last_frame: int | None
+    published_at: dt.datetime
+    received_at: dt.datetime
+    publisher: str = Field(description="the buffer credential that published it (curve:KEY or token:USER)")
+    data: dict[str, Any]
+
+
+class ResultPage(BaseModel):
+    items: list[ResultInfo]
+    next_after: int | None = Field(description="pass as 'after' for the next page (None: no more now)")
 
 
 class StreamPage(BaseModel):

@@ -9,10 +9,12 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from photonstream.buffer.credentials import Security
 from photonstream.config.base import one_line
 from photonstream.errors import ConfigError
 
 CertificateMode = Literal["off", "optional", "required"]
+BufferMode = Literal["embedded", "external"]
 
 
 class ApiSettings(BaseModel):
@@ -49,8 +51,52 @@ class ApiSettings(BaseModel):
     launcher_interval_s: float = Field(1.0, gt=0, description="how often the launcher looks at active streams")
     launch_timeout_s: float = Field(300.0, gt=0, description="a stream starting this long without a job fails")
 
-    buffer_endpoint: str = Field("tcp://127.0.0.1:5600", description="the buffer service streams go to")
-    buffer_public_key: str | None = Field(None, description="the buffer's CURVE public key (Z85)")
+    buffer: BufferMode = Field(
+        "embedded",
+        description="embedded: run the buffer in this process; external: use a 'photonstream buffer serve' at "
+        "buffer_endpoint (giving buffer_endpoint alone means external)",
+    )
+    buffer_endpoint: str = Field(
+        "tcp://127.0.0.1:5600", description="the buffer's main (CURVE) endpoint as jobs and consumers reach it"
+    )
+    buffer_token_endpoint: str | None = Field(
+        None, description="the buffer's token (ZAP PLAIN) endpoint as clients reach it (embedded: its bind)"
+    )
+    buffer_public_key: str | None = Field(
+        None, description="the buffer's CURVE public key (Z85; default: buffer.key in buffer_keys_dir)"
+    )
+    buffer_security: Security | None = Field(
+        None,
+        description="the jobs' link to the buffer: curve, token (plaintext, inside one facility) or none "
+        "(embedded test/demo only); default curve, or none for an external buffer without a known key",
+    )
+    buffer_keys_dir: Path | None = Field(
+        None,
+        description="buffer.key(_secret) (the buffer's pair), api.key_secret and admins/api.key (the API's control "
+        "key); default state_dir/buffer-keys. Share it with an external 'buffer serve --keys-dir'",
+    )
+    buffer_bind: str = Field("tcp://127.0.0.1:5600", description="embedded buffer: its main (CURVE) listener")
+    buffer_token_bind: str | None = Field(
+        "tcp://127.0.0.1:5601", description="embedded buffer: its token listener (None: no token link)"
+    )
+    buffer_data_dir: Path | None = Field(None, description="embedded buffer: spill and durable data (state_dir/buffer)")
+    buffer_options: dict[str, Any] = Field(
+        default_factory=dict, description="embedded buffer: more BufferSettings (memory_total, retention_s, ...)"
+    )
+    buffer_grant_keep_s: float = Field(
+        86400.0, gt=0, description="a finished stream's credentials still read its buffered data this long"
+    )
+    buffer_sync_s: float = Field(5.0, gt=0, description="how often the buffer's grants are re-sent (restarts)")
+    results_poll_s: float = Field(1.0, gt=0, description="how often results are collected from the buffer")
+    report_url: str | None = Field(
+        None, description="base URL jobs send progress reports to, e.g. https://api.example:8443 (None: none)"
+    )
+    report_ca_file: Path | None = Field(None, description="CA file jobs verify the API with (default: ca_dir/ca.crt)")
+    report_client_cert: Path | None = Field(
+        None, description="client certificate (and report_client_key) for jobs when the API requires mutual TLS"
+    )
+    report_client_key: Path | None = Field(None, description="its private key")
+    report_max_skew_s: float = Field(300.0, gt=0, description="reports signed longer ago (or ahead) are refused")
     stream_handlers: list[dict[str, Any]] | None = Field(
         None, description="handlers every stream gets (default: the buffer handler at buffer_endpoint)"
     )
@@ -73,7 +119,17 @@ class ApiSettings(BaseModel):
             raise ValueError("oidc_issuer is needed with oidc_jwks_url")
         if self.client_certificates == "off" and not self.tokens:
             raise ValueError("client_certificates is off and tokens are off: nobody could authenticate")
+        if "buffer_endpoint" in self.model_fields_set and "buffer" not in self.model_fields_set:
+            self.buffer = "external"
+        if self.buffer_security == "token" and self.buffer == "embedded" and self.buffer_token_bind is None:
+            raise ValueError("buffer_security token needs buffer_token_bind (the embedded buffer's token listener)")
+        if self.buffer_security == "none" and self.buffer == "external" and self.buffer_public_key:
+            raise ValueError("buffer_security none with a buffer_public_key: the buffer authenticates, use curve")
         return self
+
+    @property
+    def resolved_buffer_keys_dir(self) -> Path:
+        return self.buffer_keys_dir or self.state_dir / "buffer-keys"
 
     @property
     def auth_modes(self) -> list[str]:

@@ -88,12 +88,15 @@ def serve(
         service.stop()
 
 
-def fetch_stats(endpoint: str, timeout_s: float = 5.0) -> dict[str, Any]:
-    """Ask a running buffer for its state (the JSON of ``photonstream buffer stats``)."""
+def fetch_stats(endpoint: str, timeout_s: float = 5.0, credentials: Any = None) -> dict[str, Any]:
+    """Ask a running buffer for its state (the JSON of ``photonstream buffer stats``); a secured buffer needs
+    ``credentials`` (``photonstream.buffer.credentials.Credentials``: an admin key sees every stream)."""
     from photonstream.client import ConsumerError
 
     sock = zmq.Context.instance().socket(zmq.DEALER)
     sock.setsockopt(zmq.LINGER, 0)
+    if credentials is not None:
+        credentials.apply(sock)
     try:
         sock.connect(endpoint)
         sock.send_multipart([P.envelope(P.STATS)])

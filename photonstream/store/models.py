@@ -1,5 +1,6 @@
 """The tables: streams and their transitions, the policy (identities, groups, grants, roles), revocations, datasets,
-and the audit log. Change a table here and add an alembic revision in ``migrations/versions`` (a test compares them).
+and the audit log; per stream its secrets, progress reports and results. Change a table here and add an alembic
+revision in ``migrations/versions`` (a test compares them).
 """
 
 from __future__ import annotations
@@ -179,3 +180,54 @@ class AuditEntry(Base):
     object: Mapped[str] = mapped_column(String(256))
     outcome: Mapped[str] = mapped_column(String(16))  # allow | deny | error
     detail: Mapped[str] = mapped_column(Text, default="")
+
+
+class StreamSecret(Base):
+    """What the service keeps of a stream's data-plane and callback credentials: public keys, token hashes, and
+    the callback secret (HMAC needs it); the consumer's and the job's secrets leave the service once."""
+
+    __tablename__ = "stream_secrets"
+
+    stream_id: Mapped[str] = mapped_column(ForeignKey("streams.id", ondelete="CASCADE"), primary_key=True)
+    consumer_token_user: Mapped[str] = mapped_column(String(64))
+    consumer_token_hash: Mapped[str] = mapped_column(String(64))
+    producer_public_key: Mapped[str | None] = mapped_column(String(40), nullable=True)
+    producer_token_user: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    producer_token_hash: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    report_secret: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    report_seq: Mapped[int] = mapped_column(BigInteger, default=0)  # newest report accepted (replays are older)
+
+
+class StreamProgress(Base):
+    """The newest progress report of one run (buffer address) of a stream, from its job."""
+
+    __tablename__ = "stream_progress"
+
+    stream_id: Mapped[str] = mapped_column(ForeignKey("streams.id", ondelete="CASCADE"), primary_key=True)
+    address: Mapped[str] = mapped_column(String(200), primary_key=True)
+    phase: Mapped[str] = mapped_column(String(16))  # starting | streaming | ended
+    end_reason: Mapped[str | None] = mapped_column(String(16), nullable=True)
+    report: Mapped[dict[str, Any]] = mapped_column(JSON)
+    updated_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, index=True)
+
+
+class StreamResult(Base):
+    """A typed result a consumer published for a stream (hit rate, unit cell, TOF histogram, ...)."""
+
+    __tablename__ = "stream_results"
+    __table_args__ = (UniqueConstraint("buffer_instance", "buffer_id"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    stream_id: Mapped[str] = mapped_column(ForeignKey("streams.id", ondelete="CASCADE"), index=True)
+    address: Mapped[str] = mapped_column(String(200))
+    kind: Mapped[str] = mapped_column(String(64))
+    group_name: Mapped[str] = mapped_column(String(128), default="")
+    worker: Mapped[str] = mapped_column(String(128), default="")
+    first_frame: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+    last_frame: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+    published_at: Mapped[dt.datetime] = mapped_column(UTCDateTime)
+    received_at: Mapped[dt.datetime] = mapped_column(UTCDateTime)
+    publisher: Mapped[str] = mapped_column(String(200), default="")  # the buffer principal (curve:KEY, token:USER)
+    data: Mapped[dict[str, Any]] = mapped_column(JSON)
+    buffer_instance: Mapped[str] = mapped_column(String(32))  # with buffer_id: each buffer result stored once
+    buffer_id: Mapped[int] = mapped_column(BigInteger)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import json
+import logging
 import time
 import uuid
 from collections.abc import AsyncIterator
@@ -24,6 +25,9 @@ from photonstream.api.deps import Context, context
 from photonstream.api.errors import CredentialLifetimeError, NotFoundError, PermissionDeniedError
 from photonstream.api.schemas import (
     ErrorBody,
+    ResultInfo,
+    ResultPage,
+    RunProgress,
     StreamInfo,
     StreamLogs,
     StreamPage,
@@ -33,11 +37,13 @@ from photonstream.api.schemas import (
     ValidationErrorBody,
 )
 from photonstream.api.strict import request_body, strict_body
-from photonstream.errors import ConfigError
-from photonstream.store.models import Stream, utcnow
+from photonstream.buffer.credentials import new_token_secret, token_hash
+from photonstream.errors import ConfigError, PhotonstreamError
+from photonstream.store.models import Stream, StreamResult, utcnow
 from photonstream.store.streams import StreamNotFoundError, StreamState
 
 router = APIRouter(prefix="/v1/streams", tags=["streams"])
+log = logging.getLogger("photonstream.api")
 
 AUTH_ERRORS = {
     400: {"model": ErrorBody, "description": "unreadable request (e.g. a Content-Length that is not a number)"},
@@ -50,10 +56,12 @@ NOT_FOUND = {404: {"model": ErrorBody, "description": "no such stream (or not yo
 KEEPALIVE_S = 15.0
 
 
-def stream_info(stream: Stream, secret_key: str | None = None) -> StreamInfo:
+def stream_info(stream: Stream, secret_key: str | None = None, token_password: str | None = None) -> StreamInfo:
     endpoint = json.loads(json.dumps(stream.data_endpoint))
     if secret_key is not None:
         endpoint["curve"]["client_secret_key"] = secret_key
+    if token_password is not None and endpoint.get("token"):
+        endpoint["token"]["password"] = token_password
     return StreamInfo(
         id=uuid.UUID(stream.id),
         owner=stream.owner,
@@ -99,7 +107,8 @@ def visible_stream(ctx: Context, stream_id: uuid.UUID, action: str) -> Stream:
     summary="Request a stream",
     openapi_extra=request_body(StreamRequest),
     description="Validates the request, binds the pipeline to the experiment and runs, stores the stream (queued) "
-    "and answers with its id, state and data endpoint, including the consumers' CURVE secret key (shown once). "
+    "and answers with its id, state and data endpoint, including the consumers' CURVE secret key and token (shown "
+    "once). "
     "Refused with 422 when the caller's credential expires before the stream's estimated end "
     "(now + resources.time_limit_s).",
 )
@@ -134,12 +143,15 @@ def create_stream(
         ctx.audit.deny("stream.create", obj, str(exc))
         raise
     public_key, secret_key = (key.decode() for key in zmq.curve_keypair())
-    endpoint = {
-        "address": settings.buffer_endpoint,
-        "streams": [config.stream.address for config in pipelines],
-        "consumer_groups": [group.model_dump() for group in body.consumers],
-        "curve": {"server_public_key": settings.buffer_public_key, "client_public_key": public_key},
-    }
+    token_user, token_password = f"c.{stream_id.hex}", new_token_secret()
+    link = ctx.svc.launcher.link
+    assert link is not None
+    endpoint = link.data_endpoint(
+        [config.stream.address for config in pipelines],
+        public_key,
+        token_user,
+        [group.model_dump() for group in body.consumers],
+    )
     stream = Stream(
         id=str(stream_id),
         owner=principal.identity,
@@ -159,10 +171,16 @@ def create_stream(
         estimated_end_at=estimated_end,
     )
     stream = ctx.svc.streams.create(stream, actor=principal.identity)
+    ctx.svc.launcher.reports.create_secrets(stream.id, token_user, token_hash(token_password))
+    if link.embedded:  # consumers may connect at once; an external buffer learns it at launch (or the next sync)
+        try:
+            link.register(stream.id)
+        except PhotonstreamError as exc:
+            log.warning("stream %s: buffer grant deferred: %s", stream.id, exc)
     ctx.audit.allow("stream.create", obj, f"stream {stream.id}")
     ctx.svc.launcher.wake()
     response.headers["Location"] = f"/v1/streams/{stream.id}"
-    return stream_info(stream, secret_key)
+    return stream_info(stream, secret_key, token_password)
 
 
 @router.get("", response_model=StreamPage, responses=AUTH_ERRORS, summary="List streams")
@@ -250,6 +268,55 @@ def stream_transitions(stream_id: uuid.UUID, ctx: Context = Depends(context)) ->
     ]
 
 
+def result_info(row: StreamResult) -> ResultInfo:
+    return ResultInfo(
+        id=row.id,
+        stream_id=uuid.UUID(row.stream_id),
+        address=row.address,
+        kind=row.kind,
+        group=row.group_name,
+        worker=row.worker,
+        first_frame=row.first_frame,
+        last_frame=row.last_frame,
+        published_at=row.published_at,
+        received_at=row.received_at,
+        publisher=row.publisher,
+        data=row.data,
+    )
+
+
+@router.get(
+    "/{stream_id}/results",
+    response_model=ResultPage,
+    responses={**AUTH_ERRORS, **NOT_FOUND},
+    summary="Results consumers published for the stream (hit rate, unit cell, histograms, ...)",
+)
+def stream_results(
+    stream_id: uuid.UUID,
+    ctx: Context = Depends(context),
+    after: Annotated[int, Query(ge=0, le=2**62, description="only results after this id")] = 0,
+    limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+    kind: Annotated[str | None, Query(pattern=r"^[a-z_]{1,64}$", description="only results of this kind")] = None,
+) -> ResultPage:
+    visible_stream(ctx, stream_id, "stream.results")
+    rows = ctx.svc.launcher.reports.results(str(stream_id), after, limit, kind)
+    return ResultPage(items=[result_info(r) for r in rows], next_after=rows[-1].id if len(rows) == limit else None)
+
+
+@router.get(
+    "/{stream_id}/progress",
+    response_model=list[RunProgress],
+    responses={**AUTH_ERRORS, **NOT_FOUND},
+    summary="The job's newest progress report per run (counters, rates, end)",
+)
+def stream_progress(stream_id: uuid.UUID, ctx: Context = Depends(context)) -> list[RunProgress]:
+    visible_stream(ctx, stream_id, "stream.read")
+    return [
+        RunProgress(address=p.address, phase=p.phase, end_reason=p.end_reason, updated_at=p.updated_at, report=p.report)
+        for p in ctx.svc.launcher.reports.progress(str(stream_id))
+    ]
+
+
 def _sse(event: str, data: dict[str, object], event_id: int | None = None) -> str:
     head = f"id: {event_id}\n" if event_id is not None else ""
     return f"{head}event: {event}\ndata: {json.dumps(data, default=str)}\n\n"
@@ -262,7 +329,8 @@ def _sse(event: str, data: dict[str, object], event_id: int | None = None) -> st
         **AUTH_ERRORS,
         **NOT_FOUND,
         200: {
-            "description": "server-sent events: 'state' per transition (id = transition id), 'end' when finished",
+            "description": "server-sent events: 'state' per transition (id = transition id), 'progress' per job "
+            "report (counters and rates of a run), 'result' per published result, 'end' when finished",
             "content": {"text/event-stream": {"schema": {"type": "string"}}},
         },
     },
@@ -273,6 +341,9 @@ async def stream_events(
     request: Request,
     ctx: Context = Depends(context),
     after: Annotated[int, Query(ge=0, le=2**62, description="only transitions after this id")] = 0,
+    results_after: Annotated[
+        int | None, Query(ge=0, le=2**62, description="results after this id (default: only new ones)")
+    ] = None,
     last_event_id: Annotated[str | None, Header(include_in_schema=False)] = None,
 ) -> StreamingResponse:
     await run_in_threadpool(visible_stream, ctx, stream_id, "stream.events")
@@ -280,17 +351,33 @@ async def stream_events(
         after = max(after, int(last_event_id))
     poll_s = ctx.svc.settings.events_poll_s
     store = ctx.svc.streams
+    reports = ctx.svc.launcher.reports
+    sid = str(stream_id)
+    if results_after is None:
+        results_after = await run_in_threadpool(reports.newest_result_id, sid)
 
     async def events() -> AsyncIterator[str]:
         last, quiet_since = after, time.monotonic()
+        result_last: int = results_after or 0
+        progress_seen: dict[str, dt.datetime] = {}
         while True:
-            rows = await run_in_threadpool(store.transitions, str(stream_id), last)
+            for p in await run_in_threadpool(reports.progress, sid):
+                if progress_seen.get(p.address) != p.updated_at:
+                    progress_seen[p.address] = p.updated_at
+                    yield _sse("progress", {"stream_id": sid, "address": p.address, "phase": p.phase,
+                                            "at": p.updated_at.isoformat(), **p.report})  # fmt: skip
+                    quiet_since = time.monotonic()
+            for r in await run_in_threadpool(reports.results, sid, result_last, 200):
+                result_last = r.id
+                yield _sse("result", result_info(r).model_dump(mode="json"))
+                quiet_since = time.monotonic()
+            rows = await run_in_threadpool(store.transitions, sid, last)
             for t in rows:
                 last = t.id
-                data = {"stream_id": str(stream_id), "from": t.from_state, "to": t.to_state, "reason": t.reason}
+                data = {"stream_id": sid, "from": t.from_state, "to": t.to_state, "reason": t.reason}
                 yield _sse("state", {**data, "at": t.at.isoformat()}, t.id)
                 quiet_since = time.monotonic()
-            current = await run_in_threadpool(store.get, str(stream_id))
+            current = await run_in_threadpool(store.get, sid)
             if StreamState(current.state).finished and not rows:
                 yield _sse("end", {"stream_id": str(stream_id), "state": current.state, "reason": current.reason})
                 return

@@ -1,0 +1,371 @@
+"""The API's side of the buffer: the embedded buffer (or the endpoint of an external one), its grants, results, stats.
+
+Security of the data plane (see ``photonstream.buffer.access``):
+- the buffer's main listener is a CURVE server with its own key pair (``buffer.key_secret`` in the keys directory,
+  default ``<state_dir>/buffer-keys``); an optional token listener takes ZAP PLAIN (authenticated, plaintext);
+- each stream gets a consumer key pair and token (create response, shown once) and, at launch, a producer key pair
+  and token (the job's environment); the database keeps public keys and token hashes only;
+- the API tells the buffer which principal may read or write which stream address. Embedded: by a direct call into
+  the service's access table (same process). External: over an authenticated control command (``ACL``) sent with
+  the API's own CURVE key (``api.key_secret``; the buffer trusts the public halves in ``<keys dir>/admins``). A
+  stream is registered when created (embedded) and when launched, and every ``buffer_sync_s`` the full list is
+  re-sent (``sync``: a restarted buffer gets its grants back; a stream finished more than ``buffer_grant_keep_s``
+  ago loses them);
+- ``buffer_security: none`` (embedded only, for tests and demos) runs the buffer without authentication.
+
+Results: consumers send them to the buffer (``RES``); this link collects them (``RESULTS``, or a direct call) every
+``results_poll_s`` and stores them once per (buffer instance, id).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from typing import Any
+
+import msgpack
+import zmq
+
+from photonstream.api.settings import ApiSettings
+from photonstream.buffer import protocol as P
+from photonstream.buffer.credentials import Credentials, Security, ensure_keypair, load_public_key
+from photonstream.errors import ConfigError, PhotonstreamError
+from photonstream.frames import Message
+from photonstream.store.models import Stream, StreamSecret, utcnow
+from photonstream.store.reports import ReportStore
+
+log = logging.getLogger("photonstream.api.buffer")
+
+INSECURE_BUFFER_WARNING = (
+    "BUFFER WITHOUT AUTHENTICATION (buffer_security: none): anyone who reaches the buffer's port reads and writes "
+    "every stream. Use this only for tests and demos on a trusted machine."
+)
+
+
+class BufferUnavailableError(PhotonstreamError):
+    """The buffer did not answer a control command. (503)"""
+
+    http_status = 503
+
+
+def stream_id_of(address: str) -> str | None:
+    """The API stream id of a buffer address ``experiment/run/<stream id hex>`` (None if it is not one)."""
+    try:
+        return str(uuid.UUID(hex=address.rsplit("/", 1)[-1]))
+    except ValueError:
+        return None
+
+
+def access_entry(stream: Stream, secret: StreamSecret) -> dict[str, Any]:
+    """The buffer grant of one stream: its addresses, who reads them, who writes them, and the token hashes."""
+    consumers = [f"curve:{stream.consumer_public_key}", f"token:{secret.consumer_token_user}"]
+    tokens = {secret.consumer_token_user: secret.consumer_token_hash}
+    producers = []
+    if secret.producer_public_key:
+        producers.append(f"curve:{secret.producer_public_key}")
+    if secret.producer_token_user and secret.producer_token_hash:
+        producers.append(f"token:{secret.producer_token_user}")
+        tokens[secret.producer_token_user] = secret.producer_token_hash
+    return {
+        "addresses": list(stream.data_endpoint.get("streams", [])),
+        "consumers": consumers,
+        "producers": producers,
+        "tokens": tokens,
+    }
+
+
+class ControlClient:
+    """Request/reply with an external buffer over a DEALER socket authenticated with the API's admin key."""
+
+    def __init__(self, endpoint: str, credentials: Credentials | None, timeout_s: float = 5.0) -> None:
+        self.endpoint = endpoint
+        self.credentials = credentials
+        self.timeout_s = timeout_s
+        self._lock = threading.Lock()
+        self._socket: zmq.Socket | None = None
+
+    def _open(self) -> zmq.Socket:
+        if self._socket is None:
+            sock = zmq.Context.instance().socket(zmq.DEALER)
+            sock.setsockopt(zmq.LINGER, 0)
+            if self.credentials is not None:
+                self.credentials.apply(sock)
+            sock.connect(self.endpoint)
+            self._socket = sock
+        return self._socket
+
+    def request(
+        self, command: bytes, header: dict[str, Any] | None, *frames: bytes
+    ) -> tuple[dict[str, Any], list[bytes]]:
+        with self._lock:
+            sock = self._open()
+            sock.send_multipart([P.envelope(command, header), *frames])
+            deadline = time.monotonic() + self.timeout_s
+            while time.monotonic() < deadline:
+                if not sock.poll(100):
+                    continue
+                parts = sock.recv_multipart()
+                reply_command, reply = P.open_envelope(parts[0])
+                if reply_command == P.ERR:
+                    raise BufferUnavailableError(f"buffer {self.endpoint}: {reply.get('m', 'refused')}")
+                if reply_command == command:
+                    return reply, parts[1:]
+            self.close_socket()  # a late answer must not be taken for the next request's
+            raise BufferUnavailableError(f"buffer {self.endpoint}: no answer within {self.timeout_s:g} s")
+
+    def close_socket(self) -> None:
+        if self._socket is not None:
+            self._socket.close(linger=0)
+            self._socket = None
+
+
+class BufferLink:
+    def __init__(self, settings: ApiSettings, reports: ReportStore) -> None:
+        self.settings = settings
+        self.reports = reports
+        self.service: Any = None  # the embedded BufferService once started
+        self.keys_dir = settings.resolved_buffer_keys_dir
+        self.embedded = settings.buffer == "embedded"
+        self.admin: Credentials | None = None
+        self.server_public_key = settings.buffer_public_key
+        self._admin_pair: tuple[str, str] | None = None
+        self.security: Security = self._resolve_security()
+        self._control: ControlClient | None = None
+        self._instance = ""
+        self._results_after = 0
+        self._next_sync = 0.0
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self.last_error = ""
+
+    # -- setup ---------------------------------------------------------------------------------------------------
+    def _resolve_security(self) -> Security:
+        s = self.settings
+        if self.embedded:
+            if s.buffer_security == "none":
+                return "none"
+            self.server_public_key, _ = ensure_keypair(self.keys_dir, "buffer")
+        elif self.server_public_key is None and (self.keys_dir / "buffer.key").exists():
+            self.server_public_key = load_public_key(self.keys_dir / "buffer.key")
+        if self.server_public_key is None:
+            if s.buffer_security in ("curve", "token"):
+                raise ConfigError(
+                    f"buffer_security: {s.buffer_security} needs the buffer's public key (buffer_public_key, or "
+                    f"buffer.key in {self.keys_dir})"
+                )
+            log.warning(
+                "external buffer %s without a known CURVE key: streams are not authenticated", s.buffer_endpoint
+            )
+            return "none"
+        public, secret = ensure_keypair(self.keys_dir, "api")
+        admins = self.keys_dir / "admins"
+        if not (admins / "api.key").exists():
+            admins.mkdir(parents=True, exist_ok=True)
+            (admins / "api.key").write_text((self.keys_dir / "api.key").read_text())
+        self._admin_pair = (public, secret)
+        self.admin = Credentials.curve(self.server_public_key, public, secret)
+        security = s.buffer_security or "curve"
+        if security == "token" and not (s.buffer_token_endpoint or (self.embedded and s.buffer_token_bind)):
+            raise ConfigError("buffer_security: token needs buffer_token_endpoint (the buffer's token listener)")
+        return security
+
+    @property
+    def token_endpoint(self) -> str | None:
+        if self.settings.buffer_token_endpoint:
+            return self.settings.buffer_token_endpoint
+        if self.embedded and self.service is not None:
+            return self.service.token_endpoint  # type: ignore[no-any-return]
+        return None
+
+    def start(self) -> None:
+        """Start the embedded buffer (if this API embeds one) and the sync/collect thread."""
+        if self.embedded and self.service is None:
+            self._start_embedded()
+        if self._thread is None:
+            self._stop.clear()
+            self._thread = threading.Thread(target=self._run, name="photonstream-buffer-link", daemon=True)
+            self._thread.start()
+
+    def _start_embedded(self) -> None:
+        from photonstream.buffer.service import BufferService, BufferSettings
+
+        s = self.settings
+        secured = self.security != "none"
+        values: dict[str, Any] = {
+            "bind": s.buffer_bind,
+            "security": "curve" if secured else "none",
+            "token_bind": s.buffer_token_bind if secured else None,
+            "keys_dir": self.keys_dir if secured else None,
+            "admin_keys": (self._admin_pair[0],) if self._admin_pair else (),
+            "data_dir": s.buffer_data_dir or s.state_dir / "buffer",
+            **s.buffer_options,
+        }
+        if not secured:
+            log.warning(INSECURE_BUFFER_WARNING)
+        service = BufferService(BufferSettings.build(**values))
+        endpoint = service.start()
+        self.service = service
+        if "buffer_endpoint" not in s.model_fields_set or s.buffer_endpoint == s.buffer_bind:
+            s.buffer_endpoint = endpoint  # the bound address (a port '*' resolved)
+        if secured and s.buffer_token_endpoint is None:
+            s.buffer_token_endpoint = service.token_endpoint
+        s.buffer_public_key = self.server_public_key if secured else None
+        log.info("embedded buffer on %s (security %s)", endpoint, self.security)
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(10)
+            self._thread = None
+        if self._control is not None:
+            self._control.close_socket()
+        if self.service is not None:
+            self.service.stop()
+            self.service = None
+
+    # -- the data endpoint and the job's side ----------------------------------------------------------------------
+    def data_endpoint(
+        self, addresses: list[str], public_key: str, token_user: str, groups: list[Any]
+    ) -> dict[str, Any]:
+        token_endpoint = self.token_endpoint if self.security != "none" else None
+        return {
+            "address": self.settings.buffer_endpoint,
+            "security": "none" if self.security == "none" else "curve",
+            "streams": addresses,
+            "consumer_groups": groups,
+            "curve": {
+                "server_public_key": self.server_public_key if self.security != "none" else None,
+                "client_public_key": public_key,
+            },
+            "token": {"address": token_endpoint, "username": token_user} if token_endpoint else None,
+        }
+
+    def producer_link(self) -> tuple[str, Security]:
+        """(address, security) the jobs' buffer handlers use."""
+        if self.security == "token":
+            endpoint = self.token_endpoint
+            if endpoint is None:
+                raise ConfigError("buffer_security: token, but the buffer has no token listener")
+            return endpoint, "token"
+        return self.settings.buffer_endpoint, self.security
+
+    # -- grants -------------------------------------------------------------------------------------------------------
+    def _apply(self, op: str, body: Any) -> None:
+        if self.security == "none":
+            return
+        if self.embedded:
+            if self.service is None:
+                return  # not started (the app's lifespan starts it); the first sync registers everything
+            access = self.service.access
+            if op == "register":
+                access.register(body)
+            else:
+                access.sync(body)
+            return
+        reply, _ = self.control.request(P.ACL, {"op": op}, msgpack.packb(body, use_bin_type=True))
+        if reply.get("i") != self._instance and op == "register":
+            self._next_sync = 0.0  # a buffer we have not synced yet (restarted): send it everything soon
+
+    @property
+    def control(self) -> ControlClient:
+        if self._control is None:
+            self._control = ControlClient(self.settings.buffer_endpoint, self.admin)
+        return self._control
+
+    def register(self, stream_id: str) -> None:
+        """Grant a stream's credentials in the buffer now (raises BufferUnavailableError when it does not answer)."""
+        row = self.reports.access_row(stream_id)
+        if row is not None:
+            self._apply("register", [access_entry(*row)])
+
+    def sync(self) -> None:
+        keep = dt.timedelta(seconds=self.settings.buffer_grant_keep_s)
+        entries = [access_entry(stream, secret) for stream, secret in self.reports.access_rows(utcnow() - keep)]
+        self._apply("sync", entries)
+
+    # -- results and stats ----------------------------------------------------------------------------------------
+    def collect_results(self) -> int:
+        """Fetch new results from the buffer and store them; returns how many were new."""
+        from photonstream.client.results import decode_result
+
+        instance, items = self._fetch_results()
+        decoded = []
+        for item in items:
+            self._results_after = max(self._results_after, int(item["id"]))
+            try:
+                decoded.append(decode_result(item))
+            except (ConfigError, KeyError, TypeError, ValueError) as exc:
+                log.warning("result %s from %s dropped: %s", item.get("id"), item.get("by"), exc)
+        stream_of = {d["address"]: sid for d in decoded if (sid := stream_id_of(d["address"])) is not None}
+        return self.reports.add_results(stream_of, instance, decoded) if decoded else 0
+
+    def _fetch_results(self) -> tuple[str, list[dict[str, Any]]]:
+        if self.embedded:
+            if self.service is None:
+                return "", []
+            self._switch_instance(self.service.instance)
+            return self.service.instance, self.service.results_after(self._results_after, 1000)
+        if self.security == "none":
+            return "", []  # results need an authenticated link (the buffer names who published them)
+        reply, frames = self.control.request(P.RESULTS, {"after": self._results_after, "limit": 1000})
+        instance = str(reply.get("i", ""))
+        if instance != self._instance:
+            self._switch_instance(instance)
+            reply, frames = self.control.request(P.RESULTS, {"after": self._results_after, "limit": 1000})
+        return instance, msgpack.unpackb(frames[0], raw=False) if frames else []
+
+    def _switch_instance(self, instance: str) -> None:
+        """A buffer (re)started: collect from what the database already has of it on, and re-send the grants."""
+        if instance != self._instance:
+            self._instance = instance
+            self._results_after = self.reports.last_buffer_id(instance)
+            self._next_sync = 0.0
+
+    def stats(self) -> dict[str, Any]:
+        """The buffer's state (every stream): a second old at most for the embedded buffer."""
+        if self.embedded:
+            return self.service.stats() if self.service is not None else {"streams": {}}
+        from photonstream.buffer.cli import fetch_stats
+
+        return fetch_stats(self.settings.buffer_endpoint, 2.0, credentials=self.admin)
+
+    def data_flowing(self, addresses: list[str]) -> bool:
+        """Whether the buffer holds data messages of any of these addresses (a lost 'streaming' report's stand-in)."""
+        try:
+            streams = self.stats().get("streams", {})
+        except (PhotonstreamError, zmq.ZMQError, ValueError):
+            return False
+        return any(streams.get(a, {}).get("head", 0) > 0 for a in addresses)
+
+    def subscriber(self) -> Any:
+        """For the dashboard's monitor: (address, context) → messages of that stream (admin credential)."""
+
+        def open_subscription(address: str, context: zmq.Context) -> Iterator[Message]:
+            from photonstream.client import subscribe
+
+            return subscribe(self.settings.buffer_endpoint, address, group="_monitor", policy="latest",
+                             start="beginning", credit=1, context=context, credentials=self.admin)  # fmt: skip
+
+        return open_subscription
+
+    # -- the background loop ------------------------------------------------------------------------------------------
+    def _run(self) -> None:
+        interval = min(self.settings.results_poll_s, self.settings.buffer_sync_s)
+        while not self._stop.is_set():
+            try:
+                self.collect_results()
+                if time.monotonic() >= self._next_sync:
+                    self.sync()
+                    self._next_sync = time.monotonic() + self.settings.buffer_sync_s
+                self.last_error = ""
+            except (PhotonstreamError, zmq.ZMQError) as exc:
+                if str(exc) != self.last_error:
+                    log.warning("buffer link: %s", exc)
+                self.last_error = str(exc)
+            except Exception:
+                log.exception("buffer link")
+            self._stop.wait(interval)
