@@ -19,13 +19,14 @@ from __future__ import annotations
 import contextlib
 import errno
 import json
+import logging
 import queue
 import re
 import shutil
 import threading
 import time
 import uuid
-from collections import deque
+from collections import Counter, deque
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -49,6 +50,8 @@ MULTI_PRODUCER_FILE = "producers.json"  # a durable stream written by several pr
 MAX_RESULT_BYTES = 1 << 20
 MB = 1 << 20
 GB = 1 << 30
+
+log = logging.getLogger("photonstream.buffer")
 
 
 class BufferSettings(BaseModel):
@@ -230,6 +233,7 @@ class BufferService:
         self._members: dict[bytes, tuple[Stream, Group]] = {}
         self._pending_acks: dict[Producer, Stream] = {}  # producers with something to ack
         self.access = AccessTable(set(self.settings.admin_keys), self._admin_dir())
+        self.rejected: Counter[str] = Counter()  # refused messages by error code (stats: service.rejected)
         self.instance = uuid.uuid4().hex[:12]  # changes on every start: the API re-registers and re-reads
         self.public_key: str | None = None
         self._sockets: list[zmq.Socket] = []
@@ -520,11 +524,19 @@ class BufferService:
             else:
                 raise P.ProtocolError("unknown-command", f"unknown command {command!r}")
         except P.ProtocolError as exc:
-            self._reply(identity, P.ERR, {"c": exc.code, "m": str(exc)})
+            self._refuse(identity, exc.code, str(exc))
         except ConfigError as exc:
-            self._reply(identity, P.ERR, {"c": "bad-request", "m": str(exc)})
-        except (TypeError, ValueError) as exc:
-            self._reply(identity, P.ERR, {"c": "malformed", "m": f"malformed request ({exc})"})
+            self._refuse(identity, "bad-request", str(exc))
+        except (TypeError, ValueError, ArithmeticError, LookupError) as exc:  # e.g. int(inf) in a header field
+            self._refuse(identity, "malformed", f"malformed request ({type(exc).__name__}: {exc})")
+        except Exception as exc:  # one peer's message must never stop the loop that serves every stream
+            log.exception("buffer: unexpected error handling a message")
+            self._refuse(identity, "internal", f"internal error ({type(exc).__name__}); the message was dropped")
+
+    def _refuse(self, identity: bytes, code: str, message: str, header: dict[str, Any] | None = None) -> None:
+        self.rejected[code] += 1
+        with contextlib.suppress(zmq.ZMQError):
+            self._reply(identity, P.ERR, {**(header or {}), "c": code, "m": message})
 
     def _reply(self, identity: bytes, command: bytes, header: dict[str, Any] | None, frames: list[Any] = ()) -> bool:
         sock = self._sockets[identity[0]]
@@ -595,7 +607,7 @@ class BufferService:
         stream = self.streams.get(str(header.get("s", "")))
         if stream is not None:
             stream.errors += 1
-        self._reply(identity, P.ERR, {"s": header.get("s"), "n": header.get("n"), "c": code, "m": message})
+        self._refuse(identity, code, message, {"s": header.get("s"), "n": header.get("n")})
 
     def _on_publish(self, identity: bytes, principal: str, header: dict[str, Any], payload: list[zmq.Frame]) -> None:
         address = header.get("s")
@@ -1130,6 +1142,7 @@ class BufferService:
                 "instance": self.instance,
                 "listeners": [{"security": sec, "endpoint": ep} for sec, ep in self._listener_endpoints()],
                 "auth_refused": self.access.refused,
+                "rejected": dict(self.rejected),
             },
             "streams": streams,
         }
