@@ -11,6 +11,11 @@ from pathlib import Path
 
 import pytest
 
+from tests.api.harness import Pki
+from tests.buffer.conftest import make_service
+
+__all__ = ["make_service"]
+
 HERE = Path(__file__).parent
 
 
@@ -22,3 +27,8 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     for item in items:
         if HERE in Path(str(item.fspath)).parents:
             item.add_marker(pytest.mark.abuse)
+
+
+@pytest.fixture(scope="session")
+def pki(tmp_path_factory: pytest.TempPathFactory) -> Pki:
+    return Pki(tmp_path_factory.mktemp("pki"))
