@@ -10,7 +10,7 @@ certificate). ``reporter_from_env()`` gives the pipeline's progress callback, or
 What a report says (JSON, one object): the stream address, ``phase`` (``starting``; ``streaming`` once the buffer
 has acked the first data message, i.e. data is flowing; ``ended`` once the buffer has stored the end message),
 counters (events read and sent, messages and bytes sent and acked), rates, and the end (reason, error, counts).
-The buffer handler feeds what the buffer acked through ``flow`` (a process-wide hub); a run without the buffer
+The buffer handler feeds what the buffer acked through ``flow`` (a process-wide hub); a run without a buffer
 handler counts as streaming once it has sent an event.
 
 Reports go out from a background thread (at most one per ``interval_s``, at once on a phase change) and the last
@@ -79,6 +79,13 @@ class FlowHub:
 
     def __init__(self) -> None:
         self._listeners: list[FlowListener] = []
+        self.producers = 0  # buffer handlers open in this process: while any is, only acks mean "streaming"
+
+    def producer_opened(self) -> None:
+        self.producers += 1
+
+    def producer_closed(self) -> None:
+        self.producers = max(0, self.producers - 1)
 
     def subscribe(self, listener: FlowListener) -> None:
         self._listeners.append(listener)
@@ -130,8 +137,10 @@ class Reporter:
         key: str | None = None,
         interval_s: float = 1.0,
         timeout_s: float = 5.0,
+        hub: FlowHub | None = None,
     ) -> None:
         self.url = url
+        self.hub = hub or flow
         self.path = urlsplit(url).path
         self.secret = secret
         self.interval_s = interval_s
@@ -165,7 +174,7 @@ class Reporter:
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="photonstream-reporter", daemon=True)
         self._thread.start()
-        flow.subscribe(self)
+        self.hub.subscribe(self)
         atexit.register(self.close)
 
     # -- what the pipeline and the buffer handler say ---------------------------------------------------------
@@ -183,7 +192,7 @@ class Reporter:
                 events_per_s=round(stats.events_per_s, 3),
                 mb_per_s=round(stats.bytes_sent / elapsed / 1e6, 3) if elapsed > 0 else 0.0,
             )
-            if not self._acks_seen and stats.events_sent and r["phase"] == "starting":
+            if not self._acks_seen and not self.hub.producers and stats.events_sent and r["phase"] == "starting":
                 r["phase"] = "streaming"  # no buffer handler in this run: sent is all we know
                 self._wake.set()
             self._dirty = True
@@ -257,7 +266,7 @@ class Reporter:
         self._stop.set()
         self._wake.set()
         self._thread.join(timeout_s)
-        flow.unsubscribe(self)
+        self.hub.unsubscribe(self)
         deadline = time.monotonic() + timeout_s
         while not self.flush() and time.monotonic() < deadline:
             time.sleep(0.2)

@@ -194,8 +194,11 @@ def serve_command(
         None, "--data-root", help="experiment data directory, e.g. /data/{experiment}"
     ),
     insecure_http: bool = typer.Option(False, "--insecure-http", help="plain HTTP (tokens only; development only)"),
+    report_url: str | None = typer.Option(
+        None, "--report-url", help="URL jobs send progress reports to (default: this server, on loopback)"
+    ),
 ) -> None:
-    """Serve the request API over HTTPS (mutual TLS and/or bearer tokens)."""
+    """Serve the request API over HTTPS (mutual TLS and/or bearer tokens) with an embedded buffer (or --buffer)."""
     import uvicorn
 
     from photonstream.api.app import create_app
@@ -223,6 +226,9 @@ def serve_command(
     if job_backend:
         overrides.update(job_backend=job_backend, job_backends=[job_backend])
     settings = load_settings(config, **overrides)
+    if report_url or settings.report_url is None:
+        reachable = "127.0.0.1" if host in ("0.0.0.0", "::", "") else host
+        settings.report_url = report_url or f"{'http' if insecure_http else 'https'}://{reachable}:{port}"
     app = create_app(settings)
     server = server_config(app, settings, host=host, port=port, certfile=cert, keyfile=key, insecure_http=insecure_http)
     if insecure_http:

@@ -47,6 +47,19 @@ def serve(
     no_spill: Annotated[bool, typer.Option("--no-spill", help="never spill non-durable streams to disk")] = False,
     fsync: Annotated[bool, typer.Option(help="fsync durable data every second")] = False,
     metrics_port: Annotated[int | None, typer.Option(help="serve Prometheus metrics on this HTTP port")] = None,
+    keys_dir: Annotated[
+        Path | None,
+        typer.Option(
+            help="buffer.key_secret (created if missing) and admins/*.key (the API's key): share with the API"
+        ),
+    ] = None,
+    security: Annotated[
+        str | None,
+        typer.Option(help="curve (default with --keys-dir), token, or none (no authentication: tests and demos)"),
+    ] = None,
+    token_bind: Annotated[
+        str | None, typer.Option(help="also listen here with token security (authenticated, plaintext)")
+    ] = None,
 ) -> None:
     """Run the buffer service until interrupted."""
     from photonstream.buffer.service import BufferService, BufferSettings, tune_allocator
@@ -70,7 +83,13 @@ def serve(
             member_timeout_s=member_timeout_s,
             spill=not no_spill,
             fsync=fsync,
+            keys_dir=keys_dir,
+            security=security or ("curve" if keys_dir is not None else "none"),
+            token_bind=token_bind,
         )
+        if not settings.secured:
+            typer.echo("WARNING: no authentication (no --keys-dir): anyone who reaches the port reads and writes "
+                       "every stream; use this only for tests and demos", err=True)  # fmt: skip
         tune_allocator()  # this process is the service: let it reuse payload buffers
         service = BufferService(settings)
         if metrics_port is not None:
@@ -113,10 +132,19 @@ def stats(
     endpoint: Annotated[str, typer.Argument(help="buffer endpoint")] = "tcp://127.0.0.1:5600",
     prometheus: Annotated[bool, typer.Option(help="print Prometheus text instead of JSON")] = False,
     timeout_s: Annotated[float, typer.Option(help="give up after this long")] = 5.0,
+    keys_dir: Annotated[
+        Path | None, typer.Option(help="a secured buffer's keys directory: ask with the API's admin key")
+    ] = None,
 ) -> None:
     """Print the buffer's state per stream and group: in/out, rates, lag, memory and disk fill, losses."""
     try:
-        state = fetch_stats(endpoint, timeout_s)
+        credentials = None
+        if keys_dir is not None:
+            from photonstream.buffer.credentials import Credentials, load_keypair, load_public_key
+
+            public, secret = load_keypair(keys_dir / "api.key_secret")
+            credentials = Credentials.curve(load_public_key(keys_dir / "buffer.key"), public, secret)
+        state = fetch_stats(endpoint, timeout_s, credentials)
     except PhotonstreamError as exc:
         _fail(exc)
     if prometheus:

@@ -119,6 +119,7 @@ class BufferHandler:
             raise HandlerError(f"buffer: cannot connect to {self.options.address} ({exc})") from None
         self._socket = sock
         self._heard_at = self._progress_at = time.monotonic()
+        reporting.flow.producer_opened()
 
     def handle(self, message: Message, frames: list[Buffer] | None) -> None:
         if self._failed:
@@ -164,6 +165,7 @@ class BufferHandler:
             if self._socket is not None:
                 self._socket.close(linger=0)
                 self._socket = None
+                reporting.flow.producer_closed()
 
     # -- internals ----------------------------------------------------------------------------------------
     def _send(self, parts: list[Any]) -> None:

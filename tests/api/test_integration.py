@@ -9,6 +9,8 @@ pipeline runner with ``progress=reporter_from_env()``, as ``photonstream run`` h
 from __future__ import annotations
 
 import json
+import socket
+import subprocess
 import sys
 import time
 from collections.abc import Iterator
@@ -17,14 +19,17 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import zmq
 from fastapi import FastAPI
 
 from photonstream import reporting
+from photonstream.buffer.cli import fetch_stats
+from photonstream.buffer.credentials import Credentials
 from photonstream.client import AccessRefusedError, ConsumerError, ResultPublisher, subscribe, subscribe_stream
 from photonstream.frames import EndMessage, Frame, StartMessage
 from photonstream.store.streams import StreamState
 from tests.api.harness import ApiHarness, Pki, stream_request
-from tests.api.servers import running_server
+from tests.api.servers import free_port, running_server
 from tests.store.databases import DatabaseSpec
 
 RUNNER = Path(__file__).with_name("report_runner.py")
@@ -174,8 +179,6 @@ def test_consumers_without_the_streams_credential_are_refused(system: System) ->
 
 
 def _credentials(created: dict[str, Any]) -> tuple[str, Any]:
-    from photonstream.buffer.credentials import Credentials
-
     return Credentials.from_endpoint(created)
 
 
@@ -227,3 +230,52 @@ def test_a_lost_report_still_ends_the_stream_right(pki: Pki, tmp_path: Path) -> 
         assert [s for s, _ in states] == ["queued", "starting", "streaming", "completed"]
         assert states[2][1] == "data flowing (seen in the buffer)"
         assert system.alice.get(f"/v1/streams/{created['id']}/progress").json() == []
+
+
+def test_an_external_buffer_gets_grants_and_gives_results_over_its_control_link(pki: Pki, tmp_path: Path) -> None:
+    """``photonstream buffer serve --keys-dir`` in its own process, the API pointed at it with the same keys dir."""
+    keys = tmp_path / "keys"
+    spec = DatabaseSpec("sqlite", tmp_path)
+    endpoint = f"tcp://127.0.0.1:{free_port()}"
+    command = [sys.executable, "-m", "photonstream.buffer.cli", "serve", "--bind", endpoint, "--keys-dir", str(keys)]
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 30
+    while not (keys / "buffer.key").exists() or not _listening(endpoint):
+        assert process.poll() is None and time.monotonic() < deadline, process.stderr and process.stderr.read()
+        time.sleep(0.05)
+    api = ApiHarness(spec, pki, tmp_path / "state", buffer_endpoint=endpoint, buffer_keys_dir=keys,
+                     results_poll_s=0.2)  # fmt: skip
+    link = api.services().launcher.link
+    try:
+        assert link.security == "curve" and not link.embedded  # the buffer's key was found in the keys dir
+        created = system_create(api)
+        link.sync()  # what the link's thread does every buffer_sync_s (and at launch for one stream)
+        with ResultPublisher.from_stream_info(created, group="g", worker="w") as results:
+            results.publish("training_loss", {"step": 3, "loss": 0.25})
+        assert link.collect_results() == 1 and link.collect_results() == 0  # stored once
+        (item,) = api.client(cert="alice").get(f"/v1/streams/{created['id']}/results").json()["items"]
+        assert item["data"] == {"step": 3, "loss": 0.25} and item["worker"] == "w"
+        stats = link.stats()  # asked with the API's admin key
+        assert stats["service"]["listeners"] == [{"security": "curve", "endpoint": endpoint}]
+        with pytest.raises(ConsumerError, match="no answer"):  # a key nobody granted gets no answer at all
+            fetch_stats(
+                endpoint, 1.0, Credentials.curve(link.server_public_key, *(k.decode() for k in zmq.curve_keypair()))
+            )
+    finally:
+        api.close()
+        process.terminate()
+        process.wait(10)
+        spec.close()
+
+
+def _listening(endpoint: str) -> bool:
+    host, port = endpoint.removeprefix("tcp://").rsplit(":", 1)
+    with socket.socket() as probe:
+        return probe.connect_ex((host, int(port))) == 0
+
+
+def system_create(api: ApiHarness) -> dict[str, Any]:
+    source = {"type": "synthetic-diffraction", "detector": "custom", "shape": [16, 16], "events": 1}
+    response = api.client(cert="alice").post("/v1/streams", json=stream_request(pipeline={"source": source}))
+    assert response.status_code == 201, response.text
+    return dict(response.json())
