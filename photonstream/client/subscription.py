@@ -201,7 +201,14 @@ class Subscription(Iterator[Any]):
             self._flush()
         while True:
             while self._queue:
-                item = self._next_from_queue()
+                try:
+                    item = self._next_from_queue()
+                except PhotonstreamError:
+                    raise
+                except (LookupError, TypeError, ValueError, ArithmeticError) as exc:  # a header field is not a number
+                    raise ConsumerError(
+                        f"buffer {self.endpoint}: malformed reply ({type(exc).__name__}: {exc})"
+                    ) from None
                 if item is _FINISHED:
                     self.close()
                     return self.end if self.decode else self._end_delivery
