@@ -13,7 +13,7 @@ from typing import Any
 
 import zmq
 
-from photonstream.errors import PhotonstreamError
+from photonstream.errors import PhotonstreamError, SerializerError
 from photonstream.frames import EndMessage, Frame, FrameBatch, Message
 from photonstream.serializers.base import Serializer, create, detect
 
@@ -53,6 +53,8 @@ def read_stream(
                 raise StreamTimeout(f"no message from {endpoint} within {idle_timeout_s:g} s")
             frames = sock.recv_multipart(copy=False)
             payload = [f.buffer for f in frames[1:]] if subscribe is not None else [f.buffer for f in frames]
+            if not payload:
+                raise SerializerError(f"a message from {endpoint} has a topic but no payload frames")
             if serializer is None:
                 serializer = create(detect(payload[0]))
             message = serializer.decode(payload)

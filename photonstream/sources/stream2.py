@@ -160,3 +160,8 @@ class Stream2Source:
             return build()
         except Stream2FormatError as exc:
             raise SourceError(f"stream2: malformed message from {self.endpoint}: {exc}") from None
+        except (ValueError, TypeError, LookupError, ArithmeticError) as exc:  # fields of the wrong type or shape
+            reason = (str(exc).splitlines() or [""])[0][:200]
+            raise SourceError(
+                f"stream2: malformed message from {self.endpoint}: {type(exc).__name__}: {reason}"
+            ) from None
