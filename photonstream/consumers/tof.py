@@ -7,6 +7,8 @@
 
     summary = run_tof_consumer(read_stream("tcp://host:5555"))          # any iterator of photonstream messages
     summary = run_tof_consumer(subscribe(buffer, "exp/1/tof", group="tof"))
+    summary = run_tof_consumer(sub, results=ResultPublisher.from_stream_info("stream.json", group="tof"))
+    # ... and the m/q histogram with its peaks goes to the API (GET /v1/streams/{id}/results) at the end
 
 Per batch, all traces are handled at once (numpy, no loop per trace): a baseline per trace (median or mean of a
 pre-trigger window, or the median of the whole trace), an arming threshold (absolute, or ``threshold_sigma``
@@ -28,7 +30,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, Literal, Protocol
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
@@ -46,6 +48,14 @@ from photonstream.errors import ConfigError
 from photonstream.frames import CalibrationMessage, EndMessage, Frame, FrameBatch, Message, StartMessage
 
 Polarity = Literal["negative", "positive"]
+
+
+class ResultSink(Protocol):
+    """Where results go (``photonstream.client.ResultPublisher``)."""
+
+    def publish(self, kind: str, data: dict[str, Any], *, frames: tuple[int, int] | None = None) -> int: ...
+
+
 Bins = tuple[float, float, int]
 
 
@@ -379,6 +389,18 @@ class TofSummary:
         }
 
 
+def histogram_result(histogram: Histogram, quantity: str, max_bins: int = 2000) -> dict[str, Any]:
+    """A ``tof_histogram`` result (``photonstream.client.results``): the channel sum, merged to at most
+    ``max_bins`` bins, with the peak positions."""
+    total = histogram.total
+    factor = max(1, -(-total.size // max_bins))
+    usable = total.size - total.size % factor
+    counts = total[:usable].reshape(-1, factor).sum(axis=1)
+    edges = histogram.edges[: usable + 1 : factor]
+    peaks = [round(p.position, 4) for p in histogram.peaks()[:20]]
+    return {"quantity": quantity, "edges": edges.tolist(), "counts": counts.astype(int).tolist(), "peaks": peaks}
+
+
 def run_tof_consumer(
     messages: Iterable[Message],
     options: TofOptions | None = None,
@@ -386,11 +408,13 @@ def run_tof_consumer(
     batch_size: int = 64,
     on_results: Callable[[TofResults, list[Frame]], None] | None = None,
     keep_results: bool = False,
+    results: ResultSink | None = None,
 ) -> TofSummary:
     """Analyse a stream: any iterator of photonstream messages (``read_stream``, the buffer's ``subscribe``).
 
     Frames are analysed ``batch_size`` at a time (a calibration message or the end flushes a partial batch);
-    ``on_results(results, frames)`` sees every batch. Stops after the end message and returns the summary.
+    ``on_results(results, frames)`` sees every batch. Stops after the end message and returns the summary;
+    ``results`` (a ``photonstream.client.ResultPublisher``) then gets the m/q histogram and its peaks.
     """
     if batch_size < 1:
         raise ConfigError(f"tof: batch_size must be at least 1 (got {batch_size})")
@@ -438,4 +462,8 @@ def run_tof_consumer(
     flush()
     summary.seconds = time.perf_counter() - began if began else 0.0
     summary.histograms = analyzer.histograms()
+    if results is not None and "mq" in summary.histograms and summary.events:
+        last = summary.end.events_sent - 1 if summary.end is not None and summary.end.events_sent else None
+        frames = (0, last) if last is not None else None
+        results.publish("tof_histogram", histogram_result(summary.histograms["mq"], "mq"), frames=frames)
     return summary

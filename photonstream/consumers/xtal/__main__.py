@@ -41,15 +41,24 @@ def _worker(args: argparse.Namespace) -> None:
 
 
 def _merge(args: argparse.Namespace) -> None:
-    outcome = run_merger(
-        args.bind,
-        args.workers,
-        mtz_path=args.mtz,
-        report_every=args.report_every,
-        on_report=lambda report: print(json.dumps(report), flush=True),
-        idle_timeout_s=args.idle_timeout,
-        settle_s=args.settle,
-    )
+    publisher = None
+    if args.publish:
+        from photonstream.client import ResultPublisher
+
+        publisher = ResultPublisher.from_stream_info(args.publish, group="xtal-merger", worker="merger")
+    try:
+        outcome = run_merger(
+            args.bind,
+            args.workers,
+            mtz_path=args.mtz,
+            report_every=args.report_every,
+            on_report=lambda report: print(json.dumps(report), flush=True),
+            idle_timeout_s=args.idle_timeout,
+            publisher=publisher,
+        )
+    finally:
+        if publisher is not None:
+            publisher.close()
     if args.report:
         powder = outcome.powder
         document = {
@@ -95,6 +104,7 @@ def main(argv: list[str] | None = None) -> int:
     merge.add_argument("--mtz", default=None)
     merge.add_argument("--report", default=None, help="write the final report (JSON) here")
     merge.add_argument("--report-every", type=int, default=50)
+    merge.add_argument("--publish", default=None, help="the stream's create response (JSON): publish results")
     merge.add_argument("--idle-timeout", type=float, default=120.0)
     merge.add_argument(
         "--settle", type=float, default=2.0, help="once every event has a result, wait this long for end records"

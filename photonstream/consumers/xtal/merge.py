@@ -14,11 +14,12 @@ Pearson CC of merged intensities with the reference |F|² over reflections seen 
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 import zmq
@@ -26,7 +27,10 @@ import zmq
 from photonstream.consumers.pull import StreamTimeout
 from photonstream.consumers.xtal._wire import unpack
 from photonstream.consumers.xtal.powder import PowderPattern
+from photonstream.errors import PhotonstreamError
 from photonstream.sources._crystal import UnitCell, random_structure
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -246,6 +250,45 @@ class MergeOutcome:
     results_window_s: float  # first result → last result received: the workers' throughput without start-up
 
 
+class ResultSink(Protocol):
+    """Where results go (``photonstream.client.ResultPublisher``)."""
+
+    def publish(self, kind: str, data: dict[str, Any], *, frames: tuple[int, int] | None = None) -> int: ...
+
+
+def report_results(report: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
+    """A merger report as typed results: hit rate, indexing rate, and the unit cell once frames are indexed."""
+    found = [
+        ("hit_rate", {"frames": report["frames"], "hits": report["hits_found"]}),
+        ("indexing_rate", {"frames": report["hits_found"], "indexed": report["indexed"]}),
+    ]
+    cell = report.get("cell")
+    if cell:
+        a, b, c, alpha, beta, gamma = cell["mean"]
+        found.append(("unit_cell", {"a": a, "b": b, "c": c, "alpha": alpha, "beta": beta, "gamma": gamma,
+                                    "std": cell["std"], "count": report["indexed"]}))  # fmt: skip
+    return found
+
+
+def with_results(
+    on_report: Callable[[dict[str, Any]], None] | None, results: ResultSink | None
+) -> Callable[[dict[str, Any]], None] | None:
+    """``on_report`` that also publishes each report's results (a refused publish is logged, not fatal)."""
+    if results is None:
+        return on_report
+
+    def report_and_publish(report: dict[str, Any]) -> None:
+        if on_report is not None:
+            on_report(report)
+        for kind, data in report_results(report):
+            try:
+                results.publish(kind, data)
+            except PhotonstreamError as exc:
+                log.warning("xtal merger: result %s not published: %s", kind, exc)
+
+    return report_and_publish
+
+
 def run_merger(
     results: str | Iterable[dict[str, Any]],
     workers: int = 1,
@@ -255,6 +298,7 @@ def run_merger(
     on_report: Callable[[dict[str, Any]], None] | None = None,
     idle_timeout_s: float = 60.0,
     settle_s: float = 2.0,
+    publisher: ResultSink | None = None,
 ) -> MergeOutcome:
     """Merge worker records until the run is done; write MTZ at the end if asked.
 
@@ -269,7 +313,11 @@ def run_merger(
     the stream for them, which is when the last frame is acked), then finishes; ``workers_missing`` names the
     workers that started but never ended. The deadline is checked as records arrive and, on an endpoint, every
     quarter second of silence; an iterable that blocks holds the merger until its next record (or its timeout).
+
+    ``publisher`` (a ``photonstream.client.ResultPublisher``) gets each report as typed results for the API: hit
+    rate, indexing rate and the mean unit cell.
     """
+    on_report = with_results(on_report, publisher)
     tick_s = max(min(settle_s, 0.25), 0.01)
     records = _receive(results, idle_timeout_s, tick_s=tick_s) if isinstance(results, str) else iter(results)
     merger = Merger()
