@@ -5,6 +5,11 @@ certificate to the app. ``TLSInfoH11Protocol`` does: it reads the peer certifica
 object and puts it in each request's scope as the ASGI TLS extension (``scope["extensions"]["tls"]``, with
 ``client_cert_chain`` as PEM), the same place other ASGI servers (e.g. Hypercorn) put it. The app then checks
 the certificate itself (issuer, validity, usage, revocation) on every request.
+
+uvicorn has no timeout for reading a request's headers: a client that sends part of a request and trickles the
+rest (slowloris) holds its connection forever. ``TLSInfoH11Protocol`` closes a connection on which no request
+completed and none is being answered for ``header_timeout_s`` (default 30 s); slow requests whose headers are
+complete, long answers (server-sent events) and keep-alive between requests are not affected.
 """
 
 from __future__ import annotations
@@ -45,11 +50,20 @@ def tls_extension(transport: Any) -> dict[str, Any] | None:
     }
 
 
+HEADER_TIMEOUT_S = 30.0
+
+
 class TLSInfoH11Protocol(H11Protocol):
-    """uvicorn's h11 protocol, adding the ASGI TLS extension (client certificate) to every request's scope."""
+    """uvicorn's h11 protocol, adding the ASGI TLS extension (client certificate) to every request's scope, and
+    closing connections stalled in a request's headers (see the module docstring)."""
+
+    header_timeout_s: float | None = HEADER_TIMEOUT_S
 
     def connection_made(self, transport: Any) -> None:  # type: ignore[override]
         super().connection_made(transport)
+        self._responses_done = 0
+        self._header_timer: Any = None
+        self._watch_headers()
         info = tls_extension(transport)
         if info is None:
             return
@@ -62,6 +76,31 @@ class TLSInfoH11Protocol(H11Protocol):
 
         self.app = app_with_tls
 
+    def _watch_headers(self) -> None:
+        if self.header_timeout_s is None:
+            return
+        done_before = self._responses_done
+
+        def check() -> None:
+            if self.transport.is_closing():
+                return
+            answering = self.cycle is not None and not self.cycle.response_complete
+            if self._responses_done == done_before and not answering:
+                self.transport.close()  # a whole period without a complete request: stalled headers
+            else:
+                self._watch_headers()
+
+        self._header_timer = self.loop.call_later(self.header_timeout_s, check)
+
+    def on_response_complete(self) -> None:
+        self._responses_done += 1
+        super().on_response_complete()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self._header_timer is not None:
+            self._header_timer.cancel()
+        super().connection_lost(exc)
+
 
 def server_config(
     app: Any,
@@ -73,9 +112,12 @@ def server_config(
     keyfile: Path | None = None,
     insecure_http: bool = False,
     log_level: str = "info",
+    header_timeout_s: float | None = HEADER_TIMEOUT_S,
 ) -> uvicorn.Config:
-    """A uvicorn config: HTTPS with our CA for client certificates, or plain HTTP when explicitly asked for."""
-    common: dict[str, Any] = {"host": host, "port": port, "log_level": log_level, "http": TLSInfoH11Protocol}
+    """A uvicorn config: HTTPS with our CA for client certificates, or plain HTTP when explicitly asked for.
+    ``header_timeout_s``: close a connection that completes no request for this long (None: never)."""
+    protocol = type("TLSInfoH11Protocol", (TLSInfoH11Protocol,), {"header_timeout_s": header_timeout_s})
+    common: dict[str, Any] = {"host": host, "port": port, "log_level": log_level, "http": protocol}
     if insecure_http:
         if settings.client_certificates != "off":
             raise ConfigError("--insecure-http: plain HTTP carries no client certificates; use tokens only")
