@@ -8,8 +8,12 @@ from __future__ import annotations
 
 import json
 import os
+import re
+import signal
 import subprocess
 import sys
+import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +35,22 @@ def run_demo(*args: str, timeout_s: float = 150.0) -> tuple[subprocess.Completed
     lines = [line for line in result.stdout.splitlines() if line.startswith("{")]
     assert lines, f"no report (exit {result.returncode}): {result.stderr[-3000:]}"
     return result, json.loads(lines[-1])
+
+
+def processes_of(session: int, path: str) -> list[int]:
+    """Live processes in ``session`` or with ``path`` on their command line (the demo's temporary directory)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+            command = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        except (OSError, IndexError):
+            continue
+        if fields[0] != "Z" and (int(fields[3]) == session or path in command):
+            found.append(int(entry.name))
+    return found
 
 
 def job_group_members(pgid: int | None) -> list[int]:
@@ -56,6 +76,10 @@ def test_short_demo_reports_the_run_and_leaves_nothing_running() -> None:
     assert 0 < report["first_frame_s"] <= report["first_result_s"] <= report["first_indexed_s"]
     assert report["end_to_end_fps"] > 0 and report["keeps_up"] is not None
     assert report["trainer"]["train_events"] + report["trainer"]["test_events"] == frames
+    # the merger's figures reached the API's results channel (GET /v1/streams/{id}/results)
+    channel = report["results_channel"]
+    assert channel["kinds"].get("hit_rate", 0) >= 1 and channel["kinds"].get("indexing_rate", 0) >= 1
+    assert channel["hit_rate"] == pytest.approx(report["hit_rate"], abs=1e-3)
     # the human report on stderr names the figures
     for words in ("hit rate", "indexing rate", "merged CC", "request → first indexed", "nothing left running"):
         assert words in result.stderr
@@ -66,6 +90,34 @@ def test_short_demo_reports_the_run_and_leaves_nothing_running() -> None:
     assert [pid for pid in processes["consumers"] if alive(pid)] == []
     assert job_group_members(processes["job_process_group"]) == []
     assert report["workdir"] and not Path(report["workdir"]).exists()  # the temporary CA, state and logs
+
+
+@pytest.mark.timeout(120)
+def test_terminated_demo_stops_everything_it_started() -> None:
+    demo = subprocess.Popen(
+        [sys.executable, "-m", "photonstream", "demo", "--duration", "60", "--rate", "30"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,  # its own session: every process of the demo but the job's is in it
+        env={**os.environ, "COLUMNS": "400"},
+    )
+    lines: list[str] = []
+    reader = threading.Thread(target=lambda: lines.extend(demo.stderr or []), daemon=True)
+    reader.start()
+    deadline = time.monotonic() + 90
+    while not any(" streaming " in line and " 0 analysed" not in line for line in lines):
+        assert demo.poll() is None and time.monotonic() < deadline, "".join(lines)[-3000:]
+        time.sleep(0.2)
+    workdir = re.search(r"(/\S*photonstream-demo-[^/\s]+)/", "".join(lines))
+    assert workdir, "".join(lines)[:2000]
+    assert processes_of(demo.pid, workdir.group(1))  # the demo, its consumers and the job run
+    demo.send_signal(signal.SIGTERM)
+    assert demo.wait(60) != 0
+    reader.join(10)
+    assert "stopped everything the demo started: nothing left running" in "".join(lines)
+    assert processes_of(demo.pid, workdir.group(1)) == []
+    assert not Path(workdir.group(1)).exists()
 
 
 def test_bad_option_fails_with_one_line() -> None:

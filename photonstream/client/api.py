@@ -28,6 +28,7 @@ from photonstream.api.schemas import (
     DatasetList,
     Health,
     Me,
+    ResultPage,
     StreamInfo,
     StreamLogs,
     StreamPage,
@@ -210,6 +211,15 @@ class PhotonstreamClient:
     def transitions(self, stream_id: str | uuid.UUID) -> list[StreamTransitionInfo]:
         response = self._request("GET", f"/v1/streams/{stream_id}/transitions")
         return TypeAdapter(list[StreamTransitionInfo]).validate_python(response.json())
+
+    def results(
+        self, stream_id: str | uuid.UUID, *, after: int = 0, kind: str | None = None, limit: int = 100
+    ) -> ResultPage:
+        """Results consumers published for the stream (hit rate, indexing rate, unit cell, ...), oldest first."""
+        params: dict[str, Any] = {"after": after, "limit": limit}
+        if kind:
+            params["kind"] = kind
+        return self._get(ResultPage, f"/v1/streams/{stream_id}/results", params=params)
 
     def datasets(self) -> list[DatasetInfo]:
         return self._get(DatasetList, "/v1/datasets").items

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from photonstream.errors import PhotonstreamError
+from photonstream.system_demo.roles import PARENT_ENV
 
 STOP_GRACE_S = 5.0
 
@@ -44,6 +45,7 @@ class RoleProcess:
                 stderr=stderr,
                 text=True,
                 bufsize=1,
+                env={**os.environ, PARENT_ENV: str(os.getpid())},
             )
         self.pid = self.process.pid
         self._reader = threading.Thread(target=self._read, name=f"demo-{name}", daemon=True)
@@ -119,6 +121,12 @@ class Roles:
         process = RoleProcess(role, name, self.log_dir)
         self.processes.append(process)
         return process
+
+    def named(self, name: str) -> RoleProcess:
+        for process in self.processes:
+            if process.name == name:
+                return process
+        raise LookupError(f"no demo process {name!r}")
 
     def wait_ready(self, timeout_s: float) -> None:
         deadline = time.monotonic() + timeout_s

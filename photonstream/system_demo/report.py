@@ -46,6 +46,7 @@ class DemoReport:
     keeps_up: bool | None = None
     latency_p50_ms: float | None = None  # frame creation → a worker, median over workers' medians
     trainer: dict[str, Any] | None = None
+    results_channel: dict[str, Any] = field(default_factory=dict)  # GET /v1/streams/{id}/results at the end
     total_s: float = 0.0
     workdir: str = ""  # the temporary directory (CA, state, logs), removed at the end
     processes: dict[str, Any] = field(default_factory=dict)
@@ -105,6 +106,16 @@ def print_report(report: DemoReport, console: Console) -> None:
                 "hit classifier",
                 f"held-out accuracy {_value(t.get('accuracy'), digits=3)} on {t.get('test_events')} frames "
                 f"(majority {_value(t.get('majority_baseline'), digits=3)}), trained on {t.get('train_events')}",
+            )
+        )
+    channel = report.results_channel
+    if channel:
+        kinds = ", ".join(f"{count} {kind}" for kind, count in sorted(channel.get("kinds", {}).items()))
+        rows.append(
+            (
+                "results channel",
+                f"{kinds or 'no results'}; newest: hit rate {_percent(channel.get('hit_rate'))}, "
+                f"indexing rate {_percent(channel.get('indexing_rate'))} of hits",
             )
         )
     if report.processes:

@@ -20,6 +20,23 @@ from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 PROGRESS_EVERY_S = 0.5
+PARENT_ENV = "PHOTONSTREAM_DEMO_PID"
+
+
+def die_with_parent() -> None:
+    """Linux: have the kernel send SIGTERM here when the demo that started this process dies, however it dies."""
+    parent = os.environ.get(PARENT_ENV)
+    if not sys.platform.startswith("linux") or not parent:
+        return
+    import ctypes
+    import signal
+
+    try:
+        ctypes.CDLL(None, use_errno=True).prctl(1, int(signal.SIGTERM), 0, 0, 0)  # 1: PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        return
+    if str(os.getppid()) != parent:  # it died before the line above
+        raise SystemExit(1)
 
 
 def emit(kind: str, **fields: Any) -> None:
@@ -123,9 +140,8 @@ class ResultTimes:
     """Passes the workers' records to the merger, timing the first result and the first indexed one and printing
     running counts every ``PROGRESS_EVERY_S``."""
 
-    def __init__(self, records: Iterable[dict[str, Any]], publish: Callable[[dict[str, int]], None] | None) -> None:
+    def __init__(self, records: Iterable[dict[str, Any]]) -> None:
         self.records = records
-        self.publish = publish
         self.first_result_at: float | None = None
         self.first_indexed_at: float | None = None
         self.last_result_at: float | None = None
@@ -146,8 +162,6 @@ class ResultTimes:
                 if now - shown >= PROGRESS_EVERY_S:
                     shown = now
                     emit("progress", **self.counts, **self.times())
-                    if self.publish is not None:
-                        self.publish(self.counts)
             yield record
 
     def times(self) -> dict[str, float | None]:
@@ -158,54 +172,32 @@ class ResultTimes:
         }
 
 
-def result_publisher(setup: dict[str, Any]) -> Callable[[dict[str, int]], None] | None:
-    """Hit and indexing rates to the API's results channel, where this photonstream has one (else None)."""
-    info = setup.get("stream_info")
-    if not info:
-        return None
-    try:
-        from photonstream.client.results import ResultPublisher
-    except ImportError:
-        return None
-    try:
-        publisher = ResultPublisher.from_stream_info(info, group=setup.get("group", "xtal"), worker="merger")
-    except Exception as exc:  # the demo goes on without the channel; say why once
-        emit("warning", message=f"results channel unavailable: {exc}")
-        return None
-
-    def publish(counts: dict[str, int]) -> None:
-        try:
-            publisher.publish("hit_rate", {"frames": counts["frames"], "hits": counts["hits"]})
-            tried = counts["hits"]
-            indexed = min(counts["indexed"], tried)
-            publisher.publish("indexing_rate", {"frames": tried, "indexed": indexed, "hits": tried})
-        except Exception as exc:
-            emit("warning", message=f"results channel: {exc}")
-
-    return publish
-
-
 def merge() -> None:
     import photonstream.consumers.xtal  # noqa: F401  (cctbx first)
+    from photonstream.client import ResultPublisher
     from photonstream.consumers.xtal.merge import receive_results, run_merger
 
     setup = read_setup()
-    timed = ResultTimes(receive_results(setup["bind"], setup["idle_timeout_s"]), result_publisher(setup))
-    outcome = run_merger(
-        timed,
-        setup["workers"],
-        mtz_path=setup.get("mtz"),
-        report_every=setup.get("report_every", 60),
-        on_report=lambda report: emit("report", **report),
-    )
-    if timed.publish is not None:
-        timed.publish(timed.counts)
+    timed = ResultTimes(receive_results(setup["bind"], setup["idle_timeout_s"]))
+    # the merger's figures (hit rate, indexing rate, cell) go to the API's results channel as it reports them
+    publisher = ResultPublisher.from_stream_info(setup["stream_info"], group=setup["group"], worker="merger")
+    try:
+        outcome = run_merger(
+            timed,
+            setup["workers"],
+            report_every=setup.get("report_every", 60),
+            on_report=lambda report: emit("report", **report),
+            publisher=publisher,
+        )
+    finally:
+        publisher.close()
     emit(
         "final",
         report=outcome.report,
         workers=outcome.workers,
-        mtz=outcome.mtz_path,
+        workers_missing=outcome.workers_missing,
         results_window_s=outcome.results_window_s,
+        published=publisher.published,
         **timed.times(),
     )
 
@@ -251,6 +243,7 @@ def main(argv: list[str] | None = None) -> int:
     if len(args) != 1 or args[0] not in ROLES:
         print(f"usage: python -m photonstream.system_demo.roles {'|'.join(ROLES)}", file=sys.stderr)
         return 2
+    die_with_parent()
     try:
         ROLES[args[0]]()
     except KeyboardInterrupt:

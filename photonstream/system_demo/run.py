@@ -13,9 +13,11 @@ from __future__ import annotations
 
 import contextlib
 import shutil
+import signal
 import tempfile
 import threading
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -26,7 +28,7 @@ from photonstream.errors import ConfigError, PhotonstreamError
 from photonstream.system_demo.pki import make_pki
 from photonstream.system_demo.processes import RoleProcess, Roles, alive
 from photonstream.system_demo.report import KEEP_UP_DRAIN_S, DemoReport, print_report
-from photonstream.system_demo.services import api_settings, start_api, start_buffer
+from photonstream.system_demo.services import api_settings, start_api
 from photonstream.transport.ports import free_tcp_port
 
 EXPERIMENT = "demo00001"
@@ -173,15 +175,25 @@ class DemoRun:
     options: DemoOptions
     console: Console
     roles: Roles
-    merger: RoleProcess
-    workers: list[RoleProcess]
-    trainer: RoleProcess
+    root: Path  # the temporary directory: CA, API state, logs
     url: str = ""
     stream_id: str = ""
     job_id: str | None = None
     job_group: int | None = None
     requested_at: float = 0.0
     problems: list[str] = field(default_factory=list)
+
+    @property
+    def merger(self) -> RoleProcess:
+        return self.roles.named("merger")
+
+    @property
+    def trainer(self) -> RoleProcess:
+        return self.roles.named("trainer")
+
+    @property
+    def workers(self) -> list[RoleProcess]:
+        return [process for process in self.roles.processes if process.role == "worker"]
 
 
 def check_backend(name: str) -> None:
@@ -197,60 +209,90 @@ def check_backend(name: str) -> None:
 
 
 def run_system_demo(options: DemoOptions, console: Console | None = None) -> DemoReport:
-    """Run the demo to its report (see the module docstring); everything it started is stopped on return."""
+    """Run the demo to its report (see the module docstring); everything it started is stopped on return, also
+    when it fails or is interrupted (Ctrl-C, SIGTERM), and then a line says whether anything is left."""
     console = console or Console(stderr=True)
     check_backend(options.backend)
     began = time.time()
     root = Path(tempfile.mkdtemp(prefix="photonstream-demo-"))
     roles = Roles(root / "logs")
-    report: DemoReport | None = None
-    with contextlib.ExitStack() as stack:
-        stack.callback(shutil.rmtree, root, ignore_errors=True)
-        stack.callback(roles.stop)
-        merger = roles.spawn("merge", "merger")
-        workers = [roles.spawn("worker", f"worker-{i}") for i in range(options.workers)]
-        trainer = roles.spawn("trainer", "trainer")
-        run = DemoRun(options, console, roles, merger, workers, trainer)
-
-        pki = make_pki(root, USER, EXPERIMENT)
-        buffer = start_buffer()
-        stack.callback(buffer.stop)
-        api = start_api(api_settings(root / "state", pki, buffer.endpoint, options.backend), pki)
-        stack.callback(api.stop)
-        run.url = api.url
-        say(run, f"[bold]photonstream demo[/]: API and dashboard on {api.url}/ui (CA {pki.ca_certificate}; "
-                 f"log in with the token in {pki.user_token}); buffer {buffer.endpoint}")  # fmt: skip
-
-        from photonstream.client.api import PhotonstreamClient
-
-        client = PhotonstreamClient(api.url, cert=pki.user_certificate[0], key=pki.user_certificate[1],
-                                    ca=pki.ca_certificate)  # fmt: skip
-        stack.callback(client.close)
-        roles.wait_ready(READY_TIMEOUT_S)
-        say(run, f"{USER} requests {options.events} {options.detector} frames at {options.rate_hz:g} Hz "
-                 f"(~{options.hit_fraction:.0%} hits), {options.workers} crystallography workers, a hit-classifier "
-                 f"trainer and a monitor group; the job runs on the {options.backend} backend")  # fmt: skip
-        run.requested_at = time.time()
-        created = client.create_stream(stream_request(options)).model_dump(mode="json")
-        run.stream_id = str(created["id"])
-        stack.callback(cancel_if_running, client, run)
-        link = consumer_link(created)
-        start_consumers(run, link, created)
-        monitor = MonitorGroup(link)
-        stack.callback(monitor.stop)
-        follow(run, client, monitor, api)
-        stream = client.get_stream(run.stream_id)
-        report = build_report(run, stream, monitor)
-        if options.keep_running:
-            print_report(report, console)
-            say(run, f"[bold]--keep-running[/]: the dashboard stays at {api.url}/ui until Ctrl-C")
-            with contextlib.suppress(KeyboardInterrupt):
-                while True:
-                    time.sleep(3600)
-    assert report is not None
+    run = DemoRun(options, console, roles, root)
+    try:
+        with terminate_as_interrupt(), contextlib.ExitStack() as stack:
+            stack.callback(shutil.rmtree, root, ignore_errors=True)
+            stack.callback(roles.stop)
+            report = demonstrate(run, stack, began)
+    except BaseException:
+        left = processes_left(run)["left"]
+        console.print(f"stopped everything the demo started: {left or 'nothing left running'}")
+        raise
     report.processes = processes_left(run)
     report.total_s = round(time.time() - began, 2)
     report.workdir = str(root)
+    return report
+
+
+@contextlib.contextmanager
+def terminate_as_interrupt() -> Iterator[None]:
+    """SIGTERM raises KeyboardInterrupt here (so the demo cleans up as after Ctrl-C); the main thread only."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def interrupt(_signum: int, _frame: object) -> None:
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def demonstrate(run: DemoRun, stack: contextlib.ExitStack, began: float) -> DemoReport:
+    options, console, roles = run.options, run.console, run.roles
+    roles.spawn("merge", "merger")
+    for index in range(options.workers):
+        roles.spawn("worker", f"worker-{index}")
+    roles.spawn("trainer", "trainer")
+
+    pki = make_pki(run.root, USER, EXPERIMENT)
+    api_port = free_tcp_port()
+    settings = api_settings(run.root / "state", pki, options.backend, api_port, free_tcp_port())
+    api = start_api(settings, pki, api_port)
+    stack.callback(api.stop)
+    run.url = api.url
+    say(run, f"[bold]photonstream demo[/]: API and dashboard on {api.url}/ui (CA {pki.ca_certificate}; "
+             f"log in with the token in {pki.user_token}); buffer {settings.buffer_endpoint} (CURVE)")  # fmt: skip
+
+    from photonstream.client.api import PhotonstreamClient
+
+    client = PhotonstreamClient(api.url, cert=pki.user_certificate[0], key=pki.user_certificate[1],
+                                ca=pki.ca_certificate)  # fmt: skip
+    stack.callback(client.close)
+    roles.wait_ready(READY_TIMEOUT_S)
+    say(run, f"{USER} requests {options.events} {options.detector} frames at {options.rate_hz:g} Hz "
+             f"(~{options.hit_fraction:.0%} hits), {options.workers} crystallography workers, a hit-classifier "
+             f"trainer and a monitor group; the job runs on the {options.backend} backend")  # fmt: skip
+    run.requested_at = time.time()
+    created = client.create_stream(stream_request(options)).model_dump(mode="json")
+    run.stream_id = str(created["id"])
+    stack.callback(cancel_if_running, client, run)
+    say(run, f"stream {run.stream_id} created; live on the dashboard at {api.url}/ui/streams/{run.stream_id}")
+    link = consumer_link(created)
+    start_consumers(run, link, created)
+    monitor = MonitorGroup(link)
+    stack.callback(monitor.stop)
+    follow(run, client, monitor, api)
+    report = build_report(run, client.get_stream(run.stream_id), monitor)
+    report.results_channel = results_channel(client, run)
+    if options.keep_running:
+        report.total_s = round(time.time() - began, 2)
+        print_report(report, console)
+        say(run, f"[bold]--keep-running[/]: the dashboard stays at {api.url}/ui until Ctrl-C")
+        with contextlib.suppress(KeyboardInterrupt):
+            while True:
+                time.sleep(3600)
     return report
 
 
@@ -355,6 +397,33 @@ def slurm_job_listed(job_id: str) -> bool:
     except (OSError, subprocess.TimeoutExpired):
         return False
     return listed.returncode == 0 and bool(listed.stdout.strip())
+
+
+def results_channel(client: Any, run: DemoRun) -> dict[str, Any]:
+    """What the API's results channel holds for the stream: counts per kind and the newest rates."""
+    published = int((run.merger.final or {}).get("published") or 0)
+    deadline = time.monotonic() + 5.0  # the API collects results from the buffer every results_poll_s
+    while True:
+        items: list[Any] = []
+        after: int | None = 0
+        while after is not None:
+            page = client.results(run.stream_id, after=after, limit=1000)
+            items += page.items
+            after = page.next_after
+        if len(items) >= published or time.monotonic() > deadline:
+            break
+        time.sleep(0.25)
+    kinds: dict[str, int] = {}
+    newest: dict[str, dict[str, Any]] = {}
+    for item in items:
+        kinds[item.kind] = kinds.get(item.kind, 0) + 1
+        newest[item.kind] = item.data
+    return {
+        "results": len(items),
+        "kinds": kinds,
+        "hit_rate": newest.get("hit_rate", {}).get("rate"),
+        "indexing_rate": newest.get("indexing_rate", {}).get("rate"),
+    }
 
 
 def _seconds_after(moment: float | None, start: float) -> float | None:

@@ -1,4 +1,4 @@
-"""The demo's services in this process: the buffer (a thread) and the API with its dashboard (uvicorn, a thread)."""
+"""The demo's services in this process: the API with its dashboard and embedded buffer (uvicorn, a thread)."""
 
 from __future__ import annotations
 
@@ -10,7 +10,6 @@ from typing import Any
 
 from photonstream.errors import PhotonstreamError
 from photonstream.system_demo.pki import DemoPki
-from photonstream.transport.ports import free_tcp_port
 
 START_TIMEOUT_S = 60.0
 
@@ -41,40 +40,37 @@ class ApiServer:
         self.thread.join(timeout=15)
 
 
-def start_buffer() -> Any:
-    """The buffer service on a free loopback port (memory only, no authentication: the embedded default)."""
-    from photonstream.buffer import BufferService, BufferSettings
-
-    service = BufferService(BufferSettings(bind="tcp://127.0.0.1:*"))
-    service.start()
-    return service
-
-
-def api_settings(state_dir: Path, pki: DemoPki, buffer_endpoint: str, backend: str) -> Any:
+def api_settings(state_dir: Path, pki: DemoPki, backend: str, api_port: int, buffer_port: int) -> Any:
+    """The API on embedded defaults: SQLite in ``state_dir``, the buffer in-process (CURVE, per-stream grants)
+    on ``buffer_port``, jobs on ``backend`` reporting progress to the API at ``api_port``."""
     from photonstream.api.settings import ApiSettings
 
-    backends = ["local"] if backend == "local" else ["local", backend]
+    buffer = f"tcp://127.0.0.1:{buffer_port}"
     return ApiSettings(
         state_dir=state_dir,
         ca_dir=pki.ca_dir,
         client_certificates="optional",
         tokens=True,
         job_backend=backend,
-        job_backends=backends,
-        buffer_endpoint=buffer_endpoint,
+        job_backends=["local"] if backend == "local" else ["local", backend],
+        buffer="embedded",
+        buffer_bind=buffer,
+        buffer_endpoint=buffer,
+        buffer_token_bind=None,
+        report_url=f"https://127.0.0.1:{api_port}",
         launcher_interval_s=0.25,
+        results_poll_s=0.5,
     )
 
 
-def start_api(settings: Any, pki: DemoPki, host: str = "127.0.0.1") -> ApiServer:
-    """The API and dashboard over HTTPS (client certificates optional) on a free port of ``host``."""
+def start_api(settings: Any, pki: DemoPki, port: int, host: str = "127.0.0.1") -> ApiServer:
+    """The API and dashboard over HTTPS (client certificates optional) on ``host``:``port``."""
     import uvicorn
 
     from photonstream.api.app import create_app
     from photonstream.api.server import server_config
 
     app = create_app(settings)
-    port = free_tcp_port(host)
     config = server_config(
         app, settings, host=host, port=port, certfile=pki.service[0], keyfile=pki.service[1], log_level="warning"
     )
