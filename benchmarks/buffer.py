@@ -7,6 +7,8 @@ as received by one consumer (the first to the last message it got).
 - raw_zmq: PUSH → PULL, one hop
 - zmq_proxy: PUSH → ``zmq.proxy`` (libzmq's own, in C) → PULL
 - buffer_mem / buffer_disk: the ``buffer`` handler → BufferService (memory / ``durable`` on disk) → subscribe()
+- buffer_plain / buffer_auth / buffer_curve: the same in memory on a listener without authentication, with token
+  authentication (ZAP PLAIN, data in clear), and with CURVE (authenticated and encrypted), side by side
 - buffer_bcast4 vs zmq_pub4: the buffer to 4 groups (one consumer each) vs PUB to 4 SUBs (GB/s per consumer)
 - nats / redis / buffer_1mb: always 1 MB frames: NATS JetStream (memory storage, async acked publish, ordered
   push consumer) at 127.0.0.1:4222, Redis Streams (pipelined XADD, XREAD) at 127.0.0.1:6379, our buffer
@@ -174,7 +176,9 @@ def _per_consumer(results: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 # -- the buffer ------------------------------------------------------------------------------------------------
-def _buffer_service(bind: str, data_dir: str | None, io_threads: int, ready: Any) -> None:
+def _buffer_service(
+    bind: str, data_dir: str | None, io_threads: int, ready: Any, security: str = "none", grant: Any = None
+) -> None:
     from photonstream.buffer import BufferService, BufferSettings
     from photonstream.buffer.service import tune_allocator
 
@@ -186,24 +190,39 @@ def _buffer_service(bind: str, data_dir: str | None, io_threads: int, ready: Any
         memory_total=2 << 30,
         retention_bytes=2 << 30,
         io_threads=io_threads,
+        security=security,
+        keys_dir=Path(data_dir) / "keys" if data_dir and security != "none" else None,
     )
     service = BufferService(settings)
     service.start()
+    if grant is not None:
+        service.access.register([grant])
     ready.set()
     while True:
         time.sleep(1)
 
 
 def _buffer_producer(
-    endpoint: str, frame_bytes: int, seconds: float, durable: bool, rate_hz: float, window: int, go: Any
+    endpoint: str,
+    frame_bytes: int,
+    seconds: float,
+    durable: bool,
+    rate_hz: float,
+    window: int,
+    go: Any,
+    credentials: str | None = None,
 ) -> None:
+    from photonstream.buffer.credentials import Credentials
     from photonstream.frames import EndMessage, Frame, StartMessage
     from photonstream.handlers.buffer import BufferHandler, BufferOptions
     from photonstream.serializers.base import create
 
     go.wait(60)
     serializer = create("msgpack")
-    handler = BufferHandler(BufferOptions(address=endpoint, durable=durable, send_timeout_s=60, window=window))
+    link = Credentials.from_json(credentials) if credentials else None
+    options = BufferOptions(address=endpoint, durable=durable, send_timeout_s=60, window=window,
+                            security=link.security if link else "none")  # fmt: skip
+    handler = BufferHandler(options, credentials=link)
     handler.open()
     experiment, run, stream_id = STREAM.split("/")
     start = StartMessage(stream_id=stream_id, experiment=experiment, run=int(run), serializer="msgpack", seq=0)
@@ -228,10 +247,12 @@ def _buffer_producer(
     handler.close()
 
 
-def _buffer_consumer(endpoint: str, group: str, credit: int, out: Any) -> None:
+def _buffer_consumer(endpoint: str, group: str, credit: int, out: Any, credentials: str | None = None) -> None:
+    from photonstream.buffer.credentials import Credentials
     from photonstream.client import subscribe
 
-    sub = subscribe(endpoint, STREAM, group=group, credit=credit, decode=False, timeout_s=60)
+    link = Credentials.from_json(credentials) if credentials else None
+    sub = subscribe(endpoint, STREAM, group=group, credit=credit, decode=False, timeout_s=60, credentials=link)
     count = nbytes = 0
     first = last = 0.0
     latencies: list[float] = []
@@ -261,15 +282,21 @@ def buffer_case(
     credit: int = CREDIT,
     window: int = WINDOW,
     io_threads: int = 2,
+    security: str = "none",
 ) -> dict[str, Any]:
+    """``security``: none, token (authenticated, plaintext) or curve (authenticated, encrypted)."""
     endpoint = f"tcp://127.0.0.1:{_free_port()}"
     with tempfile.TemporaryDirectory(prefix="photonstream-bench-") as data_dir:
         ready, go, out = _ctx.Event(), _ctx.Event(), _ctx.Queue()
-        service = _ctx.Process(target=_buffer_service, args=(endpoint, data_dir, io_threads, ready), daemon=True)
+        grant, consumer, producer = _stream_credentials(security)
+        service = _ctx.Process(
+            target=_buffer_service, args=(endpoint, data_dir, io_threads, ready, security, grant), daemon=True
+        )
         service.start()
         ready.wait(60)
-        procs = [(_buffer_consumer, (endpoint, f"g{i}", credit, out)) for i in range(groups)]
-        procs.append((_buffer_producer, (endpoint, frame_bytes, seconds, durable, rate_hz, window, go)))
+        consumer_json, producer_json = _link_json(security, Path(data_dir) / "keys", consumer, producer)
+        procs = [(_buffer_consumer, (endpoint, f"g{i}", credit, out, consumer_json)) for i in range(groups)]
+        procs.append((_buffer_producer, (endpoint, frame_bytes, seconds, durable, rate_hz, window, go, producer_json)))
         time.sleep(0.3)
         go.set()
         try:
@@ -280,6 +307,37 @@ def buffer_case(
     if groups == 1:
         return {**results[0], "rate_hz": rate_hz}
     return _per_consumer(results)
+
+
+def _stream_credentials(security: str) -> tuple[dict[str, Any] | None, tuple[str, str], tuple[str, str]]:
+    """The stream's grant and its consumer's and producer's secrets (CURVE pairs or tokens), as the API makes them."""
+    from photonstream.buffer.credentials import token_hash
+
+    if security == "none":
+        return None, ("", ""), ("", "")
+    if security == "curve":
+        consumer = tuple(k.decode() for k in zmq.curve_keypair())
+        producer = tuple(k.decode() for k in zmq.curve_keypair())
+        grant = {"addresses": [STREAM], "consumers": [f"curve:{consumer[0]}"], "producers": [f"curve:{producer[0]}"]}
+        return grant, consumer, producer  # type: ignore[return-value]
+    consumer, producer = ("c.bench", "consumer-secret"), ("p.bench", "producer-secret")
+    tokens = {consumer[0]: token_hash(consumer[1]), producer[0]: token_hash(producer[1])}
+    grant = {"addresses": [STREAM], "consumers": [f"token:{consumer[0]}"], "producers": [f"token:{producer[0]}"],
+             "tokens": tokens}  # fmt: skip
+    return grant, consumer, producer
+
+
+def _link_json(
+    security: str, keys_dir: Path, consumer: tuple[str, str], producer: tuple[str, str]
+) -> tuple[str | None, str | None]:
+    from photonstream.buffer.credentials import Credentials, load_public_key
+
+    if security == "none":
+        return None, None
+    if security == "token":
+        return Credentials.token(*consumer).to_json(), Credentials.token(*producer).to_json()
+    server = load_public_key(keys_dir / "buffer.key")
+    return Credentials.curve(server, *consumer).to_json(), Credentials.curve(server, *producer).to_json()
 
 
 # -- NATS JetStream and Redis Streams ------------------------------------------------------------------------
@@ -462,6 +520,11 @@ def run(frame_mb: float = 4.0, seconds: float = 3.0, repeat: int = 1) -> tuple[l
         ("zmq_proxy", f"PUSH→zmq.proxy→PULL, {frame_mb:g} MB", lambda: zmq_proxy(size, seconds)),
         ("buffer_mem", f"buffer in memory, {frame_mb:g} MB", lambda: buffer_case(size, seconds)),
         ("buffer_disk", f"buffer durable, {frame_mb:g} MB", lambda: buffer_case(size, seconds, durable=True)),
+        ("buffer_plain", f"buffer, no authentication, {frame_mb:g} MB", lambda: buffer_case(size, seconds)),
+        ("buffer_auth", f"buffer, token auth (plaintext), {frame_mb:g} MB",
+         lambda: buffer_case(size, seconds, security="token")),
+        ("buffer_curve", f"buffer, CURVE (encrypted), {frame_mb:g} MB",
+         lambda: buffer_case(size, seconds, security="curve")),
         ("buffer_bcast4", f"buffer → 4 groups, {frame_mb:g} MB (per consumer)",
          lambda: buffer_case(size, seconds, groups=4)),
         ("zmq_pub4", f"PUB → 4 SUB, {frame_mb:g} MB (per consumer)", lambda: zmq_pub(size, seconds)),
@@ -502,6 +565,8 @@ def _ratios(s: dict[str, Any]) -> dict[str, Any]:
         "mem_vs_proxy": ratio("buffer_mem_gbps", "zmq_proxy_gbps"),
         "mem_vs_raw": ratio("buffer_mem_gbps", "raw_zmq_gbps"),
         "disk_vs_mem": ratio("buffer_disk_gbps", "buffer_mem_gbps"),
+        "auth_vs_plain": ratio("buffer_auth_gbps", "buffer_plain_gbps"),
+        "curve_vs_plain": ratio("buffer_curve_gbps", "buffer_plain_gbps"),
         "bcast4_vs_pub4": ratio("buffer_bcast4_gbps", "zmq_pub4_gbps"),
         "vs_nats": ratio("buffer_1mb_gbps", "nats_gbps"),
         "vs_redis": ratio("buffer_1mb_gbps", "redis_gbps"),
