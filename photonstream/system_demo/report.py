@@ -9,6 +9,7 @@ from rich.console import Console
 from rich.table import Table
 
 KEEP_UP_DRAIN_S = 2.0  # analysis keeps up if its last result comes at most this long after the last frame
+RATE_REACHED = 0.95  # acquisition reached the configured rate if it ran at least this fraction of it
 
 
 @dataclass
@@ -44,6 +45,7 @@ class DemoReport:
     end_to_end_fps: float | None = None  # frames / (first frame created → last result)
     drain_s: float | None = None  # last frame created → last result
     keeps_up: bool | None = None
+    rate_reached: bool | None = None  # acquisition ran at the configured rate (else the producer was too slow)
     latency_p50_ms: float | None = None  # frame creation → a worker, median over workers' medians
     trainer: dict[str, Any] | None = None
     results_channel: dict[str, Any] = field(default_factory=dict)  # GET /v1/streams/{id}/results at the end
@@ -89,7 +91,8 @@ def print_report(report: DemoReport, console: Console) -> None:
         ("request → first indexed", _value(report.first_indexed_s, " s")),
         (
             "throughput",
-            f"acquisition {_value(report.acquisition_fps, ' frames/s', 1)}, analysis "
+            f"acquisition {_value(report.acquisition_fps, ' frames/s', 1)}"
+            f"{'' if report.rate_reached is not False else ' (below the configured rate)'}, analysis "
             f"{_value(report.analysis_fps, ' frames/s', 1)}, "
             f"end to end {_value(report.end_to_end_fps, ' frames/s', 1)}",
         ),

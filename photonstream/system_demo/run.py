@@ -24,10 +24,10 @@ from typing import Any
 
 from rich.console import Console
 
-from photonstream.errors import ConfigError, PhotonstreamError
+from photonstream.errors import ConfigError, MissingDependencyError, PhotonstreamError
 from photonstream.system_demo.pki import make_pki
 from photonstream.system_demo.processes import RoleProcess, Roles, alive
-from photonstream.system_demo.report import KEEP_UP_DRAIN_S, DemoReport, print_report
+from photonstream.system_demo.report import KEEP_UP_DRAIN_S, RATE_REACHED, DemoReport, print_report
 from photonstream.system_demo.services import api_settings, start_api
 from photonstream.transport.ports import free_tcp_port
 
@@ -196,6 +196,18 @@ class DemoRun:
         return [process for process in self.roles.processes if process.role == "worker"]
 
 
+def check_dependencies() -> None:
+    """The consumers' optional packages, named before anything starts."""
+    import importlib.util
+
+    for module, package, extra, feature in (
+        ("cctbx", "cctbx-base", "xtal", "the demo's crystallography workers"),
+        ("torch", "torch", "torch", "the demo's hit-classifier trainer"),
+    ):
+        if importlib.util.find_spec(module) is None:
+            raise MissingDependencyError.for_package(package, feature, extra)
+
+
 def check_backend(name: str) -> None:
     """Slurm must answer before anything starts (ConfigError naming why not)."""
     if name != "slurm":
@@ -212,6 +224,7 @@ def run_system_demo(options: DemoOptions, console: Console | None = None) -> Dem
     """Run the demo to its report (see the module docstring); everything it started is stopped on return, also
     when it fails or is interrupted (Ctrl-C, SIGTERM), and then a line says whether anything is left."""
     console = console or Console(stderr=True)
+    check_dependencies()
     check_backend(options.backend)
     began = time.time()
     root = Path(tempfile.mkdtemp(prefix="photonstream-demo-"))
@@ -480,6 +493,8 @@ def build_report(run: DemoRun, stream: Any, monitor: MonitorGroup) -> DemoReport
         report.drain_s = round(last_result - max(created_last), 3)
         complete = report.frames_sent is None or frames >= report.frames_sent
         report.keeps_up = report.drain_s <= KEEP_UP_DRAIN_S and complete
+    if report.acquisition_fps is not None:
+        report.rate_reached = report.acquisition_fps >= RATE_REACHED * options.rate_hz
     medians = sorted(w["latency_p50_ms"] for w in workers if w.get("latency_p50_ms") is not None)
     report.latency_p50_ms = medians[len(medians) // 2] if medians else None
     if monitor.error:
