@@ -261,7 +261,9 @@ def demo(
         "small", "--detector", help="small (4×192×192, keeps up at 120 Hz on 2 cores) | epix10k2m | jungfrau4m"
     ),
     workers: int = typer.Option(2, "--workers", min=1, help="crystallography worker processes"),
-    backend: str = typer.Option("local", "--backend", help="job backend: local | slurm (a running Slurm)"),
+    backend: str = typer.Option(
+        "local", "--backend", help="job backend: local | slurm (a Slurm that runs jobs on this machine)"
+    ),
     keep_running: bool = typer.Option(False, "--keep-running", help="after the report, keep the API and dashboard"),
     as_json: bool = typer.Option(False, "--json", help="also print the report as one JSON line on stdout"),
 ) -> None:
