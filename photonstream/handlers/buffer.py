@@ -205,12 +205,15 @@ class BufferHandler:
             self._heard_at = time.monotonic()
             try:
                 command, header = P.open_envelope(parts[0])
+                n = int(header["n"]) if command in (P.ACK, P.NACK) else 0
             except P.ProtocolError:
                 continue
+            except (LookupError, TypeError, ValueError, ArithmeticError):
+                self._fail(f"buffer {self.options.address}: malformed reply {parts[0][:64]!r} (no integer n)")
             if command == P.ACK:
-                self._acked(int(header["n"]))
+                self._acked(n)
             elif command == P.NACK:
-                self._resend_from(int(header["n"]))
+                self._resend_from(n)
             elif command == P.WAIT:
                 self._wait_reason = str(header.get("r", "buffer full"))
             elif command == P.ERR:
