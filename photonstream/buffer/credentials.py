@@ -168,12 +168,19 @@ class HandshakeWatch:
     ZeroMQ retries a refused handshake silently; without this, a client with a wrong key would simply wait.
     """
 
-    EVENTS = zmq.EVENT_HANDSHAKE_FAILED_AUTH | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL | zmq.EVENT_HANDSHAKE_SUCCEEDED
+    EVENTS = (
+        zmq.EVENT_HANDSHAKE_FAILED_AUTH
+        | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL
+        | zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL
+        | zmq.EVENT_HANDSHAKE_SUCCEEDED
+    )
+    DROPPED_LIMIT = 3  # handshakes cut off in a row (no success between) before we call it a mismatch
 
     def __init__(self, sock: zmq.Socket, endpoint: str) -> None:
         self.endpoint = endpoint
         self.refused = ""
         self.succeeded = False
+        self._dropped = 0
         self._monitor: zmq.Socket | None = sock.get_monitor_socket(self.EVENTS)
         self._sock = sock
 
@@ -190,6 +197,14 @@ class HandshakeWatch:
             kind = event["event"]
             if kind == zmq.EVENT_HANDSHAKE_SUCCEEDED:
                 self.succeeded = True
+                self._dropped = 0
+            elif kind == zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL:
+                self._dropped += 1  # the peer closed mid-handshake (e.g. a mechanism it does not serve)
+                if self._dropped >= self.DROPPED_LIMIT:
+                    self.refused = (
+                        f"buffer {self.endpoint} refused the connection's security handshake {self._dropped} times: "
+                        "the link's security (curve, token or none) is not the one this endpoint serves"
+                    )
             elif kind == zmq.EVENT_HANDSHAKE_FAILED_AUTH:
                 self.refused = (
                     f"buffer {self.endpoint} refused the credentials (ZAP status {int(event['value'])}): "
