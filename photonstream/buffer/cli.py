@@ -17,7 +17,7 @@ import typer
 import zmq
 
 from photonstream.buffer import protocol as P
-from photonstream.errors import PhotonstreamError
+from photonstream.errors import ConfigError, PhotonstreamError
 
 buffer_app = typer.Typer(help="The high-rate data buffer service.", no_args_is_help=True, add_completion=False)
 
@@ -166,13 +166,25 @@ def consume(
     max_messages: Annotated[int | None, typer.Option(help="stop after this many data messages")] = None,
     timeout_s: Annotated[float | None, typer.Option(help="fail after this long without word from the buffer")] = None,
     json_summary: Annotated[bool, typer.Option("--json", help="print the final summary as JSON")] = False,
+    credentials: Annotated[
+        Path | None, typer.Option(help="the stream's create response (request create --save): its credential")
+    ] = None,
+    security: Annotated[str | None, typer.Option(help="with --credentials: curve or token link")] = None,
 ) -> None:
     """Read a stream from the buffer, printing a live rate/lag line and a final summary."""
+    from photonstream.buffer.credentials import Credentials
     from photonstream.client import subscribe
 
     try:
+        link = None
+        if credentials is not None:
+            try:
+                info = json.loads(credentials.read_text())
+            except (OSError, json.JSONDecodeError) as exc:
+                raise ConfigError(f"{credentials}: cannot read the create response ({exc})") from None
+            _, link = Credentials.from_endpoint(info, security)  # type: ignore[arg-type]
         sub = subscribe(endpoint, stream, group=group, policy=policy, start=start, credit=credit,
-                        decode=decode, timeout_s=timeout_s)  # fmt: skip
+                        decode=decode, timeout_s=timeout_s, credentials=link)  # fmt: skip
     except PhotonstreamError as exc:
         _fail(exc)
     began = time.perf_counter()
