@@ -47,6 +47,7 @@ def run(
     from photonstream.config.pipeline import load_pipeline
     from photonstream.mpi import detect_ranks
     from photonstream.pipeline import Pipeline, RunStats
+    from photonstream.reporting import chain, reporter_from_env
 
     config = load_pipeline(pipeline)
     if events is not None:
@@ -60,8 +61,9 @@ def run(
     if not ranks.is_root:
         end = runner.run()  # rank 0 reports for the whole run
         raise typer.Exit(0 if end.reason == "completed" else 1)
+    report = reporter_from_env()  # a job launched by the API reports its progress back to it
     if quiet or not sys.stderr.isatty():
-        end = runner.run()
+        end = runner.run(progress=report)
     else:
         with Progress(
             TextColumn("[bold]{task.description}"),
@@ -81,7 +83,7 @@ def run(
                     rate=f"{stats.events_per_s:,.0f} ev/s  {stats.bytes_sent / stats.elapsed / 1e6:,.0f} MB/s",
                 )
 
-            end = runner.run(progress=show, progress_every=10)
+            end = runner.run(progress=chain(show, report), progress_every=10)
     stats = runner.stats
     if as_json:
         print(json.dumps(end.to_dict()))

@@ -2,8 +2,8 @@
 credential; data-plane refusals; signed job reports (and replays); results back to the API; a lost report.
 
 The API runs under uvicorn (the job reports to it over HTTPS, verifying our CA) with its launcher and embedded
-buffer (CURVE and token listeners on free ports). The job's command is ``tests/api/report_runner.py``: the
-pipeline runner with ``progress=reporter_from_env()``, as ``photonstream run`` has it once its two lines are in.
+buffer (CURVE and token listeners on free ports). The job runs ``python -m photonstream run``, which reports its
+progress to the API (``reporter_from_env``).
 """
 
 from __future__ import annotations
@@ -32,7 +32,6 @@ from tests.api.harness import ApiHarness, Pki, stream_request
 from tests.api.servers import free_port, running_server
 from tests.store.databases import DatabaseSpec
 
-RUNNER = Path(__file__).with_name("report_runner.py")
 DEADLINE_S = 60.0
 
 
@@ -81,7 +80,7 @@ def make_system(pki: Pki, tmp_path: Path, reports: bool = True) -> Iterator[Syst
         results_poll_s=0.2,
         events_poll_s=0.1,
         local_max_concurrent=2,
-        run_command=[sys.executable, str(RUNNER)],
+        run_command=[sys.executable, "-m", "photonstream"],
     )
     api.services().db.dispose()
     api.app = api.new_app(launcher=True)
