@@ -84,6 +84,8 @@ class BufferSettings(BaseModel):
         None, description="buffer.key_secret (CURVE server pair, created if missing) and admins/*.key (admin keys)"
     )
     admin_keys: tuple[str, ...] = Field((), description="Z85 public keys of admins besides those in keys_dir/admins")
+    max_groups_per_stream: int = Field(64, ge=1, description="consumer groups one stream may have (quota)")
+    max_members_per_group: int = Field(256, ge=1, description="members one consumer group may have at once (quota)")
     results_kept: int = Field(100_000, ge=1, description="consumer results kept until the API collects them")
 
     @model_validator(mode="after")
@@ -885,6 +887,12 @@ class BufferService:
             stream = Stream(StreamLog(address))  # a consumer may come before the producer
             self.streams[address] = stream
         group = stream.groups.get(group_name)
+        quota = self.settings.max_groups_per_stream if group is None else self.settings.max_members_per_group
+        used = len(stream.groups) if group is None else len(group.members) - (identity in group.members)
+        if used >= quota:
+            what = "max_groups_per_stream: the stream has" if group is None else "max_members_per_group: the group has"
+            unit = "consumer groups" if group is None else "members"
+            raise P.ProtocolError("quota", f"{address}: {what} {used} {unit} (limit {quota})")
         if group is None:
             group = Group(group_name, policy, stream.log, origin=start_offset(stream.log, start))
             stream.groups[group_name] = group
