@@ -108,6 +108,14 @@ class ApiSettings(BaseModel):
     )
 
     max_body_bytes: int = Field(1 << 20, ge=1024, description="larger request bodies are refused (413)")
+    max_active_streams_per_user: int | None = Field(
+        20,
+        ge=1,
+        description="queued, starting and streaming streams one identity may have (429 beyond; None: no limit)",
+    )
+    max_event_connections_per_user: int | None = Field(
+        8, ge=1, description="server-sent-event connections one identity may hold open (429 beyond; None: no limit)"
+    )
     page_limit_max: int = Field(500, ge=1)
     events_poll_s: float = Field(0.5, gt=0, description="how often /events looks for new transitions")
 

@@ -34,7 +34,7 @@ HEADER_TIMEOUT_S = 2.0
 def server(pki: Pki, tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, int]]:
     root = tmp_path_factory.mktemp("api-socket")
     spec = DatabaseSpec("sqlite", root)
-    harness = ApiHarness(spec, pki, root / "state")
+    harness = ApiHarness(spec, pki, root / "state", buffer_bind="tcp://127.0.0.1:*")
     port = free_port()
     config = server_config(harness.app, harness.settings, port=port, certfile=pki.service[0],
                            keyfile=pki.service[1], log_level="critical", header_timeout_s=HEADER_TIMEOUT_S)  # fmt: skip

@@ -20,6 +20,7 @@ from fastapi import APIRouter, Depends, Header, Query, Request, Response
 from fastapi.responses import StreamingResponse
 from starlette.concurrency import run_in_threadpool
 
+from photonstream.api import quotas
 from photonstream.api.binding import bind_pipelines
 from photonstream.api.deps import Context, context
 from photonstream.api.errors import CredentialLifetimeError, NotFoundError, PermissionDeniedError
@@ -52,6 +53,7 @@ AUTH_ERRORS = {
     413: {"model": ErrorBody, "description": "request body too large"},
     422: {"model": ValidationErrorBody, "description": "malformed request; each error names its field"},
 }
+QUOTA = {429: {"model": ErrorBody, "description": "a quota of the caller is used up (the reason names it)"}}
 NOT_FOUND = {404: {"model": ErrorBody, "description": "no such stream (or not yours)"}}
 KEEPALIVE_S = 15.0
 
@@ -103,7 +105,7 @@ def visible_stream(ctx: Context, stream_id: uuid.UUID, action: str) -> Stream:
     "",
     status_code=201,
     response_model=StreamInfo,
-    responses=AUTH_ERRORS,
+    responses={**AUTH_ERRORS, **QUOTA},
     summary="Request a stream",
     openapi_extra=request_body(StreamRequest),
     description="Validates the request, binds the pipeline to the experiment and runs, stores the stream (queued) "
@@ -170,7 +172,8 @@ def create_stream(
         credential_expires_at=principal.expires_at,
         estimated_end_at=estimated_end,
     )
-    stream = ctx.svc.streams.create(stream, actor=principal.identity)
+    with quotas.stream_slot(ctx, obj):
+        stream = ctx.svc.streams.create(stream, actor=principal.identity)
     ctx.svc.launcher.reports.create_secrets(stream.id, token_user, token_hash(token_password))
     if link.embedded:  # consumers may connect at once; an external buffer learns it at launch (or the next sync)
         try:
@@ -328,6 +331,7 @@ def _sse(event: str, data: dict[str, object], event_id: int | None = None) -> st
     responses={
         **AUTH_ERRORS,
         **NOT_FOUND,
+        **QUOTA,
         200: {
             "description": "server-sent events: 'state' per transition (id = transition id), 'progress' per job "
             "report (counters and rates of a run), 'result' per published result, 'end' when finished",
@@ -388,6 +392,4 @@ async def stream_events(
                 quiet_since = time.monotonic()
             await asyncio.sleep(poll_s)
 
-    return StreamingResponse(
-        events(), media_type="text/event-stream", headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
-    )
+    return quotas.event_stream(request, ctx, events())

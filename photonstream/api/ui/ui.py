@@ -19,6 +19,7 @@ from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import FileResponse, JSONResponse, RedirectResponse, Response, StreamingResponse
 from starlette.concurrency import run_in_threadpool
 
+from photonstream.api import quotas
 from photonstream.api.auth.session import CSRF_HEADER, clear_session_cookie, set_session_cookie
 from photonstream.api.deps import Audit, Context, caller, context, services
 from photonstream.api.errors import AuthenticationError, NotFoundError, PermissionDeniedError
@@ -164,7 +165,7 @@ def _sse(event: str, data: Any) -> str:
     return f"event: {event}\ndata: {json.dumps(data, default=str, separators=(',', ':'))}\n\n"
 
 
-def _event_stream(request: Request, produce: Any) -> StreamingResponse:
+def _event_stream(request: Request, ctx: Context, produce: Any) -> StreamingResponse:
     """``update`` events each second; ``gone`` when the stream is no longer visible, ``logged-out`` when the
     caller's credential no longer holds (revoked, expired: checked before every update, as for any request)."""
     svc = services(request)
@@ -187,9 +188,7 @@ def _event_stream(request: Request, produce: Any) -> StreamingResponse:
                     return
                 await asyncio.sleep(0.25)
 
-    return StreamingResponse(
-        events(), media_type="text/event-stream", headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
-    )
+    return quotas.event_stream(request, ctx, events())
 
 
 def _list_view(ctx: Context, monitor: Monitor) -> dict[str, Any]:
@@ -211,7 +210,7 @@ def list_view(request: Request, ctx: Context = Depends(context)) -> dict[str, An
 async def list_events(request: Request, ctx: Context = Depends(context)) -> StreamingResponse:
     ctx.audit.allow("ui.list", f"owner:{'*' if ctx.principal.is_operator else ctx.principal.identity}")
     monitor = monitor_of(request)
-    return _event_stream(request, lambda: _list_view(ctx, monitor))
+    return _event_stream(request, ctx, lambda: _list_view(ctx, monitor))
 
 
 def _detail(ctx: Context, monitor: Monitor, stream_id: uuid.UUID) -> dict[str, Any]:
@@ -229,7 +228,7 @@ def detail_view(stream_id: uuid.UUID, request: Request, ctx: Context = Depends(c
 async def detail_events(stream_id: uuid.UUID, request: Request, ctx: Context = Depends(context)) -> StreamingResponse:
     await run_in_threadpool(visible_stream, ctx, stream_id, "ui.stream")
     monitor = monitor_of(request)
-    return _event_stream(request, lambda: _detail(ctx, monitor, stream_id))
+    return _event_stream(request, ctx, lambda: _detail(ctx, monitor, stream_id))
 
 
 @router.get("/ui/api/streams/{stream_id}/frame.png")
