@@ -233,8 +233,10 @@ class BufferService:
         self.context = context or zmq.Context(io_threads=self.settings.io_threads)
         self.streams: dict[str, Stream] = {}
         self._members: dict[bytes, tuple[Stream, Group]] = {}
+        self._principals: dict[bytes, str] = {}  # who each member authenticated as (checked again on grant changes)
         self._pending_acks: dict[Producer, Stream] = {}  # producers with something to ack
         self.access = AccessTable(set(self.settings.admin_keys), self._admin_dir())
+        self._access_seen = self.access.snapshot
         self.rejected: Counter[str] = Counter()  # refused messages by error code (stats: service.rejected)
         self.instance = uuid.uuid4().hex[:12]  # changes on every start: the API re-registers and re-reads
         self.public_key: str | None = None
@@ -904,6 +906,7 @@ class BufferService:
         self._forget_member(identity)
         group.join(identity, str(header.get("m", "")), credit, monotonic())
         self._members[identity] = (stream, group)
+        self._principals[identity] = principal
         if stream.started:
             self._greet(stream, group, identity)
             self._dispatch(stream)
@@ -924,6 +927,16 @@ class BufferService:
         if group.calibrations_sent:
             offset, record = log.calibrations[group.calibrations_sent - 1]
             self._reply(identity, P.CAL, {"o": offset, "q": record.seq}, record.frames or [])
+
+    def _drop_unauthorized_members(self) -> None:
+        """After a grant change (a stream's owner revoked): members that may no longer read their stream leave, told
+        why, and get nothing more."""
+        for identity, (stream, _) in list(self._members.items()):
+            address = stream.log.address
+            if not self.access.may(self._principals.get(identity, ""), address, "consume"):
+                self._forget_member(identity)
+                self._dispatch_later.add(address)
+                self._refuse(identity, "forbidden", f"{address}: this credential may no longer read this stream")
 
     def _on_credit(self, identity: bytes, header: dict[str, Any]) -> None:
         entry = self._members.get(identity)
@@ -961,6 +974,7 @@ class BufferService:
             self._dispatch(entry[0])
 
     def _forget_member(self, identity: bytes) -> tuple[Stream, Group] | None:
+        self._principals.pop(identity, None)
         entry = self._members.pop(identity, None)
         if entry is not None:
             entry[1].leave(identity)
@@ -1029,6 +1043,9 @@ class BufferService:
 
     # -- timers -------------------------------------------------------------------------------------------
     def _tick(self, now: float) -> None:
+        if self.access.snapshot is not self._access_seen:
+            self._access_seen = self.access.snapshot
+            self._drop_unauthorized_members()
         member_deadline = now - self.settings.member_timeout_s
         for stream in list(self.streams.values()):
             touched = False
