@@ -16,7 +16,15 @@ from sqlalchemy import func, select, update
 from sqlalchemy.exc import IntegrityError
 
 from photonstream.store.db import Database
-from photonstream.store.models import Stream, StreamProgress, StreamResult, StreamSecret, utcnow
+from photonstream.store.models import (
+    Identity,
+    RevokedCredential,
+    Stream,
+    StreamProgress,
+    StreamResult,
+    StreamSecret,
+    utcnow,
+)
 
 
 class ReportStore:
@@ -79,7 +87,9 @@ class ReportStore:
                 .join(StreamSecret, StreamSecret.stream_id == Stream.id)
                 .where(Stream.id == stream_id)
             ).first()
-        return None if row is None else (row[0], row[1])
+            if row is None or not _owner_holds(session, [row[0]]):
+                return None
+        return row[0], row[1]
 
     def access_rows(self, finished_after: dt.datetime) -> list[tuple[Stream, StreamSecret]]:
         """Streams whose data the buffer may still hold (active, or finished after ``finished_after``) with their
@@ -90,7 +100,8 @@ class ReportStore:
                 .join(StreamSecret, StreamSecret.stream_id == Stream.id)
                 .where((Stream.finished_at.is_(None)) | (Stream.finished_at > finished_after))
             ).all()
-        return [(stream, secret) for stream, secret in rows]
+            holding = _owner_holds(session, [stream for stream, _ in rows])
+        return [(stream, secret) for stream, secret in rows if stream.id in holding]
 
     # -- progress ----------------------------------------------------------------------------------------------
     def save_progress(self, stream_id: str, address: str, phase: str, report: dict[str, Any]) -> StreamProgress:
@@ -166,3 +177,18 @@ class ReportStore:
         with self.db.session() as session:
             value = session.scalar(select(func.max(StreamResult.id)).where(StreamResult.stream_id == stream_id))
         return int(value or 0)
+
+
+def _owner_holds(session: Any, streams: list[Stream]) -> set[str]:
+    """Ids of the streams whose owner still holds: not disabled, and the credential that created the stream not
+    revoked. A stream of a revoked owner loses its buffer grants: its consumers read nothing more."""
+    if not streams:
+        return set()
+    revoked = {(r.kind, r.credential_id) for r in session.scalars(select(RevokedCredential))}
+    disabled = set(session.scalars(select(Identity.name).where(Identity.disabled.is_(True))))
+    holding = set()
+    for stream in streams:
+        used = zip(stream.credential_kind.split("+"), stream.credential_id.split("+"), strict=False)
+        if stream.owner not in disabled and not any(pair in revoked for pair in used):
+            holding.add(stream.id)
+    return holding

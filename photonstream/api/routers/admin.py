@@ -5,8 +5,10 @@ Admins only; every change is audited like any other decision.
 
 from __future__ import annotations
 
+import logging
 from typing import Annotated, Literal
 
+import zmq
 from fastapi import APIRouter, Depends, Query
 
 from photonstream.api.deps import Context, admin_context
@@ -26,7 +28,9 @@ from photonstream.api.schemas import (
     RoleBindingBody,
 )
 from photonstream.api.strict import request_body, strict_body
+from photonstream.errors import PhotonstreamError
 
+log = logging.getLogger("photonstream.api")
 router = APIRouter(prefix="/v1/admin", tags=["admin"], responses=AUTH_ERRORS)
 
 SubjectKind = Annotated[Literal["identity", "group"], Query()]
@@ -120,6 +124,7 @@ def set_identity(
 ) -> Changed:
     ctx.svc.policy.set_disabled(body.identity, body.disabled)
     ctx.audit.allow("policy.identity", f"identity:{body.identity}", "disabled" if body.disabled else "enabled")
+    resync_buffer_grants(ctx)
     return Changed(changed=True)
 
 
@@ -137,6 +142,7 @@ def revoke(body: Revocation = Depends(strict_body(Revocation)), ctx: Context = D
         credential_id = format_serial(parse_serial(credential_id))
     changed = ctx.svc.policy.revoke(body.kind, credential_id, ctx.principal.identity, body.reason)
     ctx.audit.allow("credential.revoke", f"{body.kind}:{credential_id}", body.reason)
+    resync_buffer_grants(ctx)
     return Changed(changed=changed)
 
 
@@ -191,3 +197,15 @@ def audit_log(
         )
         for e in entries
     ]
+
+
+def resync_buffer_grants(ctx: Context) -> None:
+    """Send the buffer its grants now: the streams of a revoked credential or a disabled identity lose theirs, so
+    their consumers read nothing more (the periodic sync would do it within ``buffer_sync_s``)."""
+    link = getattr(ctx.svc.launcher, "link", None)
+    if link is None:
+        return
+    try:
+        link.sync()
+    except (PhotonstreamError, zmq.ZMQError) as exc:
+        log.warning("buffer grants not re-sent after a revocation (the next sync will): %s", exc)
