@@ -16,6 +16,7 @@ from typing import Annotated, Any
 import numpy as np
 from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field
 
+from photonstream._data_root import outside_data_root
 from photonstream.errors import ConfigError
 
 
@@ -64,6 +65,8 @@ def load_constant(spec: ConstantFile | float | list[Any], what: str) -> LoadedCo
     if not isinstance(spec, ConstantFile):
         return LoadedConstant(np.asarray(spec, dtype=np.float64), None)
     path = Path(spec.path)
+    if (outside := outside_data_root(path)) is not None:
+        raise ConfigError(f"{what}: {outside}")
     if not path.is_file():
         raise ConfigError(f"{what}: file {spec.path} does not exist")
     if spec.dataset is None:

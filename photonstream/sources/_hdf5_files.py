@@ -24,6 +24,7 @@ from typing import Any, Literal
 import numpy as np
 from pydantic import Field, model_validator
 
+from photonstream._data_root import outside_data_root
 from photonstream.config.base import PluginOptions
 from photonstream.errors import SourceError
 from photonstream.frames import Geometry
@@ -96,6 +97,8 @@ def try_open(path: Path) -> tuple[Any, bool]:
 
 def open_h5(path: Path, plugin: str) -> tuple[Any, bool]:
     """``try_open``, or one SourceError line saying why the file cannot be read."""
+    if (outside := outside_data_root(path)) is not None:
+        raise SourceError(f"{plugin}: {outside}")
     h5py = import_h5py()
     if not path.exists():
         raise SourceError(f"{plugin}: {path}: no such file")
@@ -177,6 +180,8 @@ class RunFile:
             target = Path(link.filename)
             if not target.is_absolute():
                 target = file_path.parent / target
+            if (outside := outside_data_root(target)) is not None:
+                raise SourceError(f"{self.plugin}: {file_path}: external link {path!r} -> {outside}")
             if not target.exists():
                 raise SourceError(
                     f"{self.plugin}: {file_path}: broken external link {path!r} -> "
@@ -197,7 +202,20 @@ class RunFile:
         obj = h5file[path]
         if not isinstance(obj, h5py.Dataset):
             raise SourceError(f"{self.plugin}: {file_path}: {path!r} is a group, not a dataset")
+        self._check_storage(obj, file_path, path)
         return obj
+
+    def _check_storage(self, dataset: Any, file_path: Path, path: str) -> None:
+        """A virtual dataset or external raw storage makes HDF5 itself open other files: they must be readable
+        too (``$PHOTONSTREAM_DATA_ROOT``). Relative names are checked against the file's directory and the
+        current one, where HDF5 may look for them."""
+        names = [source.file_name for source in dataset.virtual_sources()] if dataset.is_virtual else []
+        names += [str(entry[0]) for entry in dataset.external or []]
+        for name in names:
+            candidates = [Path(name)] if Path(name).is_absolute() else [file_path.parent / name, Path.cwd() / name]
+            for target in candidates if name != "." else []:  # "." is the dataset's own file
+                if (outside := outside_data_root(target)) is not None:
+                    raise SourceError(f"{self.plugin}: {file_path}: dataset {path!r} reads {outside}")
 
     def has(self, path: str) -> bool:
         try:

@@ -22,6 +22,7 @@ from typing import Any, ClassVar, Literal
 
 from pydantic import Field
 
+from photonstream._data_root import outside_data_root
 from photonstream.config.base import PluginOptions
 from photonstream.errors import SourceError
 from photonstream.frames import Frame
@@ -109,6 +110,8 @@ class Hdf5FollowSource:
         found = sorted(p for p in glob.glob(str(self.directory / self.options.pattern)) if p not in markers)
         for name in found:
             path = Path(name)
+            if path not in known and (outside := outside_data_root(path)) is not None:
+                raise SourceError(f"{PLUGIN}: {outside}")
             if path not in known and path.is_file():
                 self._files.append(_Followed(path))
                 self.stats.files += 1

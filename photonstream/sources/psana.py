@@ -26,6 +26,7 @@ from typing import Any, ClassVar, Literal
 import numpy as np
 from pydantic import Field, field_validator, model_validator
 
+from photonstream._data_root import outside_data_root
 from photonstream.config.base import PluginOptions
 from photonstream.errors import MissingDependencyError, SourceError
 from photonstream.frames import Frame, Geometry
@@ -99,6 +100,8 @@ def _psana_version() -> str:
 
 
 def _checked(path: Path, walk: bool = True) -> Xtc2Scan:
+    if (outside := outside_data_root(path)) is not None:
+        raise SourceError(outside)
     if not path.exists():
         raise SourceError(f"{path}: no such file")
     if not path.is_file():
