@@ -30,6 +30,8 @@ import yaml
 import zmq
 
 from photonstream import reporting
+from photonstream._data_root import DATA_ROOT_ENV
+from photonstream.api.binding import data_root
 from photonstream.api.settings import ApiSettings
 from photonstream.buffer.credentials import CREDENTIALS_ENV, Credentials, new_token_secret, token_hash
 from photonstream.errors import ConfigError, PhotonstreamError
@@ -179,6 +181,9 @@ class Launcher:
         """The job's environment (producer credential, report URL and secret) and its pipeline configs, with every
         buffer handler pointed at the service's buffer; the producer's grant is registered in the buffer first."""
         environment = {"PHOTONSTREAM_STREAM_ID": stream.id}
+        root = data_root(self.settings, stream.experiment)
+        if root is not None:  # the job checks again what it opens: links and files the request could not show
+            environment[DATA_ROOT_ENV] = str(root)
         configs: list[dict[str, Any]] = [dict(c) for c in stream.spec["pipelines"]]
         secret = self.reports.secrets(stream.id)
         if secret is None:  # a stream from before this service kept secrets: give it some
