@@ -23,7 +23,7 @@ class Canaries:
     """Files outside the data root whose contents must never show up, and whose opens are counted."""
 
     def __init__(self, directory: Path, names: list[str]) -> None:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+        self.libc = libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
         self.fd = libc.inotify_init1(IN_NONBLOCK)
         if self.fd < 0:
             raise OSError(ctypes.get_errno(), "inotify_init1")
@@ -35,11 +35,15 @@ class Canaries:
             path = directory / name
             path.parent.mkdir(parents=True, exist_ok=True)
             path.write_text(f"CANARY {self.secret} {name}\n")
-            wd = libc.inotify_add_watch(self.fd, str(path).encode(), IN_OPEN | IN_ACCESS)
-            if wd < 0:
-                raise OSError(ctypes.get_errno(), f"inotify_add_watch {path}")
-            self.paths[wd] = path
-            self.opens[path] = 0
+            self.watch(path)
+
+    def watch(self, path: Path) -> None:
+        """Count the opens of one more file (made by the caller, e.g. a real HDF5 file)."""
+        wd = self.libc.inotify_add_watch(self.fd, str(path).encode(), IN_OPEN | IN_ACCESS)
+        if wd < 0:
+            raise OSError(ctypes.get_errno(), f"inotify_add_watch {path}")
+        self.paths[wd] = path
+        self.opens[path] = 0
 
     def count(self) -> dict[Path, int]:
         """Opens and reads of each canary since it was made."""

@@ -7,6 +7,10 @@ Canary files sit outside the data root (another experiment's directory, a direct
 every open of them. Numbers asserted: refused requests = all of them (403/422, the reason naming the field),
 streams created = 0, canary contents in any answer = 0, canary files opened = 0. A request inside the root is
 accepted, and its job reads the file the check looked at (the path is bound to the data root), canaries opened 0.
+
+What a request cannot show is checked again in the job, before anything is opened (``$PHOTONSTREAM_DATA_ROOT``):
+an HDF5 external link or virtual dataset inside the root pointing out, a symbolic link planted in a followed
+directory after the request. Numbers asserted: such streams failed = all, naming the file; canaries opened = 0.
 """
 
 from __future__ import annotations
@@ -15,6 +19,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import h5py
 import numpy as np
 import pytest
 
@@ -45,6 +50,20 @@ class Layout:
         (self.root / "clean").mkdir()
         (self.root / "follow").mkdir()
         (self.root / "follow" / "run9").symlink_to(self.outside / "run9")
+        frames = np.arange(3 * 16 * 16, dtype="<u2").reshape(3, 16, 16)
+        self.target = self.outside / "frames.h5"  # real frames outside: what a link inside the root points to
+        write_cxi(self.target, frames)
+        self.canaries.watch(self.target)
+        for name, link in (("linked.h5", "external"), ("virtual.h5", "virtual")):
+            write_cxi(self.root / name, frames)
+            with h5py.File(self.root / name, "a") as f:
+                del f["/entry_1/data_1/data"]
+                if link == "external":
+                    f["/entry_1/data_1/data"] = h5py.ExternalLink(str(self.target), "/entry_1/data_1/data")
+                else:
+                    layout = h5py.VirtualLayout(shape=frames.shape, dtype=frames.dtype)
+                    layout[:] = h5py.VirtualSource(str(self.target), "/entry_1/data_1/data", shape=frames.shape)
+                    f.create_virtual_dataset("/entry_1/data_1/data", layout)
 
     def opened(self) -> int:
         return self.canaries.total() + self.other.total()
@@ -172,4 +191,32 @@ def test_a_relative_path_inside_the_root_is_read_from_the_root_by_the_job(api: A
     done = step_until(api, stream_id, {"completed", "failed"})
     assert done["state"] == "completed", done["reason"]
     assert "3 events sent" in alice.get(f"/v1/streams/{stream_id}/logs").json()["text"]
+    assert layout.opened() == 0
+
+
+@pytest.mark.parametrize("name", ["linked.h5", "virtual.h5"])
+def test_a_link_out_of_the_root_inside_a_file_fails_the_job_before_the_target_is_opened(
+    api: ApiHarness, layout: Layout, name: str
+) -> None:
+    alice = api.client(cert="alice")
+    response = alice.post("/v1/streams", json=stream_request(pipeline={"source": hdf5(name)}))
+    assert response.status_code == 201, response.text  # the file itself is inside: only the job can see the link
+    done = step_until(api, response.json()["id"], {"completed", "failed"})
+    assert done["state"] == "failed"
+    assert f"{layout.target} is outside the data directory" in done["reason"]
+    assert layout.opened() == 0
+
+
+def test_a_symlink_planted_in_a_followed_directory_after_the_request_fails_the_job(
+    api: ApiHarness, layout: Layout
+) -> None:
+    alice = api.client(cert="alice")
+    source = follow("clean", poll_interval_s=0.1)
+    response = alice.post("/v1/streams", json=stream_request(pipeline={"source": source}))
+    assert response.status_code == 201, response.text
+    (layout.root / "clean" / "run_000001.h5").symlink_to(layout.target)  # after the check, before the job
+    (layout.root / "clean" / "END").touch()
+    done = step_until(api, response.json()["id"], {"completed", "failed"})
+    assert done["state"] == "failed"
+    assert f"{layout.root / 'clean' / 'run_000001.h5'} is outside the data directory" in done["reason"]
     assert layout.opened() == 0
