@@ -78,8 +78,10 @@ class Site:
             cwd=REPO, env=environment(), stderr=subprocess.PIPE, text=True,
         )  # fmt: skip
         assert self.buffer.stderr is not None
-        line = self.buffer.stderr.readline()
-        assert "buffer serving on" in line, line
+        lines = [self.buffer.stderr.readline()]
+        while "buffer serving on" not in lines[-1] and len(lines) < 3:  # a warning (no authentication) comes first
+            lines.append(self.buffer.stderr.readline())
+        assert "buffer serving on" in lines[-1], lines
         self.relay = pair.popen(
             pair.hpc,
             python("-m", "photonstream.testing.wan", "--listen", f"127.0.0.1:{RELAY_PORT}",

@@ -199,7 +199,9 @@ class HandshakeWatch:
                 self.succeeded = True
                 self._dropped = 0
             elif kind == zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL:
-                self._dropped += 1  # the peer closed mid-handshake (e.g. a mechanism it does not serve)
+                # The peer closed mid-handshake: a mechanism it does not serve, or (once a handshake has succeeded
+                # on this socket, so the mechanism is right) a link that was cut; only the first is a refusal.
+                self._dropped += 0 if self.succeeded else 1
                 if self._dropped >= self.DROPPED_LIMIT:
                     self.refused = (
                         f"buffer {self.endpoint} refused the connection's security handshake {self._dropped} times: "

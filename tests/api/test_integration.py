@@ -113,7 +113,10 @@ def test_a_requested_stream_reaches_its_consumer_and_reports_its_progress(system
     assert done["state"] == "completed", done["reason"]
     history = system.transitions(stream_id)
     assert [state for state, _ in history] == ["queued", "starting", "streaming", "completed"]
-    assert "buffer acked" in history[2][1] and history[3][1] == "every run ended (12 events)"  # from the job's reports
+    # "streaming" comes from the job's first report or, if the launcher's own look at the buffer is quicker, from
+    # there: both mean data is flowing. The end comes from the job's last report.
+    assert "buffer acked" in history[2][1] or "seen in the buffer" in history[2][1], history[2]
+    assert history[3][1] == "every run ended (12 events)"
     (progress,) = system.alice.get(f"/v1/streams/{stream_id}/progress").json()
     assert progress["phase"] == "ended" and progress["report"]["data_acked"] == 12
     assert progress["report"]["end"]["counts"]["read"] == 12
