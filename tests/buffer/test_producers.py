@@ -71,6 +71,7 @@ def test_oversized_messages_are_refused_with_the_limit_named(make_service: Any) 
 def test_a_second_producer_with_another_start_message_is_refused(service: BufferService) -> None:
     first = Producer(service.endpoint, STREAM)
     first.start()
+    wait_until(lambda: stream_state(service.endpoint, STREAM), what="the first start message to open the stream")
     second = Producer(service.endpoint, STREAM)
     second.start(source={"generator": "another run"})
     with pytest.raises(HandlerError, match="another producer with a different start message"):
