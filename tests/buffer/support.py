@@ -8,11 +8,12 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pytest
 import zmq
 
 from photonstream.buffer import BufferService, BufferSettings
@@ -175,3 +176,23 @@ def group_state(endpoint: str, group: str, stream: str = "exp/1/det") -> dict[st
 
 def stream_state(endpoint: str, stream: str = "exp/1/det") -> dict[str, Any]:
     return remote_stats(endpoint)["streams"].get(stream, {})
+
+
+@pytest.fixture
+def make_service() -> Iterator[Callable[..., BufferService]]:
+    """Start buffer services in threads (loopback, any port); all are stopped after the test."""
+    services: list[BufferService] = []
+
+    def make(**settings: Any) -> BufferService:
+        service = start_service(**settings)
+        services.append(service)
+        return service
+
+    yield make
+    for service in services:
+        service.stop()
+
+
+@pytest.fixture
+def service(make_service: Callable[..., BufferService]) -> BufferService:
+    return make_service()
