@@ -7,6 +7,7 @@ ASGI TLS extension of the request's scope. ``tests/api/test_tls.py`` checks that
 from __future__ import annotations
 
 import datetime as dt
+import time
 import warnings
 from pathlib import Path
 from typing import Any
@@ -149,3 +150,18 @@ def stream_request(experiment: str = EXPERIMENT, **changes: Any) -> dict[str, An
     }
     body.update(changes)
     return body
+
+
+def step_until(api: ApiHarness, stream_id: str, states: set[str], timeout: float = 90.0) -> dict[str, Any]:
+    """Run the launcher step by step until alice's stream reaches one of ``states``; its view then."""
+    launcher = api.services().launcher
+    alice = api.client(cert="alice")
+    deadline = time.monotonic() + timeout
+    while True:
+        launcher.step()
+        shown = alice.get(f"/v1/streams/{stream_id}").json()
+        if shown["state"] in states:
+            return shown
+        if time.monotonic() > deadline:
+            raise AssertionError(f"stream stayed {shown['state']}: {shown['reason']}")
+        time.sleep(0.1)

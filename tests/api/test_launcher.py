@@ -6,7 +6,6 @@ timer except for the job itself.
 from __future__ import annotations
 
 import os
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -15,10 +14,9 @@ import pytest
 import yaml
 
 from photonstream.jobs.base import JobState
-from tests.api.harness import ApiHarness, Pki, stream_request
+from tests.api.harness import ApiHarness, Pki, step_until, stream_request
 from tests.store.databases import DatabaseSpec
 
-DEADLINE_S = 90.0
 
 
 @pytest.fixture()
@@ -35,20 +33,6 @@ def jobs_api(pki: Pki, tmp_path: Path) -> Iterator[ApiHarness]:
     yield harness
     harness.close()
     spec.close()
-
-
-def step_until(api: ApiHarness, stream_id: str, states: set[str]) -> dict[str, Any]:
-    launcher = api.services().launcher
-    alice = api.client(cert="alice")
-    deadline = time.monotonic() + DEADLINE_S
-    while True:
-        launcher.step()
-        shown = alice.get(f"/v1/streams/{stream_id}").json()
-        if shown["state"] in states:
-            return shown
-        if time.monotonic() > deadline:
-            raise AssertionError(f"stream stayed {shown['state']}: {shown['reason']}")
-        time.sleep(0.1)
 
 
 def small_source(**changes: Any) -> dict[str, Any]:

@@ -11,7 +11,6 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -36,7 +35,7 @@ pytestmark = [
 pytest.importorskip("fastapi")
 
 from photonstream.jobs import _shepherd  # noqa: E402
-from tests.api.harness import EXPERIMENT, ApiHarness, Pki, stream_request  # noqa: E402
+from tests.api.harness import EXPERIMENT, ApiHarness, Pki, step_until, stream_request  # noqa: E402
 from tests.store.databases import DatabaseSpec  # noqa: E402
 
 HOW = ("pipeline-process", "process-group")
@@ -49,20 +48,6 @@ class Outcome:
     stored: int
     counts: Tally
     worker_summary: dict[str, Any] | None
-
-
-def step_until(api: ApiHarness, stream_id: str, states: set[str], timeout: float = 40.0) -> dict[str, Any]:
-    launcher = api.services().launcher
-    alice = api.client(cert="alice")
-    deadline = time.monotonic() + timeout
-    while True:
-        launcher.step()
-        shown = alice.get(f"/v1/streams/{stream_id}").json()
-        if shown["state"] in states:
-            return shown
-        if time.monotonic() > deadline:
-            raise AssertionError(f"stream stayed {shown['state']}: {shown['reason']}")
-        time.sleep(0.1)
 
 
 def kill_job(api: ApiHarness, job_id: str, how: str) -> None:
@@ -91,14 +76,14 @@ def outcome(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFac
                   "rate_hz": 40.0}  # fmt: skip
         body = stream_request(pipeline={"source": source})
         stream_id = api.client(cert="alice").post("/v1/streams", json=body).json()["id"]
-        streaming = step_until(api, stream_id, {"streaming", "completed", "failed"})
+        streaming = step_until(api, stream_id, {"streaming", "completed", "failed"}, timeout=40.0)
         assert streaming["state"] == "streaming", streaming["reason"]
         address = f"{EXPERIMENT}/1/{stream_id.replace('-', '')}"
         out = root / "worker.jsonl"
         worker = start_worker(service.endpoint, address, out, "--credit", "8", "--timeout-s", "30")
         wait_for(lambda: frames_done(out) >= 10, 30, "the worker to read ten frames")
         kill_job(api, streaming["job_id"], request.param)
-        shown = step_until(api, stream_id, {"completed", "failed", "cancelled"})
+        shown = step_until(api, stream_id, {"completed", "failed", "cancelled"}, timeout=40.0)
         stored = int(stream_state(service.endpoint, address)["head"])
         wait_for(lambda: frames_done(out) >= stored, 20, "the worker to read every stored frame")
         with contextlib.suppress(AssertionError):  # a worker that gets no end message is stopped after 5 s
