@@ -18,7 +18,6 @@ from tests.api.harness import ApiHarness, Pki, step_until, stream_request
 from tests.store.databases import DatabaseSpec
 
 
-
 @pytest.fixture()
 def jobs_api(pki: Pki, tmp_path: Path) -> Iterator[ApiHarness]:
     spec = DatabaseSpec("sqlite", tmp_path)
