@@ -1,6 +1,11 @@
 """A worker that reads a stream from the buffer and records what its application saw (for fault tests).
 
     python -m tests.stream_worker ENDPOINT EXPERIMENT/RUN/STREAM OUT.jsonl [--group G] [--credit N] ...
+    python -m tests.stream_worker - - OUT.jsonl ...   # the API's data_endpoint (JSON, one line) from stdin
+
+With ``-`` for ENDPOINT and STREAM the worker prints ``{"ready": true}`` once imported, then reads one line from
+stdin: a stream's ``data_endpoint`` as the API's create response gives it, and subscribes with its address, first
+stream and credentials (``subscribe_stream``), as a consumer at another site that was handed the request's answer.
 
 Every frame handed to the application is written to OUT as ``{"event": E, "seq": S, "bytes": B, "t": T}`` and
 flushed at once, so a worker killed with SIGKILL leaves the list of what it had finished (with ``--work-s`` a
@@ -19,7 +24,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from photonstream.client import ConsumerError, subscribe
+from photonstream.client import ConsumerError, Subscription, subscribe, subscribe_stream
 from photonstream.frames import EndMessage, Frame
 
 
@@ -49,6 +54,18 @@ def last_line(path: Path) -> dict[str, Any]:
         return {}
 
 
+def open_subscription(args: argparse.Namespace) -> tuple[Subscription, float]:
+    """The subscription and when it began (``time.time()``)."""
+    options = {"credit": args.credit, "timeout_s": args.timeout_s, "heartbeat_s": args.heartbeat_s}
+    if args.endpoint != "-":
+        began = time.time()
+        return subscribe(args.endpoint, args.stream, group=args.group, **options), began
+    print(json.dumps({"ready": True}), flush=True)
+    data_endpoint = json.loads(sys.stdin.readline())
+    began = time.time()
+    return subscribe_stream(data_endpoint, args.group, **options), began
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser()
     parser.add_argument("endpoint")
@@ -61,11 +78,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--work-s", type=float, default=0.0, help="pretend to work this long on each frame")
     args = parser.parse_args(argv)
     with args.out.open("w") as out:
-        subscribed_at = time.time()
         first_frame_at = last_frame_at = None
         end_reason = error = None
-        sub = subscribe(args.endpoint, args.stream, group=args.group, credit=args.credit,
-                        timeout_s=args.timeout_s, heartbeat_s=args.heartbeat_s)  # fmt: skip
+        sub, subscribed_at = open_subscription(args)
         try:
             for message in sub:
                 if isinstance(message, Frame):

@@ -233,7 +233,7 @@ class BufferLink:
     ) -> dict[str, Any]:
         token_endpoint = self.token_endpoint if self.security != "none" else None
         return {
-            "address": self.settings.buffer_endpoint,
+            "address": self.settings.consumer_buffer_endpoint,
             "security": "none" if self.security == "none" else "curve",
             "streams": addresses,
             "consumer_groups": groups,

@@ -190,6 +190,9 @@ def serve_command(
     admins: list[str] = typer.Option(None, "--admin", help="identity with the admin role (repeatable)"),
     job_backend: str | None = typer.Option(None, "--job-backend", help="local | slurm | sfapi"),
     buffer: str | None = typer.Option(None, "--buffer", help="the buffer service's endpoint"),
+    advertise_buffer: str | None = typer.Option(
+        None, "--advertise-buffer", help="the buffer's endpoint as consumers reach it, if not --buffer's (a gateway)"
+    ),
     data_root: str | None = typer.Option(
         None, "--data-root", help="experiment data directory, e.g. /data/{experiment}"
     ),
@@ -221,6 +224,7 @@ def serve_command(
         "database_url": database,
         "admins": split_names(admins) or None,
         "buffer_endpoint": buffer,
+        "buffer_advertised_endpoint": advertise_buffer,
         "data_root": data_root,
     }
     if job_backend:

@@ -7,11 +7,12 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from photonstream.buffer.credentials import Security
 from photonstream.config.base import one_line
 from photonstream.errors import ConfigError
+from photonstream.transport.sockets import check_endpoint
 
 CertificateMode = Literal["off", "optional", "required"]
 BufferMode = Literal["embedded", "external"]
@@ -58,6 +59,12 @@ class ApiSettings(BaseModel):
     )
     buffer_endpoint: str = Field(
         "tcp://127.0.0.1:5600", description="the buffer's main (CURVE) endpoint as jobs and consumers reach it"
+    )
+    buffer_advertised_endpoint: str | None = Field(
+        None,
+        description="the buffer's main endpoint as consumers reach it, given to them in each stream's data_endpoint "
+        "when it differs from buffer_endpoint (a gateway or NAT in front of the buffer, consumers at another site); "
+        "jobs and the API itself keep using buffer_endpoint. None: buffer_endpoint",
     )
     buffer_token_endpoint: str | None = Field(
         None, description="the buffer's token (ZAP PLAIN) endpoint as clients reach it (embedded: its bind)"
@@ -134,6 +141,18 @@ class ApiSettings(BaseModel):
         if self.buffer_security == "none" and self.buffer == "external" and self.buffer_public_key:
             raise ValueError("buffer_security none with a buffer_public_key: the buffer authenticates, use curve")
         return self
+
+    @field_validator("buffer_advertised_endpoint")
+    @classmethod
+    def _connectable(cls, value: str | None) -> str | None:
+        if value is not None and (not value.startswith("tcp://") or value.endswith(":*")):
+            raise ValueError(f"{value!r}: consumers connect to it, so it must be tcp://HOST:PORT with a port number")
+        return value if value is None else check_endpoint(value)
+
+    @property
+    def consumer_buffer_endpoint(self) -> str:
+        """The buffer's main endpoint as a stream's consumers are told to reach it."""
+        return self.buffer_advertised_endpoint or self.buffer_endpoint
 
     @property
     def resolved_buffer_keys_dir(self) -> Path:

@@ -24,7 +24,11 @@ In a test::
 From a shell (e.g. inside a network namespace)::
 
     python -m photonstream.testing.wan --listen 169.254.77.2:5601 --target 169.254.77.1:5600 \\
-        --delay-ms 25 --rate-mbps 400
+        --delay-ms 25 --rate-mbps 400 [--also 127.0.0.1:8444=169.254.77.1:8443]
+
+``--also`` adds more ports on the same link: each forwards to its own target with the same delay, and all share
+the cap (one token bucket per direction), as several services behind one wide-area link do. The counters printed
+at the end are the first route's, with the others' under ``also``.
 """
 
 from __future__ import annotations
@@ -40,7 +44,7 @@ import sys
 import threading
 import time
 from collections import deque
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Literal
 
 CutMode = Literal["reset", "blackhole"]
@@ -133,7 +137,8 @@ class _Pump:
 class WanRelay:
     """The relay on the running asyncio loop: ``await start()``, ``cut()``/``heal()``, ``await stop()``."""
 
-    def __init__(self, config: WanConfig) -> None:
+    def __init__(self, config: WanConfig, share_link_of: WanRelay | None = None) -> None:
+        """``share_link_of``: another relay whose link (cap) this one shares: one more port on the same wire."""
         self.config = config
         self.counters = Counters()
         self.port = 0
@@ -144,6 +149,8 @@ class WanRelay:
         self._healed.set()
         rate = config.rate_bytes_per_s
         self._buckets = {d: TokenBucket(rate, config.burst_bytes) if rate else None for d in (UP, DOWN)}
+        if share_link_of is not None:
+            self._buckets = share_link_of._buckets
 
     @property
     def is_cut(self) -> bool:
@@ -384,20 +391,33 @@ def _address(text: str) -> tuple[str, int]:
     return host.strip("[]") or "127.0.0.1", int(port)
 
 
-async def _serve(config: WanConfig) -> None:
+async def _serve(config: WanConfig, also: list[tuple[tuple[str, int], tuple[str, int]]]) -> None:
     relay = WanRelay(config)
     port = await relay.start()
-    print(json.dumps({"listening": [config.listen[0], port], "target": list(config.target)}), flush=True)
+    others = [WanRelay(replace(config, listen=listen, target=target), share_link_of=relay) for listen, target in also]
+    routes = [{"listening": [config.listen[0], port], "target": list(config.target)}]
+    for other in others:
+        routes.append({"listening": [other.config.listen[0], await other.start()], "target": list(other.config.target)})
+    print(json.dumps({**routes[0], "also": routes[1:]}), flush=True)
+    every = [relay, *others]
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(signum, stop.set)
     # SIGUSR1 cuts (reset), SIGUSR2 heals: a test can switch a relay in another namespace without a socket
-    loop.add_signal_handler(signal.SIGUSR1, relay.cut, "reset")
-    loop.add_signal_handler(signal.SIGUSR2, relay.heal)
+    loop.add_signal_handler(signal.SIGUSR1, lambda: [r.cut("reset") for r in every])
+    loop.add_signal_handler(signal.SIGUSR2, lambda: [r.heal() for r in every])
     await stop.wait()
-    await relay.stop()
-    print(json.dumps(relay.counters.as_dict()), flush=True)
+    for each in every:
+        await each.stop()
+    print(json.dumps({**relay.counters.as_dict(), "also": [o.counters.as_dict() for o in others]}), flush=True)
+
+
+def _route(text: str) -> tuple[tuple[str, int], tuple[str, int]]:
+    listen, sep, target = text.partition("=")
+    if not sep:
+        raise argparse.ArgumentTypeError(f"{text!r} is not LISTEN_HOST:PORT=TARGET_HOST:PORT")
+    return _address(listen), _address(target)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -411,6 +431,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--delay-ms", type=float, default=25.0, help="one-way delay client → target (ms)")
     parser.add_argument("--delay-back-ms", type=float, default=None, help="one-way delay back (default: same)")
     parser.add_argument("--rate-mbps", type=float, default=None, help="cap per direction (megabits/s)")
+    parser.add_argument(
+        "--also", type=_route, action="append", default=[], metavar="LISTEN=TARGET",
+        help="one more port on the same link (same delay, sharing the cap), e.g. 127.0.0.1:8444=10.0.0.1:8443",
+    )  # fmt: skip
     args = parser.parse_args(argv)
     if args.delay_ms < 0 or (args.rate_mbps is not None and args.rate_mbps <= 0):
         parser.error("--delay-ms must be >= 0 and --rate-mbps > 0")
@@ -422,7 +446,7 @@ def main(argv: list[str] | None = None) -> int:
         rate_mbps=args.rate_mbps,
     )
     with contextlib.suppress(KeyboardInterrupt):
-        asyncio.run(_serve(config))
+        asyncio.run(_serve(config, args.also))
     return 0
 
 

@@ -186,3 +186,36 @@ def test_the_command_line_relay_forwards_cuts_on_sigusr1_and_reports_counters(ec
         relay.kill()
     assert counters["bytes_down"] == len(b"ping") + len(b"again")
     assert counters["reset"] == 1
+
+
+def test_more_ports_on_the_same_link_forward_to_their_own_targets_and_are_cut_together(echo: EchoServer) -> None:
+    other = EchoServer()
+    relay = subprocess.Popen(
+        [sys.executable, "-m", "photonstream.testing.wan", "--target", f"127.0.0.1:{echo.port}",
+         "--also", f"127.0.0.1:0=127.0.0.1:{other.port}", "--delay-ms", "10", "--rate-mbps", "100"],
+        cwd=REPO, stdout=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        assert relay.stdout is not None
+        listening = json.loads(relay.stdout.readline())
+        [also] = listening["also"]
+        assert also["target"] == ["127.0.0.1", other.port]
+        with connect(listening["listening"][1]) as first, connect(also["listening"][1]) as second:
+            assert round_trip(first, b"one") >= 0.020
+            assert round_trip(second, b"second") >= 0.020  # the same delay on the other route
+            relay.send_signal(signal.SIGUSR1)  # the link is cut: both routes' connections go
+            for sock in (first, second):
+                sock.settimeout(5)
+                with pytest.raises(OSError):
+                    sock.sendall(b"y")
+                    if not sock.recv(1):
+                        raise ConnectionResetError("closed")
+        relay.send_signal(signal.SIGTERM)
+        counters = json.loads(relay.stdout.readline())
+        assert relay.wait(10) == 0
+    finally:
+        relay.kill()
+        other.close()
+    assert (echo.received, other.received) == (len(b"one"), len(b"second"))  # each route reached its own target
+    assert (counters["bytes_down"], counters["also"][0]["bytes_down"]) == (len(b"one"), len(b"second"))
+    assert counters["reset"] == counters["also"][0]["reset"] == 1
