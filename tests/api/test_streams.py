@@ -15,7 +15,10 @@ import httpx
 import pytest
 import zmq
 
-from tests.api.harness import EXPERIMENT, ApiHarness, stream_request
+from photonstream.api.settings import load_settings
+from photonstream.errors import ConfigError
+from tests.api.harness import EXPERIMENT, ApiHarness, Pki, stream_request
+from tests.store.databases import DatabaseSpec
 
 
 def post(api: ApiHarness, body: Any, who: str = "alice", **kwargs: Any) -> httpx.Response:
@@ -136,6 +139,25 @@ def test_the_service_chooses_handlers_and_stream_identity(sqlite_api: ApiHarness
     [handler] = pipeline["handlers"]
     assert (handler["type"], handler["address"]) == ("buffer", sqlite_api.settings.buffer_endpoint)
     assert pipeline["stream"] == {"experiment": EXPERIMENT, "run": 1, "stream_id": uuid.UUID(stream_id).hex}
+
+
+def test_consumers_are_given_the_advertised_buffer_address_and_jobs_the_facilitys(pki: Pki, tmp_path: Path) -> None:
+    spec = DatabaseSpec("sqlite", tmp_path)
+    api = ApiHarness(spec, pki, tmp_path / "state", buffer_advertised_endpoint="tcp://gateway.example:15600")
+    try:
+        created = post(api, stream_request()).json()
+        assert created["data_endpoint"]["address"] == "tcp://gateway.example:15600"
+        [pipeline] = api.services().streams.get(created["id"]).spec["pipelines"]
+        assert pipeline["handlers"][0]["address"] == api.settings.buffer_endpoint != "tcp://gateway.example:15600"
+    finally:
+        api.close()
+        spec.close()
+
+
+@pytest.mark.parametrize("value", ["tcp://gateway.example:*", "ipc:///run/buffer", "gateway.example:5600"])
+def test_an_advertised_buffer_address_consumers_cannot_connect_to_is_refused(value: str) -> None:
+    with pytest.raises(ConfigError, match=r"buffer_advertised_endpoint: .*tcp://HOST:PORT"):
+        load_settings(buffer_advertised_endpoint=value)
 
 
 @pytest.mark.parametrize(
