@@ -28,11 +28,17 @@ Consumer → buffer
 Admin (the API's key) → buffer
     ACL     {op: register | sync | drop} + msgpack frame (entries, or addresses for drop) → ACL {ok, i, n}
     RESULTS {after: id, limit} → RESULTS {i: buffer instance, last: newest id} + msgpack frame (list of results)
+    FIN     {s: [addresses], r: failed | cancelled, m: one-line message} → FIN {ok, n: how many ended now}
+            ends streams whose job or producer died: every group gets what is already stored, then END with that
+            reason; later producer data is refused (code ``ended``). A stream that already ended is left as it is;
+            one never opened is ended too, so subscribers waiting for its start get the END
 Buffer → consumer
     START {s, g, z: serializer, o: group cursor} + start payload (always first)
     CAL   {o} + calibration payload (to every member of every group, in order)
     MSG   {o: offset, q: seq, k: kind, h: log head, x: skipped so far} + payload
-    END   {o, x: skipped, r: redelivered, e: expired} + end payload (after the last message the group gets)
+    END   {o, x: skipped, r: redelivered, e: expired} + end payload (after the last message the group gets);
+          a stream the buffer ended (FIN, or its producer refused for good: disk full) has no end payload and
+          says why in the header instead: {rs: failed | cancelled, rm: one-line message}
     HB {}; REJOIN {} (the buffer does not know this member: subscribe again); ERR {c, m}
 
 Every message is checked against the sender's authenticated identity (see ``access.py``): a refusal is ``ERR``
@@ -66,6 +72,9 @@ RES = b"r"
 RACK = b"k"
 RESULTS = b"L"
 ACL = b"X"
+FIN = b"F"
+
+END_REASONS = ("failed", "cancelled")  # why the buffer (FIN) may end a stream
 
 KINDS = ("start", "event", "batch", "calibration", "end")
 DATA_KINDS = frozenset({"event", "batch"})

@@ -27,6 +27,7 @@ import threading
 import time
 import uuid
 from collections import Counter, deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -47,6 +48,8 @@ from photonstream.errors import ConfigError, PhotonstreamError
 ADDRESS = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}/[0-9]{1,12}/[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 SPILL_DIR = "_spill"
 MULTI_PRODUCER_FILE = "producers.json"  # a durable stream written by several producers (see _recover)
+ENDED_FILE = "ended.json"  # a durable stream the buffer ended (FIN, disk full): reason and message
+MAX_END_MESSAGE = 500
 MAX_RESULT_BYTES = 1 << 20
 MB = 1 << 20
 GB = 1 << 30
@@ -137,6 +140,7 @@ class Stream:
     wait_sent_at: float = 0.0
     errors: int = 0
     groups_dirty: bool = False
+    ended_by: tuple[str, str] | None = None  # (reason, message) when the buffer ended it, not its producer
 
     @property
     def started(self) -> bool:
@@ -248,6 +252,8 @@ class BufferService:
         self._results_lock = threading.Lock()
         self.token_endpoint: str | None = None
         self._dispatch_later: set[str] = set()  # streams that lost a member while sending
+        self._calls: queue.SimpleQueue[Callable[[], None]] = queue.SimpleQueue()  # other threads' work for the loop
+        self._loop_thread: int | None = None
         self._stop = threading.Event()
         self._ready = threading.Event()
         self._thread: threading.Thread | None = None
@@ -346,6 +352,11 @@ class BufferService:
             elif log.producer:
                 last = log.last_transport_seq
                 stream.producers[log.producer] = Producer(log.producer, None, last, acked_n=last)
+            ended = meta.parent / ENDED_FILE
+            if log.end is None and ended.exists():
+                with contextlib.suppress(OSError, ValueError, KeyError):
+                    why = json.loads(ended.read_text())
+                    self._mark_ended(stream, str(why["reason"]), str(why["message"]))
             self.streams[log.address] = stream
 
     def start(self) -> str:
@@ -402,6 +413,7 @@ class BufferService:
             self.context.term()
 
     def _shutdown(self) -> None:
+        self._run_calls()  # a caller that queued work as the loop stopped gets its answer, not a timeout
         if self._writer is not None:
             self._writer.stop()
             self._drain_written()
@@ -424,7 +436,15 @@ class BufferService:
         if self._zap is not None:
             poller.register(self._zap, zmq.POLLIN)
         sockets = list(enumerate(self._sockets))
+        self._loop_thread = threading.get_ident()
+        try:
+            self._serve(poller, sockets)
+        finally:
+            self._loop_thread = None
+
+    def _serve(self, poller: zmq.Poller, sockets: list[tuple[int, zmq.Socket]]) -> None:
         while not self._stop.is_set():
+            self._run_calls()
             if poller.poll(self._poll_timeout_ms()):
                 self._drain_written()
                 self._answer_zap()
@@ -472,6 +492,7 @@ class BufferService:
             if error and not log.write_error:
                 log.write_error = error
                 stream.errors += 1
+                self._end_stream(address, "failed", error)  # its producer is refused for good: end it
             if stream.blocked or error:
                 self._enforce(stream)
 
@@ -525,6 +546,14 @@ class BufferService:
             elif command == P.ACL:
                 self._require_admin(principal, "acl")
                 self._on_acl(identity, header, parts[2:])
+            elif command == P.FIN:
+                self._require_admin(principal, "fin")
+                addresses = header.get("s")
+                if not isinstance(addresses, list):
+                    raise ConfigError("fin: s must be a list of stream addresses")
+                reason, message = self._checked_end(addresses, header.get("r"), header.get("m", ""))
+                ended = sum(self._end_stream(a, reason, message) for a in addresses)
+                self._reply(identity, P.FIN, {"ok": True, "n": ended})
             else:
                 raise P.ProtocolError("unknown-command", f"unknown command {command!r}")
         except P.ProtocolError as exc:
@@ -606,6 +635,87 @@ class BufferService:
             start = max(0, after - first + 1)
             return [self._results[i] for i in range(start, min(len(self._results), start + limit))]
 
+    # -- ending streams whose producer is gone -------------------------------------------------------------
+    def end_streams(self, addresses: list[str], reason: str, message: str, timeout_s: float = 5.0) -> int:
+        """End these streams with ``reason`` (failed | cancelled) and a one-line message (FIN in protocol.py), from
+        any thread; returns how many ended now (one that had already ended is left as it was)."""
+        reason, message = self._checked_end(addresses, reason, message)
+        return self._in_loop(lambda: sum(self._end_stream(a, reason, message) for a in addresses), timeout_s)
+
+    def _in_loop(self, call: Callable[[], int], timeout_s: float) -> int:
+        """Run ``call`` in the I/O loop's thread (the only one that touches streams) and return its result."""
+        if self._loop_thread is None or self._loop_thread == threading.get_ident():
+            return call()  # the loop is not running (or this is it): nobody else touches the streams
+        done = threading.Event()
+        box: dict[str, Any] = {}
+
+        def run() -> None:
+            try:
+                box["value"] = call()
+            except BaseException as exc:
+                box["error"] = exc
+            finally:
+                done.set()
+
+        self._calls.put(run)
+        if not done.wait(timeout_s):
+            raise ServiceError(f"buffer: the service loop did not answer within {timeout_s:g} s")
+        if "error" in box:
+            raise box["error"]
+        return int(box["value"])
+
+    def _run_calls(self) -> None:
+        while True:
+            try:
+                call = self._calls.get_nowait()
+            except queue.Empty:
+                return
+            call()
+
+    @staticmethod
+    def _checked_end(addresses: list[Any], reason: Any, message: Any) -> tuple[str, str]:
+        for address in addresses:
+            if not isinstance(address, str) or not ADDRESS.match(address):
+                raise ConfigError(f"fin: stream address {address!r} is not experiment/run/stream-id")
+        if reason not in P.END_REASONS:
+            raise ConfigError(f"fin: reason {reason!r} is not one of {', '.join(P.END_REASONS)}")
+        return str(reason), " ".join(str(message).split())[:MAX_END_MESSAGE]
+
+    def _end_stream(self, address: str, reason: str, message: str) -> bool:
+        """End a stream whose producer is gone: every group gets what is stored, then END with the reason; later
+        producer data is refused. A stream never opened is ended too (its waiting subscribers get the END)."""
+        stream = self.streams.get(address)
+        if stream is None:
+            stream = Stream(StreamLog(address))
+            self.streams[address] = stream
+        if stream.log.end is not None:
+            return False  # the producer ended it, or we did before
+        self._mark_ended(stream, reason, message)
+        directory = stream.log.directory
+        if stream.log.durable and directory is not None:  # a restarted buffer must not reopen it
+            with contextlib.suppress(OSError):
+                (directory / ENDED_FILE).write_text(json.dumps({"reason": reason, "message": message}))
+        log.info("buffer: %s ended %s: %s", address, reason, message)
+        if stream.started:
+            self._dispatch(stream)
+        else:
+            for group in stream.groups.values():
+                self._send_end(stream, group)
+        return True
+
+    @staticmethod
+    def _mark_ended(stream: Stream, reason: str, message: str) -> None:
+        log = stream.log
+        stream.ended_by = (reason, message)
+        log.end = Record(log.head, "end", log.last_transport_seq, -1, time.time_ns(), 0, [])
+
+    @staticmethod
+    def _ended_text(stream: Stream) -> str:
+        text = f"{stream.log.address}: the stream has already ended"
+        if stream.ended_by is not None:
+            text += f" ({stream.ended_by[0]}: {stream.ended_by[1]})"
+        return text
+
     # -- producers ----------------------------------------------------------------------------------------
     def _producer_error(self, identity: bytes, header: dict[str, Any], code: str, message: str) -> None:
         stream = self.streams.get(str(header.get("s", "")))
@@ -669,11 +779,11 @@ class BufferService:
             self._reply(identity, P.NACK, {"s": address, "n": producer.last_n + 1})
             return
         log = stream.log
-        if log.end is not None:
-            self._producer_error(identity, header, "ended", f"{address}: the stream has already ended")
-            return
-        if log.write_error:
+        if log.write_error:  # before "ended": a full disk ends the stream, and the producer is told why
             self._producer_error(identity, header, "disk", f"{address}: {log.write_error}")
+            return
+        if log.end is not None:
+            self._producer_error(identity, header, "ended", self._ended_text(stream))
             return
         now_ns = time.time_ns()
         arrival = log.last_transport_seq + 1  # the stream's own count: several producers' sequences overlap
@@ -711,6 +821,9 @@ class BufferService:
     ) -> None:
         """The first start message opens the stream; an identical one from another producer joins it."""
         durable = bool(header.get("d", False))
+        if stream is not None and not stream.started and stream.log.end is not None:  # ended before it opened
+            self._producer_error(identity, header, "ended", self._ended_text(stream))
+            return
         if stream is None or not stream.started:
             if durable and self.settings.data_dir is None:
                 self._producer_error(
@@ -743,7 +856,7 @@ class BufferService:
         log = stream.log
         refusal = stream.refuse_producers
         if not refusal and log.end is not None:
-            refusal = f"{address}: the stream has already ended"
+            refusal = self._ended_text(stream)
         elif not refusal and (durable != log.durable or _joined(payload) != stream.start_bytes):
             refusal = (
                 f"{address}: the stream is written by another producer with a different start message; "
@@ -910,6 +1023,8 @@ class BufferService:
         if stream.started:
             self._greet(stream, group, identity)
             self._dispatch(stream)
+        elif stream.log.end is not None:  # ended before it opened: nothing to read but the end
+            self._send_end(stream, group)
 
     def _greet_waiting_members(self, stream: Stream) -> None:
         for group in stream.groups.values():
@@ -1037,6 +1152,8 @@ class BufferService:
             return
         self._send_calibrations(stream, group, upto=None)
         header = {"o": log.head, "x": group.skipped, "r": group.redelivered, "e": group.expired}
+        if stream.ended_by is not None:
+            header["rs"], header["rm"] = stream.ended_by
         for member in waiting:
             member.end_sent = True
             self._reply(member.identity, P.END, header, log.end.frames or [])
@@ -1138,6 +1255,7 @@ class BufferService:
                 "serializer": log.serializer,
                 "started": stream.started,
                 "ended": log.end is not None,
+                "ended_by": list(stream.ended_by) if stream.ended_by else None,
                 "first": log.first,
                 "head": log.head,
                 "messages_in": log.messages_in,

@@ -3,7 +3,10 @@
 The iterator yields the stream's messages decoded by its serializer (``photonstream.frames`` classes): the start
 message first (also to a consumer that joins late), calibration updates and data messages as the group's policy
 lets them through, and the end message last; then it stops. With ``decode=False`` it yields ``Delivery`` objects
-(offset, kind and the raw frames) instead.
+(offset, kind and the raw frames) instead. When the stream's job or producer dies (or it is cancelled) the buffer
+ends it: the group still gets every message already stored, then an ``EndMessage`` with ``reason`` failed or
+cancelled and ``error`` saying why (raw: a ``Delivery`` of kind end with ``reason`` and ``message``); a stream
+that never opened yields that end alone.
 
 A data message is acked (and its credit returned) when the application asks for the next one, so a consumer that
 dies while holding messages has them redelivered to the other members of its group. Delivery is at-least-once;
@@ -64,6 +67,8 @@ class Delivery:
     seq: int
     frames: list[Any]
     head: int = 0  # the log's head when it was sent (lag = head - offset - 1)
+    reason: str = ""  # end only, when the buffer ended the stream (its job or producer died): failed | cancelled
+    message: str = ""  # ... and why, in one line ("" for an end message its producer sent)
 
     @property
     def nbytes(self) -> int:
@@ -255,8 +260,12 @@ class Subscription(Iterator[Any]):
         self.stats.redelivered = int(header.get("r", 0))
         self.stats.expired = int(header.get("e", 0))
         self.stats.lag = 0
-        self._end_delivery = Delivery("end", int(header.get("o", -1)), -1, frames)
-        if self.decode:
+        reason, why = str(header.get("rs", "")), str(header.get("rm", ""))
+        self._end_delivery = Delivery("end", int(header.get("o", -1)), -1, frames, reason=reason, message=why)
+        if reason:  # the buffer ended it (no end payload): the job or producer died, or was cancelled
+            stream_id = self.start.stream_id if self.start is not None else self.stream.rsplit("/", 1)[-1]
+            self.end = EndMessage(stream_id, reason=reason, error=why)  # type: ignore[arg-type]
+        elif self.decode:
             message = self._decode(frames)
             if isinstance(message, EndMessage):
                 self.end = message

@@ -11,6 +11,7 @@ import pytest
 from photonstream.buffer.log import StreamLog
 from photonstream.client import subscribe
 from photonstream.errors import HandlerError
+from photonstream.frames import EndMessage
 from tests.buffer.support import (
     Producer,
     ServiceProcess,
@@ -116,7 +117,9 @@ def test_a_failing_disk_gives_the_producer_a_clear_error(tmp_path: Path) -> None
         sub = subscribe(service.endpoint, STREAM, group="g", timeout_s=10, credit=100)
         stored = stream_state(service.endpoint)["head"]
         assert 0 < stored < 200
-        got = [next(sub) for _ in range(stored + 1)]
+        got = list(sub)
         assert events_of(got) == list(range(stored))  # what was accepted is all there, in order
+        end = got[-1]  # then the buffer, which refuses the producer for good, ends the stream for its consumers
+        assert isinstance(end, EndMessage) and end.reason == "failed" and "File too large" in end.error
     finally:
         service.stop()
