@@ -15,6 +15,9 @@ Security of the data plane (see ``photonstream.buffer.access``):
 
 Results: consumers send them to the buffer (``RES``); this link collects them (``RESULTS``, or a direct call) every
 ``results_poll_s`` and stores them once per (buffer instance, id).
+
+Ends: when the launcher records a stream failed or cancelled, ``end_streams`` ends its addresses in the buffer
+(direct call, or ``FIN`` with the admin key), so consumers get an end message with that reason instead of waiting.
 """
 
 from __future__ import annotations
@@ -286,6 +289,17 @@ class BufferLink:
         keep = dt.timedelta(seconds=self.settings.buffer_grant_keep_s)
         entries = [access_entry(stream, secret) for stream, secret in self.reports.access_rows(utcnow() - keep)]
         self._apply("sync", entries)
+
+    def end_streams(self, addresses: list[str], reason: str, message: str) -> int:
+        """End streams whose job or producer died (``reason`` failed | cancelled, ``message`` one line): their
+        consumers get what is stored, then the end. Embedded: a direct call; external: ``FIN`` with the admin key.
+        Returns how many ended now; raises BufferUnavailableError when the buffer does not answer."""
+        if not addresses:
+            return 0
+        if self.embedded:
+            return 0 if self.service is None else int(self.service.end_streams(addresses, reason, message))
+        reply, _ = self.control.request(P.FIN, {"s": addresses, "r": reason, "m": message})
+        return int(reply.get("n", 0))
 
     # -- results and stats ----------------------------------------------------------------------------------------
     def collect_results(self) -> int:

@@ -13,6 +13,10 @@ backend on every pass (``launcher_interval_s``), so a lost report never leaves a
     COMPLETED → completed        FAILED | LOST → failed (with the backend's reason)   CANCELLED → cancelled
 
 A report that every run ended finishes the stream at once (completed, or failed/cancelled with the run's error).
+
+Whenever it records ``failed`` or ``cancelled`` for a stream that writes to the buffer, the launcher also ends the
+stream's addresses in the buffer with that reason (``BufferLink.end_streams``): a dead job sends no end message, and
+its consumers would otherwise wait forever. A buffer that does not answer is asked again on the next passes.
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ import logging
 import secrets
 import shlex
 import threading
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -47,6 +52,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 JOB_LOG = "job.log"
+ENDS_RETRY_S = 10.0  # how often ends the buffer did not take are offered again
 ACTOR = "launcher"
 
 
@@ -128,10 +134,17 @@ class Launcher:
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        self._ends_due: dict[str, tuple[list[str], str, str]] = {}  # stream id → buffer end not yet delivered
+        self._ends_retry_at = 0.0
 
     # --- one pass (tests call this directly) ------------------------------------------------------------------
 
     def step(self) -> None:
+        if self._ends_due and time.monotonic() >= self._ends_retry_at:
+            for stream_id, end in list(self._ends_due.items()):
+                if not self._deliver_end(stream_id, *end):  # still no buffer: the others would wait as long
+                    self._ends_retry_at = time.monotonic() + ENDS_RETRY_S
+                    break
         for stream in self.streams.active():
             try:
                 if stream.state == StreamState.QUEUED:
@@ -171,7 +184,7 @@ class Launcher:
             )
             job_id = backend.submit(spec)
         except (PhotonstreamError, OSError, zmq.ZMQError) as exc:
-            self.streams.transition(stream.id, StreamState.FAILED, f"job submission failed: {exc}", ACTOR)
+            self._finish(stream.id, StreamState.FAILED, f"job submission failed: {exc}", ACTOR)
             return
         self.streams.set_job(stream.id, backend.name, job_id, str(workdir))
         if self.streams.get(stream.id).state == StreamState.CANCELLED:  # cancelled while we submitted
@@ -235,13 +248,13 @@ class Launcher:
         if stream.job_id is None:
             started = stream.starting_at or stream.updated_at
             if utcnow() - started > dt.timedelta(seconds=self.settings.launch_timeout_s):
-                self.streams.transition(stream.id, StreamState.FAILED, "no job was submitted (launcher lost)", ACTOR)
+                self._finish(stream.id, StreamState.FAILED, "no job was submitted (launcher lost)", ACTOR)
             return
         backend = self.backends.get(stream.job_backend)
         try:
             status = backend.status(stream.job_id)
         except LookupError:
-            self.streams.transition(stream.id, StreamState.FAILED, f"job {stream.job_id} is unknown to the backend")
+            self._finish(stream.id, StreamState.FAILED, f"job {stream.job_id} is unknown to the backend", "")
             return
         state = StreamState(stream.state)
         if status.state == JobState.PENDING:
@@ -255,9 +268,9 @@ class Launcher:
             self.streams.transition(stream.id, StreamState.COMPLETED, "job finished (exit code 0)", ACTOR)
         elif status.state in (JobState.FAILED, JobState.LOST):
             reason = status.reason or f"job {status.state} (exit code {status.exit_code})"
-            self.streams.transition(stream.id, StreamState.FAILED, reason, ACTOR)
+            self._finish(stream.id, StreamState.FAILED, reason, ACTOR)
         elif status.state == JobState.CANCELLED:
-            self.streams.transition(stream.id, StreamState.CANCELLED, status.reason or "job cancelled", ACTOR)
+            self._finish(stream.id, StreamState.CANCELLED, status.reason or "job cancelled", ACTOR)
 
     # --- reports from the job ------------------------------------------------------------------------------
     def on_report(self, stream: Stream, report: ReportBody) -> Stream:
@@ -284,9 +297,9 @@ class Launcher:
         reasons = [ends[a].get("reason") for a in addresses]
         errors = "; ".join(f"{a}: {ends[a].get('error')}" for a in addresses if ends[a].get("error"))
         if "failed" in reasons:
-            return self.streams.transition(stream.id, StreamState.FAILED, errors or "a run failed", "job")
+            return self._finish(stream.id, StreamState.FAILED, errors or "a run failed", "job")
         if "cancelled" in reasons:
-            return self.streams.transition(stream.id, StreamState.CANCELLED, errors or "a run was cancelled", "job")
+            return self._finish(stream.id, StreamState.CANCELLED, errors or "a run was cancelled", "job")
         sent = sum(int(ends[a].get("events_sent", 0)) for a in addresses)
         return self.streams.transition(stream.id, StreamState.COMPLETED, f"every run ended ({sent} events)", "job")
 
@@ -304,7 +317,34 @@ class Launcher:
             except (PhotonstreamError, LookupError) as exc:
                 note = f"the job backend could not cancel job {cancelled.job_id}: {exc}"
                 log.warning("stream %s: %s", stream.id, note)
+        self._end_in_buffer(cancelled, f"cancelled by {actor}")  # after the job: it may not write any more
         return cancelled, note
+
+    # --- ends in the buffer ---------------------------------------------------------------------------------
+
+    def _finish(self, stream_id: str, state: StreamState, reason: str, actor: str) -> Stream:
+        """Record failed or cancelled, then end the stream in the buffer with the same reason."""
+        finished = self.streams.transition(stream_id, state, reason, actor)
+        self._end_in_buffer(finished, reason)
+        return finished
+
+    def _end_in_buffer(self, stream: Stream, reason: str) -> None:
+        if self.link is None or not uses_buffer(stream):
+            return
+        addresses = list(stream.data_endpoint.get("streams", []))
+        self._deliver_end(stream.id, addresses, StreamState(stream.state).value, reason)
+
+    def _deliver_end(self, stream_id: str, addresses: list[str], state: str, reason: str) -> bool:
+        assert self.link is not None
+        try:
+            self.link.end_streams(addresses, state, reason)
+        except (PhotonstreamError, zmq.ZMQError) as exc:
+            if stream_id not in self._ends_due:
+                log.warning("stream %s: could not end it in the buffer (will retry): %s", stream_id, exc)
+            self._ends_due[stream_id] = (addresses, state, reason)
+            return False
+        self._ends_due.pop(stream_id, None)
+        return True
 
     def logs(self, stream: Stream, *, tail: int | None, head: int | None, max_bytes: int) -> str:
         if not stream.job_id:
