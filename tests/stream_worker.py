@@ -3,6 +3,9 @@
     python -m tests.stream_worker ENDPOINT EXPERIMENT/RUN/STREAM OUT.jsonl [--group G] [--credit N] ...
     python -m tests.stream_worker - - OUT.jsonl ...   # the API's data_endpoint (JSON, one line) from stdin
 
+With ``--credentials FILE`` (a ``Credentials`` JSON: the stream's consumer key pair or token) the first form reads
+a buffer that authenticates.
+
 With ``-`` for ENDPOINT and STREAM the worker prints ``{"ready": true}`` once imported, then reads one line from
 stdin: a stream's ``data_endpoint`` as the API's create response gives it, and subscribes with its address, first
 stream and credentials (``subscribe_stream``), as a consumer at another site that was handed the request's answer.
@@ -24,6 +27,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from photonstream.buffer.credentials import Credentials
 from photonstream.client import ConsumerError, Subscription, subscribe, subscribe_stream
 from photonstream.frames import EndMessage, Frame
 
@@ -58,8 +62,9 @@ def open_subscription(args: argparse.Namespace) -> tuple[Subscription, float]:
     """The subscription and when it began (``time.time()``)."""
     options = {"credit": args.credit, "timeout_s": args.timeout_s, "heartbeat_s": args.heartbeat_s}
     if args.endpoint != "-":
+        credentials = Credentials.from_json(args.credentials.read_text()) if args.credentials else None
         began = time.time()
-        return subscribe(args.endpoint, args.stream, group=args.group, **options), began
+        return subscribe(args.endpoint, args.stream, group=args.group, credentials=credentials, **options), began
     print(json.dumps({"ready": True}), flush=True)
     data_endpoint = json.loads(sys.stdin.readline())
     began = time.time()
@@ -76,6 +81,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--timeout-s", type=float, default=30.0)
     parser.add_argument("--heartbeat-s", type=float, default=0.25)
     parser.add_argument("--work-s", type=float, default=0.0, help="pretend to work this long on each frame")
+    parser.add_argument("--credentials", type=Path, help="the stream's consumer credential (Credentials JSON)")
     args = parser.parse_args(argv)
     with args.out.open("w") as out:
         first_frame_at = last_frame_at = None

@@ -56,6 +56,18 @@ def start_pipeline(config: Path, *launcher: str) -> subprocess.Popen[str]:
     )  # fmt: skip
 
 
+def api_consumer(created: dict[str, Any], directory: Path) -> tuple[str, str, tuple[str, str]]:
+    """(buffer endpoint, stream address, worker options) to read a stream the API created with the consumer
+    credential its create response gave (written to ``directory``/consumer.json for the worker process)."""
+    from photonstream.buffer.credentials import Credentials
+
+    endpoint, credentials = Credentials.from_endpoint(created)
+    assert credentials is not None, "the API's buffer does not authenticate"
+    path = directory / "consumer.json"
+    path.write_text(credentials.to_json())
+    return endpoint, created["data_endpoint"]["streams"][0], ("--credentials", str(path))
+
+
 def start_worker(endpoint: str, stream: str, out: Path, *options: str) -> subprocess.Popen[str]:
     """``tests.stream_worker``: records each frame its application finished (see that module)."""
     return subprocess.Popen(
