@@ -3,12 +3,17 @@
 What the user sees: requests fail while the API is down, but the data plane does not notice: the job (its own
 session) keeps streaming into the buffer and the worker keeps reading. The API started again on the same state
 re-adopts the job and records its end: the stream ends ``completed``; the worker got every frame once.
+
+The buffer is the API's own, run as ``photonstream buffer serve --keys-dir`` beside it (an embedded buffer would die
+with the API): CURVE, the API's admin key in the shared keys directory, the job writing with the producer
+credential the launcher gave it and the worker reading with the consumer credential of the create response.
 """
 
 from __future__ import annotations
 
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -19,9 +24,10 @@ from typing import Any
 import pytest
 import yaml
 
-from tests.buffer.support import free_port, start_service
+from tests.buffer.support import free_port
 from tests.faults.support import (
     REPO,
+    api_consumer,
     environment,
     finish,
     frames_done,
@@ -89,35 +95,41 @@ class Api:
         self.http.close()
 
 
+def listening(endpoint: str) -> bool:
+    host, port = endpoint.removeprefix("tcp://").rsplit(":", 1)
+    with socket.socket() as probe:
+        return probe.connect_ex((host, int(port))) == 0
+
+
 @pytest.fixture
-def api(tmp_path: Path) -> Iterator[tuple[Api, Any]]:
-    service = start_service(member_timeout_s=2.0)
+def api(tmp_path: Path) -> Iterator[Api]:
+    keys, endpoint = tmp_path / "buffer-keys", f"tcp://127.0.0.1:{free_port()}"
+    buffer = subprocess.Popen(
+        [sys.executable, "-m", "photonstream.buffer.cli", "serve", "--bind", endpoint, "--keys-dir", str(keys),
+         "--member-timeout-s", "2"],
+        cwd=REPO, env=environment(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
     ca = CertificateAuthority.init(tmp_path / "ca", common_name="test CA")
     token = issue_token(ca, "alice", issuer=ISSUER, audience=AUDIENCE, lifetime_s=3600, experiments=(EXPERIMENT,))
     settings = tmp_path / "api.yaml"
     settings.write_text(yaml.safe_dump({
         "state_dir": str(tmp_path / "state"), "ca_dir": str(tmp_path / "ca"), "client_certificates": "off",
         "launcher_interval_s": 0.2, "local_max_concurrent": 2, "data_root": str(tmp_path / "data" / "{experiment}"),
-        "stream_handlers": [{"type": "buffer", "address": service.endpoint, "send_timeout_s": 20}],
-        "buffer_bind": "tcp://127.0.0.1:*", "buffer_token_bind": None,  # the embedded buffer: no fixed ports
+        "buffer_endpoint": endpoint, "buffer_keys_dir": str(keys),  # the API's buffer, in a process of its own
     }))  # fmt: skip
     server = Api(settings, free_port(), token)
     try:
+        wait_for(lambda: (keys / "buffer.key").exists() and listening(endpoint), 30, "the buffer to listen")
         server.start()
-        yield server, service
+        yield server
     finally:
         server.stop()
-        service.stop()
+        buffer.terminate()
+        buffer.wait(15)
 
 
-@pytest.mark.xfail(
-    reason="since the API↔buffer integration the launcher gives every stream a CURVE producer credential, and this "
-    "test still points the stream at a plain external buffer (stream_handlers); it must move to the API's own "
-    "CURVE buffer and subscribe with the stream's credential",
-    strict=False,
-)
-def test_kill9_of_the_api_does_not_disturb_the_stream(api: tuple[Api, Any], tmp_path: Path) -> None:
-    server, service = api
+def test_kill9_of_the_api_does_not_disturb_the_stream(api: Api, tmp_path: Path) -> None:
+    server = api
     source = {"type": "synthetic-diffraction", "detector": "custom", "shape": [32, 32], "events": EVENTS,
               "rate_hz": 30.0}  # fmt: skip
     created = server.http.post("/v1/streams", json=stream_request(pipeline={"source": source}))
@@ -126,7 +138,9 @@ def test_kill9_of_the_api_does_not_disturb_the_stream(api: tuple[Api, Any], tmp_
     streaming = server.wait_state(stream_id, {"streaming", "failed", "completed"})
     assert streaming["state"] == "streaming", streaming["reason"]
     out = tmp_path / "worker.jsonl"
-    worker = start_worker(service.endpoint, f"{EXPERIMENT}/1/{stream_id.replace('-', '')}", out, "--timeout-s", "30")
+    endpoint, address, credentials = api_consumer(created.json(), tmp_path)
+    assert created.json()["data_endpoint"]["security"] == "curve"
+    worker = start_worker(endpoint, address, out, "--timeout-s", "30", *credentials)
     try:
         wait_for(lambda: frames_done(out) >= 10, 30, "the worker to read ten frames")
         server.kill9()
