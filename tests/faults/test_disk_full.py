@@ -3,8 +3,9 @@
 tests/buffer/test_durable.py fakes the full disk with RLIMIT_FSIZE (EFBIG); here the disk really fills (ENOSPC).
 What the user sees: ``photonstream run`` fails with the buffer's one-line reason (no space left on device); it
 never reports completed. Nothing it was told was stored is missing: a lossless group reads every stored frame,
-once, in order. Mounting needs root; without it the case skips (fails where PHOTONSTREAM_REQUIRE_NETNS=1, as CI
-runs privileged).
+once, in order, and then an end message ``failed`` with that reason (the buffer ends the stream when it refuses
+its producer for good). Mounting needs root; without it the case skips (fails where PHOTONSTREAM_REQUIRE_NETNS=1,
+as CI runs privileged).
 """
 
 from __future__ import annotations
@@ -104,12 +105,8 @@ def test_a_full_disk_fails_the_producer_clearly_and_loses_no_stored_frame(outcom
     assert outcome.counts.per_worker[0] == list(range(outcome.stored))  # in order
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="known gap (buffer/service.py, integration): when a stream's producer is refused for good (disk full), "
-    "the buffer never ends the stream, so its consumers wait forever; it should send the groups an end message "
-    "with reason 'failed' and the error (or the API should, from the job's failed state)",
-)
 def test_after_a_full_disk_the_consumers_get_a_failed_end(outcome: Outcome) -> None:
+    """The buffer refuses the producer for good (its write failed), so it ends the stream itself: no API here."""
     assert outcome.worker_summary is not None, "the worker got no end message within 5 s"
     assert outcome.worker_summary["end_reason"] == "failed"
+    assert "No space left on device" in outcome.worker_summary["end_error"]
