@@ -72,7 +72,7 @@ RES = b"r"
 RACK = b"k"
 RESULTS = b"L"
 ACL = b"X"
-FIN = b"F"
+FIN = b"D"
 
 END_REASONS = ("failed", "cancelled")  # why the buffer (FIN) may end a stream
 
