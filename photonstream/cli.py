@@ -15,7 +15,7 @@ from photonstream.api.cli import ca_app, db_app, policy_app, request_app, serve_
 from photonstream.api.ui.status import status_command
 from photonstream.buffer.cli import buffer_app, consume
 from photonstream.cli_support import console, err_console, friendly
-from photonstream.consumers.cli import train_app
+from photonstream.consumers.cli import tof, train_app
 
 app = typer.Typer(help="Stream X-ray experiment data on request.", no_args_is_help=True, add_completion=False)
 bench_app = typer.Typer(help="Benchmarks (table for people, one JSON object on the last line).", no_args_is_help=True)
@@ -29,6 +29,7 @@ app.add_typer(policy_app, name="policy")
 app.command("consume")(consume)
 app.command("serve")(serve_command)
 app.command("status")(status_command)
+app.command("tof")(tof)
 
 
 @app.command()

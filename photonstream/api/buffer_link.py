@@ -73,6 +73,11 @@ def access_entry(stream: Stream, secret: StreamSecret) -> dict[str, Any]:
     if secret.producer_token_user and secret.producer_token_hash:
         producers.append(f"token:{secret.producer_token_user}")
         tokens[secret.producer_token_user] = secret.producer_token_hash
+    if secret.worker_public_key:  # the elastic pools' workers (photonstream.api.pools)
+        consumers.append(f"curve:{secret.worker_public_key}")
+    if secret.worker_token_user and secret.worker_token_hash:
+        consumers.append(f"token:{secret.worker_token_user}")
+        tokens[secret.worker_token_user] = secret.worker_token_hash
     return {
         "addresses": list(stream.data_endpoint.get("streams", [])),
         "consumers": consumers,

@@ -37,6 +37,7 @@ import zmq
 from photonstream import reporting
 from photonstream._data_root import DATA_ROOT_ENV
 from photonstream.api.binding import data_root
+from photonstream.api.pools import PoolManager
 from photonstream.api.settings import ApiSettings
 from photonstream.buffer.credentials import CREDENTIALS_ENV, Credentials, new_token_secret, token_hash
 from photonstream.errors import ConfigError, PhotonstreamError
@@ -131,6 +132,7 @@ class Launcher:
         self.backends = backends
         self.link = link
         self.reports = reports or ReportStore(streams.db)
+        self.pools = PoolManager(settings, streams, backends, link, self.reports)  # elastic worker pools
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -155,6 +157,10 @@ class Launcher:
                 pass  # someone else (another process, a cancel) moved it first
             except Exception:
                 log.exception("launcher: stream %s", stream.id)
+        try:
+            self.pools.reconcile()
+        except Exception:
+            log.exception("launcher: worker pools")
 
     def command(self, pipelines: list[Path]) -> list[str]:
         runs = [[*self.settings.run_command, "run", str(p), "--quiet"] for p in pipelines]
@@ -310,6 +316,7 @@ class Launcher:
         if StreamState(stream.state).finished:
             raise IllegalTransitionError(f"stream {stream.id} already ended ({stream.state})")
         cancelled = self.streams.transition(stream.id, StreamState.CANCELLED, f"cancelled by {actor}", actor)
+        self.pools.stop_stream(stream.id, f"stream cancelled by {actor}")
         note = ""
         if cancelled.job_id:
             try:
@@ -378,6 +385,7 @@ class Launcher:
         if self._thread is not None:
             self._thread.join(timeout=10)
             self._thread = None
+        self.pools.close()
 
     def _run(self) -> None:
         while not self._stop.is_set():

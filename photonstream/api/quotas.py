@@ -1,4 +1,5 @@
-"""Per-identity quotas of the API: active streams, and server-sent-event connections held open at once.
+"""Per-identity quotas of the API: active streams, elastic pool workers, and server-sent-event connections held
+open at once.
 
 Past a quota the request is refused with 429 and a reason naming the quota (its setting), the identity's use and
 the limit. Quotas count per identity whatever the role; ``None`` in the settings turns one off.
@@ -53,6 +54,25 @@ def stream_slot(ctx: Context, obj: str) -> Iterator[None]:
                 "cancel one or wait until one ends"
             )
         yield
+
+
+def pool_worker_slot(ctx: Context, obj: str, requested: int) -> None:
+    """Refuse (audited) a request whose pools would take the caller past ``max_pool_workers_per_user``: the
+    ``max_workers`` of the pools of their active streams, summed. Call inside ``stream_slot``."""
+    from photonstream.api.pools import requested_workers
+
+    svc, identity = ctx.svc, ctx.principal.identity
+    limit = svc.settings.max_pool_workers_per_user
+    if limit is None or requested == 0:
+        return
+    active = svc.streams.find(states=ACTIVE_STATES, owner=identity, limit=100_000).items
+    used = sum(requested_workers(stream.spec) for stream in active)
+    if used + requested > limit:
+        ctx.audit.deny("stream.create", obj, f"quota: {used} pool workers + {requested} (limit {limit})")
+        raise QuotaExceededError(
+            f"max_pool_workers_per_user: {identity!r} has pools of up to {used} workers in active streams and asks "
+            f"for {requested} more (limit {limit}); lower max_workers, or wait until a stream ends"
+        )
 
 
 class EventConnections:

@@ -55,6 +55,38 @@ class ConsumerGroup(Strict):
         return value
 
 
+class PoolRequest(Strict):
+    """An elastic worker pool for one lossless consumer group of the request: workers of a catalog kind, as many as
+    the group's lag asks for between min_workers and max_workers (see photonstream.jobs.elastic)."""
+
+    name: str = Field(pattern=NAME, description="pool name, unique in the request")
+    group: str = Field(pattern=NAME, description="a lossless consumer group of this request")
+    kind: str = Field(pattern=NAME, description="a worker kind of the service's catalog (GET /v1/worker-kinds)")
+    options: dict[Annotated[str, Field(pattern=r"^[a-z][a-z0-9_]{0,31}$")], Annotated[str, Field(max_length=256)]] = (
+        Field(default_factory=dict, max_length=16, description="the kind's options (each checked by its pattern)")
+    )
+    min_workers: int = Field(1, ge=1, le=10_000)
+    max_workers: int = Field(4, ge=1, le=10_000)
+    target_lag: int = Field(100, ge=1, le=10**9, description="unfinished messages of the group the pool aims at")
+    scale_down_below: float = Field(0.25, gt=0.0, lt=1.0)
+    scale_up_cooldown_s: float = Field(10.0, ge=0.0, le=86_400.0)
+    scale_down_cooldown_s: float = Field(30.0, ge=0.0, le=86_400.0)
+    max_step: int = Field(4, ge=1, le=10_000)
+    max_failures: int = Field(10, ge=0, le=10_000)
+    stop_grace_s: float = Field(30.0, ge=0.0, le=86_400.0)
+    interval_s: float = Field(2.0, ge=0.2, le=3600.0, description="seconds between two decisions")
+    join_timeout_s: float = Field(60.0, ge=0.0, le=86_400.0)
+    resources: Resources = Field(default_factory=Resources, description="what one worker asks of the scheduler")
+
+    @model_validator(mode="after")
+    def _bounds(self) -> PoolRequest:
+        if self.min_workers > self.max_workers:
+            raise ValueError(f"min_workers ({self.min_workers}) exceeds max_workers ({self.max_workers})")
+        if self.resources.array is not None:
+            raise ValueError("resources.array: a pool starts one job per worker; leave array unset")
+        return self
+
+
 EXAMPLE_REQUEST = {
     "experiment": "xpp00001",
     "runs": [12],
@@ -90,6 +122,9 @@ class StreamRequest(Strict):
     )
     job_backend: str | None = Field(None, pattern=NAME, description="where the job runs (default: the service's)")
     resources: Resources = Field(default_factory=Resources)
+    worker_pools: list[PoolRequest] = Field(
+        default_factory=list, max_length=8, description="elastic worker pools run on the job backend (one per group)"
+    )
 
     @classmethod
     def prepare(cls, data: Any) -> Any:
@@ -389,3 +424,51 @@ class Me(BaseModel):
     roles: list[str]
     credential: str
     credential_expires_at: dt.datetime | None
+
+
+# --- elastic worker pools ------------------------------------------------------------------------------------
+
+
+class PoolEventInfo(BaseModel):
+    """One decision of a pool: start-worker, scale-up, scale-down, replace, worker-ended, lag-unknown, lag-back,
+    give-up, error, stream-drained, stopped (its workers ended or were cancelled), interrupted (the API stopped)."""
+
+    id: int
+    pool: str
+    at: dt.datetime
+    action: str
+    workers: int = Field(description="live workers after the decision")
+    lag: int | None = Field(description="the group's unfinished messages the decision saw (None: unknown)")
+    members: int | None = Field(description="members of the group the buffer saw")
+    detail: str
+    jobs: list[str] = Field(description="backend job ids this decision started or cancelled")
+
+
+class PoolStatus(BaseModel):
+    name: str
+    group: str
+    kind: str
+    min_workers: int
+    max_workers: int
+    target_lag: int
+    state: Literal["waiting", "running", "stopped", "interrupted"] = Field(
+        description="waiting: not started yet (the stream is not streaming); interrupted: the API stopped it"
+    )
+    workers: int = Field(description="live workers as of the newest decision")
+    lag: int | None
+    last_action: str | None
+    live_jobs: list[str] = Field(description="job ids of the live workers (when this API process runs the pool)")
+
+
+class StreamPools(BaseModel):
+    stream_id: uuid.UUID
+    pools: list[PoolStatus]
+    events: list[PoolEventInfo]
+    next_after: int | None = Field(description="pass as 'after' for more events (None: no more now)")
+
+
+class WorkerKindInfo(BaseModel):
+    name: str
+    description: str
+    options: dict[str, dict[str, Any]] = Field(description="option name → pattern, default, description")
+    roles: list[str] | None = Field(description="roles that may run it (None: anyone granted the data)")

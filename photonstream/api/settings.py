@@ -9,6 +9,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from photonstream.api.worker_kinds import WorkerKind
 from photonstream.buffer.credentials import Security
 from photonstream.config.base import one_line
 from photonstream.errors import ConfigError
@@ -112,6 +113,21 @@ class ApiSettings(BaseModel):
     )
     allow_source_addresses: list[str] = Field(
         default_factory=list, description="network sources (stream2 address) streams may read from"
+    )
+
+    worker_kinds: dict[str, WorkerKind | None] = Field(
+        default_factory=dict,
+        description="worker kinds requests may run in elastic pools, on top of the built-in pull, xtal and tof "
+        "(name: {command, options, roles}; null removes a built-in one); see photonstream.api.worker_kinds",
+    )
+    max_pool_workers_per_request: int = Field(
+        16, ge=1, description="the sum of max_workers over a request's worker_pools (422 beyond)"
+    )
+    max_pool_workers_per_user: int | None = Field(
+        32, ge=1, description="the sum of max_workers over one identity's active streams (429 beyond; None: no limit)"
+    )
+    pool_drain_timeout_s: float = Field(
+        3600.0, gt=0, description="pools of a completed stream whose group has not drained this long are stopped"
     )
 
     max_body_bytes: int = Field(1 << 20, ge=1024, description="larger request bodies are refused (413)")

@@ -167,7 +167,11 @@ def consume(
     timeout_s: Annotated[float | None, typer.Option(help="fail after this long without word from the buffer")] = None,
     json_summary: Annotated[bool, typer.Option("--json", help="print the final summary as JSON")] = False,
     credentials: Annotated[
-        Path | None, typer.Option(help="the stream's create response (request create --save): its credential")
+        Path | None,
+        typer.Option(
+            help="the stream's create response (request create --save): its credential "
+            "(default: $PHOTONSTREAM_BUFFER_CREDENTIALS, if set)"
+        ),
     ] = None,
     security: Annotated[str | None, typer.Option(help="with --credentials: curve or token link")] = None,
 ) -> None:
@@ -183,6 +187,8 @@ def consume(
             except (OSError, json.JSONDecodeError) as exc:
                 raise ConfigError(f"{credentials}: cannot read the create response ({exc})") from None
             _, link = Credentials.from_endpoint(info, security)  # type: ignore[arg-type]
+        else:  # a worker started by the API (elastic pools) gets its credential in the environment
+            link = Credentials.from_env()
         sub = subscribe(endpoint, stream, group=group, policy=policy, start=start, credit=credit,
                         decode=decode, timeout_s=timeout_s, credentials=link)  # fmt: skip
     except PhotonstreamError as exc:

@@ -75,3 +75,37 @@ def hitclassifier(
         f"(majority class {result['majority_baseline']:.3f}); trained on {result['train_events']} events "
         f"in {result['seconds']:.1f} s"
     )
+
+
+def tof(
+    endpoint: Annotated[str, typer.Argument(help="buffer endpoint, e.g. tcp://127.0.0.1:5600")],
+    stream: Annotated[str, typer.Argument(help="stream address experiment/run/stream-id")],
+    group: Annotated[str, typer.Option(help="consumer group (lossless: workers of one group share the shots)")] = "tof",
+    worker_id: Annotated[str, typer.Option(help="this worker's name in its results")] = "tof",
+    batch_size: Annotated[int, typer.Option(min=1, help="shots analysed at once")] = 64,
+    credit: Annotated[int, typer.Option(min=1, help="messages the buffer may send ahead")] = 4,
+    publish: Annotated[bool, typer.Option(help="publish the m/q histogram as a stream result at the end")] = True,
+    timeout_s: Annotated[float, typer.Option(help="fail after this long without word from the buffer")] = 120.0,
+) -> None:
+    """Analyse time-of-flight waveforms of a stream in the buffer (m/q histogram); print a JSON summary.
+
+    The buffer credential comes from $PHOTONSTREAM_BUFFER_CREDENTIALS (what an elastic pool gives its workers)."""
+    from photonstream.buffer.credentials import Credentials
+    from photonstream.client import ResultPublisher, subscribe
+    from photonstream.consumers.tof import run_tof_consumer
+
+    publisher = None
+    try:
+        credentials = Credentials.from_env()
+        messages = subscribe(endpoint, stream, group=group, credit=credit, timeout_s=timeout_s, credentials=credentials)
+        if publish:
+            publisher = ResultPublisher(endpoint, stream, credentials, group=group, worker=worker_id)
+        summary = run_tof_consumer(messages, batch_size=batch_size, results=publisher)
+        messages.close()
+    except PhotonstreamError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2 if isinstance(exc, ConfigError) else 1) from None
+    finally:
+        if publisher is not None:
+            publisher.close()
+    typer.echo(json.dumps({"worker": worker_id, **summary.as_dict()}, sort_keys=True))

@@ -191,6 +191,7 @@ class PoolEvent:
     lag: int | None
     members: int | None = None
     detail: str = ""
+    jobs: tuple[str, ...] = ()  # backend job ids this decision started or cancelled
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -390,7 +391,7 @@ class ElasticPool:
                 threshold = pool.scale_down_below * pool.target_lag
                 detail = f"lag {lag} below {threshold:g} for {now - self._below_since:.3g} s; removed {newest.name}"
                 if self._cancel(newest, reading):
-                    self._emit("scale-down", reading, detail)
+                    self._emit("scale-down", reading, detail, (newest.job_id,))
                 self._last_change = self._below_since = now
         else:
             self._above_since = self._below_since = None
@@ -408,16 +409,17 @@ class ElasticPool:
             self._emit("stopped", reading, f"cancelled {cancelled} worker(s) still running after the grace")
 
     def _start_workers(self, count: int, action: str, reading: LagReading | None, detail: str) -> int:
-        started = []
+        started: list[Worker] = []
         for _ in range(count):
             if len(self.workers) >= self.pool.max_workers:
                 break
             worker = self._submit(reading)
             if worker is None:
                 break
-            started.append(worker.name)
+            started.append(worker)
         if started:
-            self._emit(action, reading, f"{detail}; started {', '.join(started)}")
+            names = ", ".join(worker.name for worker in started)
+            self._emit(action, reading, f"{detail}; started {names}", tuple(worker.job_id for worker in started))
         return len(started)
 
     def _submit(self, reading: LagReading | None) -> Worker | None:
@@ -473,7 +475,7 @@ class ElasticPool:
                 cancelled += 1
         return cancelled
 
-    def _emit(self, action: str, reading: LagReading | None, detail: str = "") -> None:
+    def _emit(self, action: str, reading: LagReading | None, detail: str = "", jobs: tuple[str, ...] = ()) -> None:
         event = PoolEvent(
             time=time.time(),
             pool=self.pool.name,
@@ -482,6 +484,7 @@ class ElasticPool:
             lag=None if reading is None else reading.lag,
             members=None if reading is None else reading.members,
             detail=detail,
+            jobs=jobs,
         )
         with self._events_lock:
             self._events.append(event)

@@ -196,6 +196,10 @@ class StreamSecret(Base):
     producer_token_hash: Mapped[str | None] = mapped_column(String(64), nullable=True)
     report_secret: Mapped[str | None] = mapped_column(String(64), nullable=True)
     report_seq: Mapped[int] = mapped_column(BigInteger, default=0)  # newest report accepted (replays are older)
+    # the elastic pools' workers read with a credential of their own, made when the pools start, dropped after
+    worker_public_key: Mapped[str | None] = mapped_column(String(40), nullable=True)
+    worker_token_user: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    worker_token_hash: Mapped[str | None] = mapped_column(String(64), nullable=True)
 
 
 class StreamProgress(Base):
@@ -231,3 +235,20 @@ class StreamResult(Base):
     data: Mapped[dict[str, Any]] = mapped_column(JSON)
     buffer_instance: Mapped[str] = mapped_column(String(32))  # with buffer_id: each buffer result stored once
     buffer_id: Mapped[int] = mapped_column(BigInteger)
+
+
+class StreamPoolEvent(Base):
+    """One decision of a stream's elastic worker pool (start-worker, scale-up, scale-down, replace, stopped, ...)."""
+
+    __tablename__ = "stream_pool_events"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    stream_id: Mapped[str] = mapped_column(ForeignKey("streams.id", ondelete="CASCADE"), index=True)
+    pool: Mapped[str] = mapped_column(String(64))
+    at: Mapped[dt.datetime] = mapped_column(UTCDateTime)
+    action: Mapped[str] = mapped_column(String(32))
+    workers: Mapped[int] = mapped_column(Integer)
+    lag: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+    members: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    detail: Mapped[str] = mapped_column(Text, default="")
+    jobs: Mapped[list[str]] = mapped_column(JSON)  # backend job ids started or cancelled by this decision

@@ -65,6 +65,18 @@ class ReportStore:
                 .execution_options(synchronize_session=False)
             )
 
+    def set_worker_secrets(
+        self, stream_id: str, public_key: str | None, token_user: str | None, token_hash: str | None
+    ) -> None:
+        """The elastic pools' worker credential of a stream (all None: withdrawn)."""
+        with self.db.session() as session:
+            session.execute(
+                update(StreamSecret)
+                .where(StreamSecret.stream_id == stream_id)
+                .values(worker_public_key=public_key, worker_token_user=token_user, worker_token_hash=token_hash)
+                .execution_options(synchronize_session=False)
+            )
+
     def secrets(self, stream_id: str) -> StreamSecret | None:
         with self.db.session() as session:
             return session.get(StreamSecret, stream_id)

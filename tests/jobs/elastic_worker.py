@@ -5,7 +5,9 @@
 
 Each frame it finished is a line ``{"event": E, "worker": W}`` in ``OUT_DIR/WORKER.jsonl``, written and flushed
 *before* the frame is acked, so a frame recorded twice would show a redelivery of finished work and a frame
-missing would show a loss. The last line is ``{"summary": true, "left": "end" | "sigterm", "frames": N}``.
+missing would show a loss. The buffer credential, where one is needed, comes from $PHOTONSTREAM_BUFFER_CREDENTIALS
+(as the API gives it to its pools' workers).
+The last line is ``{"summary": true, "left": "end" | "sigterm", "frames": N}``.
 
 SIGTERM (a pool removing this worker) means: leave without losing or repeating a frame. While a frame is in hand
 it is finished, recorded and acked first; while the worker waits for the buffer it leaves at once. Leaving closes
@@ -24,6 +26,7 @@ import time
 from pathlib import Path
 from types import FrameType
 
+from photonstream.buffer.credentials import Credentials
 from photonstream.client import subscribe
 from photonstream.client.subscription import Subscription
 from photonstream.frames import Frame, FrameBatch
@@ -68,7 +71,8 @@ def main(argv: list[str] | None = None) -> int:
     frames = 0
     left = "end"
     with (args.out_dir / f"{args.worker}.jsonl").open("a") as out:
-        sub = subscribe(args.endpoint, args.stream, group=args.group, credit=args.credit, heartbeat_s=0.25)
+        sub = subscribe(args.endpoint, args.stream, group=args.group, credit=args.credit, heartbeat_s=0.25,
+                        credentials=Credentials.from_env())  # fmt: skip
         try:
             for message in sub:
                 if not isinstance(message, Frame | FrameBatch):

@@ -24,6 +24,7 @@ from photonstream.api import quotas
 from photonstream.api.binding import bind_pipelines
 from photonstream.api.deps import Context, context
 from photonstream.api.errors import CredentialLifetimeError, NotFoundError, PermissionDeniedError
+from photonstream.api.pools import check_pool_requests
 from photonstream.api.schemas import (
     ErrorBody,
     ResultInfo,
@@ -138,6 +139,11 @@ def create_stream(
             credential_expires_at=principal.expires_at,
             estimated_end_at=estimated_end,
         )
+    try:
+        check_pool_requests(body, settings, principal)
+    except PermissionDeniedError as exc:
+        ctx.audit.deny("stream.create", obj, str(exc))
+        raise
     stream_id = uuid.uuid4()
     try:
         pipelines = bind_pipelines(body, stream_id.hex, settings)
@@ -173,6 +179,7 @@ def create_stream(
         estimated_end_at=estimated_end,
     )
     with quotas.stream_slot(ctx, obj):
+        quotas.pool_worker_slot(ctx, obj, sum(pool.max_workers for pool in body.worker_pools))
         stream = ctx.svc.streams.create(stream, actor=principal.identity)
     ctx.svc.launcher.reports.create_secrets(stream.id, token_user, token_hash(token_password))
     if link.embedded:  # consumers may connect at once; an external buffer learns it at launch (or the next sync)
@@ -334,7 +341,8 @@ def _sse(event: str, data: dict[str, object], event_id: int | None = None) -> st
         **QUOTA,
         200: {
             "description": "server-sent events: 'state' per transition (id = transition id), 'progress' per job "
-            "report (counters and rates of a run), 'result' per published result, 'end' when finished",
+            "report (counters and rates of a run), 'result' per published result, 'pool' per decision of an "
+            "elastic worker pool, 'end' when finished",
             "content": {"text/event-stream": {"schema": {"type": "string"}}},
         },
     },
@@ -356,6 +364,7 @@ async def stream_events(
     poll_s = ctx.svc.settings.events_poll_s
     store = ctx.svc.streams
     reports = ctx.svc.launcher.reports
+    pool_events = ctx.svc.launcher.pools.events
     sid = str(stream_id)
     if results_after is None:
         results_after = await run_in_threadpool(reports.newest_result_id, sid)
@@ -363,6 +372,7 @@ async def stream_events(
     async def events() -> AsyncIterator[str]:
         last, quiet_since = after, time.monotonic()
         result_last: int = results_after or 0
+        pool_last = 0
         progress_seen: dict[str, dt.datetime] = {}
         while True:
             for p in await run_in_threadpool(reports.progress, sid):
@@ -374,6 +384,11 @@ async def stream_events(
             for r in await run_in_threadpool(reports.results, sid, result_last, 200):
                 result_last = r.id
                 yield _sse("result", result_info(r).model_dump(mode="json"))
+                quiet_since = time.monotonic()
+            for e in await run_in_threadpool(pool_events.events, sid, pool_last, 200):
+                pool_last = e.id
+                decision = {"pool": e.pool, "action": e.action, "workers": e.workers, "lag": e.lag, "detail": e.detail}
+                yield _sse("pool", {"stream_id": sid, "id": e.id, "at": e.at.isoformat(), **decision})
                 quiet_since = time.monotonic()
             rows = await run_in_threadpool(store.transitions, sid, last)
             for t in rows:

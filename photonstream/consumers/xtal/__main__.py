@@ -26,11 +26,14 @@ from photonstream.errors import PhotonstreamError
 def _worker(args: argparse.Namespace) -> None:
     options = XtalOptions.model_validate_json(args.options) if args.options else XtalOptions()
     if args.buffer:
+        from photonstream.buffer.credentials import Credentials
         from photonstream.client import subscribe
 
+        credentials = Credentials.from_env()  # set for workers the API starts (elastic pools)
         messages: Any = subscribe(
-            args.buffer, args.stream, group=args.group, credit=args.credit, timeout_s=args.idle_timeout
-        )
+            args.buffer, args.stream, group=args.group, credit=args.credit, timeout_s=args.idle_timeout,
+            credentials=credentials,
+        )  # fmt: skip
     else:
         from photonstream.consumers.pull import read_stream
 
