@@ -120,17 +120,31 @@ class StructureModel:
     scattering_factor: float = 6.0  # electrons per atom at s = 0 (carbon-like)
     b_factor: float = 15.0  # isotropic Debye-Waller factor, Å²
 
-    def structure_factors(self, hkl: np.ndarray, chunk: int = 4096) -> np.ndarray:
-        """Complex F(hkl) for an (N, 3) array of Miller indices."""
-        hkl = np.asarray(hkl, dtype=np.float64).reshape(-1, 3)
+    def structure_factors(self, hkl: np.ndarray, chunk_elements: int = 1 << 19) -> np.ndarray:
+        """Complex F(hkl) for an (N, 3) array of (whole-number) Miller indices."""
+        hkl = np.asarray(hkl).reshape(-1, 3)
+        indices = np.rint(hkl).astype(np.int64)
+        if not np.array_equal(indices, hkl):
+            raise ValueError("Miller indices must be whole numbers")
         cell_positions = np.concatenate([self.positions @ r.T + t for r, t in space_group_operators(self.space_group)])
+        # exp(2πi h·x) = exp(2πi h x)·exp(2πi k y)·exp(2πi l z): one table per axis of every index the input uses,
+        # so the sum over atoms needs products of table entries instead of a sine and cosine per (reflection, atom)
+        low, high = indices.min(axis=0, initial=0), indices.max(axis=0, initial=0)
+        tables = []
+        for axis in range(3):
+            turns = np.multiply.outer(np.arange(low[axis], high[axis] + 1), cell_positions[:, axis])
+            turns -= np.rint(turns)  # whole turns removed first: exp of small angles is exact and fast
+            tables.append(np.exp(2j * np.pi * turns))
+        rows = indices - low
         out = np.empty(len(hkl), dtype=np.complex128)
+        chunk = max(1, chunk_elements // len(cell_positions))  # bounds the (chunk, atoms) temporaries
         for start in range(0, len(hkl), chunk):
-            turns = hkl[start : start + chunk] @ cell_positions.T
-            turns -= np.rint(turns)  # whole turns removed first: cos/sin of small angles are exact and fast
-            phase = 2.0 * np.pi * turns
-            out[start : start + chunk] = np.cos(phase).sum(axis=1) + 1j * np.sin(phase).sum(axis=1)
-        s = self.cell.resolution(hkl)
+            part = rows[start : start + chunk]
+            terms = tables[0][part[:, 0]]
+            terms *= tables[1][part[:, 1]]
+            terms *= tables[2][part[:, 2]]
+            out[start : start + chunk] = terms.sum(axis=1)
+        s = self.cell.resolution(indices)
         return out * self.scattering_factor * np.exp(-self.b_factor * s**2 / 4.0)
 
     def intensities(self, hkl: np.ndarray) -> np.ndarray:
