@@ -24,8 +24,6 @@ from typing import Any, ClassVar, Literal
 
 import numpy as np
 from pydantic import Field, model_validator
-from scipy.sparse import coo_matrix
-from scipy.sparse.csgraph import connected_components
 
 from photonstream.config.base import PluginOptions
 from photonstream.errors import MissingDependencyError
@@ -190,6 +188,9 @@ def _components(linear: np.ndarray, rows: int, cols: int) -> tuple[np.ndarray, i
         linked = inside & (linear[position] == wanted)
         sources.append(np.flatnonzero(linked))
         targets.append(position[linked])
+    from scipy.sparse import coo_matrix  # here, not at the top: scipy.sparse takes ~0.2 s to import
+    from scipy.sparse.csgraph import connected_components
+
     source = np.concatenate(sources)
     graph = coo_matrix((np.ones(source.size, np.int8), (source, np.concatenate(targets))), shape=(n, n))
     n_labels, labels = connected_components(graph, directed=False)

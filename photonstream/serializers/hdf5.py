@@ -13,11 +13,9 @@ from __future__ import annotations
 import io
 import json
 from collections.abc import Sequence
-from typing import Any, ClassVar, Literal
+from typing import TYPE_CHECKING, Any, ClassVar, Literal
 from urllib.parse import quote, unquote
 
-import h5py
-import hdf5plugin
 import numpy as np
 from pydantic import Field
 
@@ -27,6 +25,10 @@ from photonstream.errors import SerializerError
 from photonstream.frames import EncodedArray, Message, message_from_dict
 from photonstream.serializers._tree import contiguous, plain_scalar
 from photonstream.serializers.base import Buffer, registry
+from photonstream.sources._hdf5_files import import_h5py
+
+if TYPE_CHECKING:
+    import h5py
 
 LIST_ATTR = "__list__"
 CODEC_ATTR = "__codec__"
@@ -47,6 +49,8 @@ class Hdf5Options(PluginOptions):
 
 
 def _filter_kwargs(options: Hdf5Options) -> dict[str, Any]:
+    import hdf5plugin  # h5py and hdf5plugin load when the serializer is used, not whenever plugins are listed
+
     match options.compression:
         case "none":
             return {}
@@ -111,6 +115,8 @@ class _Writer:
             group.create_dataset(name, data=value, chunks=value.shape, **self.filters)
 
     def _bslz4_chunk(self, group: h5py.Group, name: str, value: EncodedArray) -> h5py.Dataset:
+        import hdf5plugin
+
         ds = group.create_dataset(
             name,
             shape=value.shape,
@@ -157,6 +163,8 @@ def check_global_heaps(image: bytes) -> None:
 
 
 def _read(group: h5py.Group) -> Any:
+    import h5py
+
     tree: dict[str, Any] = {unquote(k): json.loads(v) for k, v in group.attrs.items() if k != LIST_ATTR}
     for name, item in group.items():
         key = unquote(name)
@@ -196,6 +204,7 @@ class Hdf5Serializer:
     def encode(self, message: Message) -> list[Buffer]:
         # A BytesIO-backed file beats the core driver here: no file-image copy at the end, and
         # getbuffer() hands the bytes to ZeroMQ without another copy.
+        h5py = import_h5py()
         image = io.BytesIO()
         try:
             with h5py.File(image, "w") as f:
@@ -209,6 +218,7 @@ class Hdf5Serializer:
             raise SerializerError(f"hdf5: expected 1 frame per message, got {len(frames)}")
         image = frames[0] if isinstance(frames[0], bytes) else bytes(frames[0])
         check_global_heaps(image)
+        h5py = import_h5py()
         try:
             with h5py.File(io.BytesIO(image), "r") as f:
                 return message_from_dict(_read(f))

@@ -31,7 +31,6 @@ from typing import ClassVar, Literal
 
 import numpy as np
 from pydantic import Field, model_validator
-from scipy.special import erf, gammaln
 
 from photonstream.config.base import PluginOptions
 from photonstream.frames import Calibration, Frame, Geometry
@@ -158,6 +157,8 @@ def _reflections(
 
 def _truncated_poisson_cdf(mean: float) -> np.ndarray:
     """CDF of a Poisson count given that it is at least 1, over k = 1, 2, ..."""
+    from scipy.special import gammaln  # imported by the source that uses it, not by every run that lists plugins
+
     k = np.arange(1, int(mean + 12 * np.sqrt(mean) + 20))
     pmf = np.exp(k * np.log(mean) - mean - gammaln(k + 1)) / -np.expm1(-mean)
     cdf = np.cumsum(pmf)
@@ -385,6 +386,8 @@ class SyntheticDiffraction:
 
 def _pixel_integrated_gaussian(pixels: np.ndarray, centre: np.ndarray, sigma: float) -> np.ndarray:
     """Fraction of a unit 1-D Gaussian at ``centre`` that falls in each pixel [p - 0.5, p + 0.5)."""
+    from scipy.special import erf
+
     scale = 1.0 / (sigma * np.sqrt(2.0))
     upper = erf((pixels + 0.5 - centre[:, None]) * scale)
     lower = erf((pixels - 0.5 - centre[:, None]) * scale)

@@ -9,16 +9,20 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from fastapi import FastAPI
-from fastapi.staticfiles import StaticFiles
+if TYPE_CHECKING:  # the package also holds ``photonstream status``: the CLI must not pay for FastAPI to import it
+    from fastapi import FastAPI
 
-from photonstream.api.monitor import Monitor, buffer_stats_source, buffer_subscriber
-from photonstream.api.ui.ui import STATIC, router
+    from photonstream.api.monitor import Monitor
 
 
 def install(app: FastAPI, monitor: Monitor | None = None) -> Monitor:
+    from fastapi.staticfiles import StaticFiles
+
+    from photonstream.api.monitor import Monitor, buffer_stats_source, buffer_subscriber
+    from photonstream.api.ui.ui import STATIC, router
+
     settings = app.state.services.settings
     endpoint = settings.buffer_endpoint
     monitor = monitor or Monitor(buffer_stats_source(endpoint), buffer_subscriber(endpoint))
