@@ -175,18 +175,17 @@ def symmetry_unique(hkl: np.ndarray, space_group: str) -> tuple[np.ndarray, np.n
     """
     hkl = np.asarray(hkl, dtype=np.int64).reshape(-1, 3)
     span = int(np.abs(hkl).max(initial=0)) + 1
-    best_key = np.full(len(hkl), np.iinfo(np.int64).min, dtype=np.int64)
-    best = hkl.copy()
-    for rotation, _ in space_group_operators(space_group):
-        for sign in (1, -1):
-            equivalent = sign * (hkl @ rotation)  # h' = h·R has |F(h')| = |F(h)|
-            shifted = equivalent + span
-            key = (shifted[:, 0] * (2 * span + 1) + shifted[:, 1]) * (2 * span + 1) + shifted[:, 2]
-            better = key > best_key
-            best_key = np.where(better, key, best_key)
-            best[better] = equivalent[better]
-    _, first, inverse = np.unique(best_key, return_index=True, return_inverse=True)
-    return best[first], inverse.reshape(-1)
+    width = 2 * span + 1
+    # (h + span, k + span, l + span) as digits base ``width``: the key orders reflections, one key per reflection.
+    # The representative is the equivalent h' = ±h·R with the largest key; key(h·R) - key offset = h·(R·weights).
+    weights = np.array([width * width, width, 1], dtype=np.int64)
+    rotations = [rotation for rotation, _ in space_group_operators(space_group)]
+    columns = np.stack([sign * (rotation @ weights) for rotation in rotations for sign in (1, -1)], axis=1)
+    best_key = (hkl @ columns).max(axis=1)
+    keys, inverse = np.unique(best_key, return_inverse=True)
+    digits = keys + span * weights.sum()
+    representatives = np.stack([digits // (width * width), digits // width % width, digits % width], axis=1) - span
+    return representatives, inverse.reshape(-1)
 
 
 def random_rotation(rng: np.random.Generator) -> np.ndarray:
