@@ -23,6 +23,7 @@ clipped to the dtype, and ``source.pedestal`` / ``source.gain`` (ADU, ADU per ph
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -132,6 +133,12 @@ def structure_model_for(options: SyntheticDiffractionOptions) -> StructureModel:
     )
 
 
+# The standard library's erf and lgamma, elementwise: scipy.special would add ~0.1 s of imports to every run of
+# this source (its start-up is part of a stream's request -> first frame time), for a few thousand values a frame.
+_erf = np.frompyfunc(math.erf, 1, 1)
+_lgamma = np.frompyfunc(math.lgamma, 1, 1)
+
+
 @dataclass(frozen=True, slots=True)
 class _Reflections:
     hkl: np.ndarray  # (N, 3) int32
@@ -157,10 +164,9 @@ def _reflections(
 
 def _truncated_poisson_cdf(mean: float) -> np.ndarray:
     """CDF of a Poisson count given that it is at least 1, over k = 1, 2, ..."""
-    from scipy.special import gammaln  # imported by the source that uses it, not by every run that lists plugins
-
     k = np.arange(1, int(mean + 12 * np.sqrt(mean) + 20))
-    pmf = np.exp(k * np.log(mean) - mean - gammaln(k + 1)) / -np.expm1(-mean)
+    log_factorial = _lgamma(k + 1.0).astype(np.float64)
+    pmf = np.exp(k * np.log(mean) - mean - log_factorial) / -np.expm1(-mean)
     cdf = np.cumsum(pmf)
     cdf[-1] = 1.0
     return cdf
@@ -385,10 +391,9 @@ class SyntheticDiffraction:
 
 
 def _pixel_integrated_gaussian(pixels: np.ndarray, centre: np.ndarray, sigma: float) -> np.ndarray:
-    """Fraction of a unit 1-D Gaussian at ``centre`` that falls in each pixel [p - 0.5, p + 0.5)."""
-    from scipy.special import erf
-
+    """Fraction of a unit 1-D Gaussian at ``centre`` that falls in each pixel [p - 0.5, p + 0.5); each row of
+    ``pixels`` holds consecutive pixels, so one pixel's upper edge is the next one's lower edge."""
     scale = 1.0 / (sigma * np.sqrt(2.0))
-    upper = erf((pixels + 0.5 - centre[:, None]) * scale)
-    lower = erf((pixels - 0.5 - centre[:, None]) * scale)
-    return 0.5 * (upper - lower)
+    edges = np.concatenate([pixels - 0.5, pixels[:, -1:] + 0.5], axis=1)
+    cdf = _erf((edges - centre[:, None]) * scale).astype(np.float64)
+    return 0.5 * np.diff(cdf, axis=1)
