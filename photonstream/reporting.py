@@ -27,11 +27,8 @@ import hmac
 import json
 import logging
 import os
-import ssl
 import threading
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Protocol
 from urllib.parse import urlsplit
@@ -109,6 +106,10 @@ Sender = Callable[[bytes, dict[str, str]], None]
 
 
 def http_sender(url: str, ca_file: str | None, cert: str | None, key: str | None, timeout_s: float) -> Sender:
+    # imported here: every pipeline run imports this module, only a job the API launched sends reports
+    import ssl
+    import urllib.request
+
     context = None
     if url.startswith("https:"):
         context = ssl.create_default_context(cafile=ca_file)
@@ -240,7 +241,7 @@ class Reporter:
         body = json.dumps(body_obj, separators=(",", ":")).encode()
         try:
             self._send(body, signed_headers(self.secret, self.path, body))
-        except (OSError, urllib.error.URLError, ValueError) as exc:
+        except (OSError, ValueError) as exc:  # urllib's URLError and HTTPError are OSErrors
             self.failures += 1
             self.last_error = str(exc)
             with self._lock:
