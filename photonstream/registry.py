@@ -11,12 +11,19 @@ from __future__ import annotations
 import importlib
 import pkgutil
 from collections.abc import Callable
-from importlib.metadata import entry_points
+from functools import cache
+from importlib.metadata import EntryPoints, entry_points
 from typing import Any, Generic, TypeVar
 
 from photonstream.errors import PluginNotFoundError
 
 T = TypeVar("T")
+
+
+@cache
+def _installed_entry_points() -> EntryPoints:
+    """Every installed distribution's entry points, read once for all four registries (each read scans them all)."""
+    return entry_points()
 
 
 def plugin_name(cls: type) -> str:
@@ -49,7 +56,7 @@ class Registry(Generic[T]):
         for mod in pkgutil.iter_modules(pkg.__path__):
             if not mod.name.startswith("_") and mod.name != "base":
                 importlib.import_module(f"{self.package}.{mod.name}")
-        for ep in entry_points(group=f"photonstream.{self.kind}s"):
+        for ep in _installed_entry_points().select(group=f"photonstream.{self.kind}s"):
             self.register(ep.load())
 
     def names(self) -> list[str]:
