@@ -389,6 +389,6 @@ class Launcher:
 
     def _run(self) -> None:
         while not self._stop.is_set():
+            self._wake.clear()  # before the pass, so a wake() during it (a new stream) starts the next one at once
             self.step()
             self._wake.wait(self.settings.launcher_interval_s)
-            self._wake.clear()
