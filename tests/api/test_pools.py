@@ -212,7 +212,10 @@ def test_a_restarted_api_cancels_the_workers_a_killed_one_left_and_starts_the_po
     restarted.launcher.link.start()
     try:
         (new_job, _new_group), = live_process_groups(pool_api, stream_id, 1).items()  # fmt: skip
-        assert new_job != old_job and group_gone(old_group)
+        assert new_job != old_job
+        assert restarted.backends.get("local").status(old_job).state == JobState.CANCELLED
+        # the old shepherd was a child of this test process (the 'killed' API): gone once its old backend reaps it
+        step_while(pool_api, lambda: not group_gone(old_group), "the leftover worker's processes to be gone", 15)
         events = pools_of(pool_api, stream_id)["events"]
         leftover = next(event for event in events if "earlier API process" in event["detail"])
         assert leftover["action"] == "stopped" and leftover["jobs"] == [old_job]
