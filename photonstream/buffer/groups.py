@@ -11,6 +11,22 @@ Policies
     sample:RATE   the newest message at most RATE times per second
 Only lossless groups hold back retention and the producer; the others count what they skip (``skipped``) and what
 was evicted before they got to it (``expired``), so loss is always reported.
+
+Members that go away and come back (lossless)
+    A member leaves by saying goodbye (its unacked messages go back to the group at once), by silence longer than
+    the member timeout, or by losing its connection. A lost connection only *detaches* the member (``held``): it
+    gets nothing more, but its in-flight messages stay its own until it has been silent for the member timeout,
+    and only then go back to the group. A subscription that rejoins within that time (same member id, same
+    ``incarnation``, the random session of one ``Subscription`` object, and the same credential) takes the old
+    member's place: the acks it re-sends settle what its application already had, the message its application
+    still holds stays in flight with it, and the rest of its in-flight messages are sent to it again before
+    anything new. So a message the application has is never given to another member of the group because an ack
+    or a connection was lost, as long as the member is back within the member timeout; after that it is
+    at-least-once (another member gets it; a late ack still settles it). A member id reused by another process
+    (another incarnation) is a separate member and never touches the first one's messages.
+
+    Acks are idempotent: an ack of an offset already settled, or held by another member, only settles it; an ack
+    of an offset the log does not have yet is ignored (it could only come from another incarnation of the stream).
 """
 
 from __future__ import annotations
@@ -104,9 +120,16 @@ class Member:
     member_id: str
     credit: int
     last_seen: float
+    incarnation: str = ""  # the subscription's session ("": an older client, never taken over)
+    principal: str = ""  # who it authenticated as: only the same credential may take its place
     inflight: set[int] = field(default_factory=set)
+    resend: deque[int] = field(default_factory=deque)  # taken over from its previous connection: sent again first
     delivered: int = 0
     end_sent: bool = False
+
+    def same_session(self, member_id: str, incarnation: str, principal: str) -> bool:
+        mine = (self.member_id, self.incarnation, self.principal)
+        return bool(incarnation) and mine == (member_id, incarnation, principal)
 
 
 @dataclass(eq=False)
@@ -121,6 +144,7 @@ class Group:
     inflight: OrderedDict[int, tuple[bytes, float]] = field(default_factory=OrderedDict)  # offset → holder, deadline
     redeliver: deque[int] = field(default_factory=deque)
     members: dict[bytes, Member] = field(default_factory=dict)
+    held: dict[bytes, Member] = field(default_factory=dict)  # connection gone: in-flight kept until member timeout
     calibrations_sent: int = 0  # how many of the stream's calibration records the group has passed
     next_sample_at: float = 0.0
     delivered: int = 0
@@ -130,6 +154,7 @@ class Group:
     redelivered: int = 0
     end_sent: bool = False  # the end message went to the members the group had then
     _rr: int = 0
+    _resending: bool = False  # some member has taken-over messages to get again
 
     def __post_init__(self) -> None:
         if self.cursor < 0:
@@ -139,23 +164,87 @@ class Group:
         self.calibrations_sent = sum(1 for o, _ in self.log.calibrations if o <= self.cursor)
 
     # -- members ------------------------------------------------------------------------------------------
-    def join(self, identity: bytes, member_id: str, credit: int, now: float) -> Member:
-        old = self.members.get(identity)
-        if old is not None:
+    def session_of(self, member_id: str, incarnation: str, principal: str) -> list[Member]:
+        """The members (live or held) a subscription with this session would take over."""
+        if not incarnation:
+            return []
+        everyone = (*self.members.values(), *self.held.values())
+        return [m for m in everyone if m.same_session(member_id, incarnation, principal)]
+
+    def join(
+        self, identity: bytes, member_id: str, credit: int, now: float, *, incarnation: str = "", principal: str = ""
+    ) -> tuple[Member, list[bytes]]:
+        """Add a member; one of the same session (a rejoin) is replaced and its in-flight messages become the new
+        member's, to be sent again. Returns the member and the identities it replaced (other than its own)."""
+        previous = self.session_of(member_id, incarnation, principal)
+        if identity in self.members and all(m.identity != identity for m in previous):
             self.leave(identity)
-        member = Member(identity, member_id, credit, now)
+        member = Member(identity, member_id, credit, now, incarnation, principal)
+        for old in previous:
+            self.members.pop(old.identity, None)
+            self.held.pop(old.identity, None)
+            for offset in sorted(old.inflight):
+                entry = self.inflight.get(offset)
+                if entry is None:
+                    continue
+                self.inflight[offset] = (identity, entry[1])
+                member.inflight.add(offset)
+                member.resend.append(offset)
+        self._resending = self._resending or bool(member.resend)
         self.members[identity] = member
-        return member
+        return member, [m.identity for m in previous if m.identity != identity]
+
+    def hold_for(self, member: Member, offsets: list[int], deadline: float) -> None:
+        """The member's application still has these messages (it said so when it rejoined): they stay in flight with
+        it and are not sent again, nor to anyone else. One in flight with another member stays theirs."""
+        if not self.policy.lossless:
+            return
+        for offset in offsets:
+            entry = self.inflight.get(offset)
+            if entry is not None:
+                if entry[0] == member.identity and offset in member.resend:
+                    member.resend.remove(offset)
+                continue
+            if self.committed <= offset < self.log.head and offset not in self.acked:
+                self.inflight[offset] = (member.identity, deadline)
+                member.inflight.add(offset)
 
     def leave(self, identity: bytes) -> int:
-        """Remove a member; its unacked messages go back to the group. Returns how many."""
-        member = self.members.pop(identity, None)
+        """Remove a member (live or held); its unacked messages go back to the group. Returns how many."""
+        member = self.members.pop(identity, None) or self.held.pop(identity, None)
         if member is None:
             return 0
         back = sorted(o for o in member.inflight if self.inflight.pop(o, None) is not None)
         self.redeliver.extend(back)
         self.redelivered += len(back)
         return len(back)
+
+    def detach(self, identity: bytes) -> bool:
+        """The member's connection is gone: it gets nothing more, but keeps its in-flight messages (see the module
+        docstring) until ``release_held`` finds it silent for the member timeout."""
+        member = self.members.pop(identity, None)
+        if member is None:
+            return False
+        member.resend.clear()
+        if member.inflight:
+            self.held[identity] = member
+        return True
+
+    def release_held(self, silent_since: float) -> int:
+        """Held members last heard before ``silent_since`` are gone for good: their messages go back to the group."""
+        gone = [identity for identity, m in self.held.items() if m.last_seen < silent_since]
+        return sum(self.leave(identity) for identity in gone)
+
+    def unsent(self, member: Member, offset: int) -> None:
+        """A message that could not be sent to its member (the connection is gone): anyone may have it."""
+        entry = self.inflight.get(offset)
+        if entry is not None and entry[0] == member.identity:
+            del self.inflight[offset]
+            member.inflight.discard(offset)
+            self.redeliver.appendleft(offset)
+
+    def _holder(self, identity: bytes) -> Member | None:
+        return self.members.get(identity) or self.held.get(identity)
 
     def _member_with_credit(self) -> Member | None:
         members = list(self.members.values())
@@ -183,13 +272,13 @@ class Group:
         if policy.lossless:
             while self.redeliver:
                 o = self.redeliver.popleft()
-                if o >= self.committed and o not in self.acked and o >= log.first:
+                if o >= self.committed and o not in self.acked and o >= log.first and o not in self.inflight:
                     return o
             self._skip_expired()
             while self.cursor < log.head:
                 o = self.cursor
                 self.cursor += 1
-                if o not in self.acked:
+                if o not in self.acked and o not in self.inflight:  # in flight: held for a rejoined member
                     return o
             return None
         self._skip_expired()
@@ -213,6 +302,10 @@ class Group:
 
     def next_delivery(self, now: float, ack_timeout: float) -> tuple[Member, int] | None:
         """Pick the next (member, offset) to send, or None; updates cursors, credit and in-flight state."""
+        if self._resending:
+            pick = self._next_resend(now, ack_timeout)
+            if pick is not None:
+                return pick
         member = self._member_with_credit()
         if member is None:
             return None
@@ -228,6 +321,30 @@ class Group:
             member.inflight.add(offset)
         return member, offset
 
+    def _next_resend(self, now: float, ack_timeout: float) -> tuple[Member, int] | None:
+        """A message taken over from a member's previous connection, to that member (it has credit)."""
+        waiting = False
+        for member in self.members.values():
+            while member.resend:
+                if member.credit <= 0 or member.end_sent:
+                    waiting = True
+                    break
+                offset = member.resend.popleft()
+                entry = self.inflight.pop(offset, None)
+                if entry is None:
+                    continue
+                if entry[0] != member.identity:  # meanwhile expired and given to another member
+                    self.inflight[offset] = entry
+                    continue
+                self.inflight[offset] = (member.identity, now + ack_timeout)  # at the end: the newest deadline
+                member.credit -= 1
+                member.delivered += 1
+                self.delivered += 1
+                self.redelivered += 1
+                return member, offset
+        self._resending = waiting
+        return None
+
     def wake_at(self) -> float | None:
         """When a sample group may send again (for the service's poll timeout)."""
         if self.policy.kind == "sample" and self.cursor < self.log.head and self.members:
@@ -238,10 +355,13 @@ class Group:
     def ack(self, offsets: list[int]) -> None:
         if not self.policy.lossless:
             return
+        head = self.log.head
         for o in offsets:
+            if o >= head:  # never stored here: not an ack of this stream's message
+                continue
             entry = self.inflight.pop(o, None)
             if entry is not None:
-                holder = self.members.get(entry[0])
+                holder = self._holder(entry[0])
                 if holder is not None:
                     holder.inflight.discard(o)
             if o >= self.committed:
@@ -258,7 +378,7 @@ class Group:
             if deadline > now:
                 break
             del self.inflight[offset]
-            holder = self.members.get(identity)
+            holder = self._holder(identity)
             if holder is not None:
                 holder.inflight.discard(offset)
             self.redeliver.append(offset)

@@ -11,7 +11,11 @@ slows its producer by holding acks back (a WAIT message says why) instead of dro
 
 Member liveness: consumers send a heartbeat (or any message) at least every second while they wait; a member
 silent for ``member_timeout_s`` is removed and its unacked messages go to the other members. A send to a peer
-whose connection is gone (ROUTER_MANDATORY: EHOSTUNREACH) removes it at once.
+whose connection is gone (ROUTER_MANDATORY: EHOSTUNREACH) detaches it at once: it gets nothing more, but its
+unacked messages stay its own until the member timeout, so that the same subscription, rejoining over a new
+connection, can settle them with the acks it re-sends and take the rest back (see ``groups.py``). A rejoin's acks
+and held offsets only count when its stream epoch (the start message's arrival time, sent with START, the same
+across restarts of a durable stream) is the stream's: offsets of a memory stream opened anew name other messages.
 """
 
 from __future__ import annotations
@@ -26,7 +30,7 @@ import shutil
 import threading
 import time
 import uuid
-from collections import Counter, deque
+from collections import Counter, OrderedDict, deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -51,6 +55,8 @@ MULTI_PRODUCER_FILE = "producers.json"  # a durable stream written by several pr
 ENDED_FILE = "ended.json"  # a durable stream the buffer ended (FIN, disk full): reason and message
 MAX_END_MESSAGE = 500
 MAX_RESULT_BYTES = 1 << 20
+MAX_ASKED_TO_REJOIN = 10_000  # unknown connections remembered as told to subscribe again
+MAX_REJOIN_OFFSETS = 4 * P.MAX_CREDIT  # acks a rejoining subscription may re-send (it keeps about 2x its credit)
 MB = 1 << 20
 GB = 1 << 30
 
@@ -146,6 +152,11 @@ class Stream:
     def started(self) -> bool:
         return self.log.start is not None
 
+    @property
+    def epoch(self) -> int | None:
+        """Which opening of the stream its offsets belong to: the start message's arrival time (ns)."""
+        return None if self.log.start is None else self.log.start.ts_ns
+
     def retain_from(self) -> int | None:
         needs = [g.retain_from for g in self.groups.values() if g.retain_from is not None]
         return min(needs) if needs else None
@@ -194,6 +205,18 @@ class DiskWriter:
                 sock.send(msgpack_pack([log.address, record.transport_seq, error]))
         finally:
             sock.close()
+
+
+def _offsets(header: dict[str, Any], key: str) -> list[int]:
+    """A list of message offsets from a SUB header (absent: none)."""
+    value = header.get(key)
+    if value is None:
+        return []
+    if not isinstance(value, list) or len(value) > MAX_REJOIN_OFFSETS:
+        raise P.ProtocolError("malformed", f"SUB field {key!r} must be a list of at most {MAX_REJOIN_OFFSETS} offsets")
+    if not all(isinstance(o, int) and not isinstance(o, bool) and o >= 0 for o in value):
+        raise P.ProtocolError("malformed", f"SUB field {key!r} must hold offsets (integers >= 0)")
+    return value
 
 
 def _joined(frames: list[Any]) -> bytes:
@@ -254,6 +277,7 @@ class BufferService:
         self._dispatch_later: set[str] = set()  # streams that lost a member while sending
         self._calls: queue.SimpleQueue[Callable[[], None]] = queue.SimpleQueue()  # other threads' work for the loop
         self._loop_thread: int | None = None
+        self._asked_to_rejoin: OrderedDict[bytes, float] = OrderedDict()  # unknown connections told REJOIN, when
         self._stop = threading.Event()
         self._ready = threading.Event()
         self._thread: threading.Thread | None = None
@@ -996,14 +1020,19 @@ class BufferService:
             raise ConfigError("group: must be 1-128 characters")
         policy = Policy.parse(str(header.get("pol", "lossless")))
         start = parse_start(header.get("st", "beginning"))
-        credit = max(1, min(int(header.get("c", 16)), P.MAX_CREDIT))
+        member_id = str(header.get("m", ""))
+        incarnation = header.get("i")
+        incarnation = incarnation if isinstance(incarnation, str) and len(incarnation) <= 64 else ""
+        acked, holding = _offsets(header, "a"), _offsets(header, "h")
+        credit = max(0 if holding else 1, min(int(header.get("c", 16)), P.MAX_CREDIT))
         stream = self.streams.get(address)
         if stream is None:
             stream = Stream(StreamLog(address))  # a consumer may come before the producer
             self.streams[address] = stream
         group = stream.groups.get(group_name)
         quota = self.settings.max_groups_per_stream if group is None else self.settings.max_members_per_group
-        used = len(stream.groups) if group is None else len(group.members) - (identity in group.members)
+        replacing = set() if group is None else self._replaced_by(identity, group, member_id, incarnation, principal)
+        used = len(stream.groups) if group is None else len(group.members) - len(replacing)
         if used >= quota:
             what = "max_groups_per_stream: the stream has" if group is None else "max_members_per_group: the group has"
             unit = "consumer groups" if group is None else "members"
@@ -1016,8 +1045,20 @@ class BufferService:
             raise ConfigError(
                 f"policy: group {group_name!r} of {address} already uses policy {group.policy}, not {policy}"
             )
-        self._forget_member(identity)
-        group.join(identity, str(header.get("m", "")), credit, monotonic())
+        self._asked_to_rejoin.pop(identity, None)
+        entry = self._members.get(identity)
+        if entry is not None and entry[1] is not group:
+            self._forget_member(identity)
+        same_stream = stream.started and header.get("e") == stream.epoch
+        if same_stream and acked:
+            self._settle(stream, group, acked)
+        now = monotonic()
+        member, replaced = group.join(identity, member_id, credit, now, incarnation=incarnation, principal=principal)
+        for old in replaced:
+            self._members.pop(old, None)
+            self._principals.pop(old, None)
+        if same_stream and holding:
+            group.hold_for(member, holding, now + self.settings.ack_timeout_s)
         self._members[identity] = (stream, group)
         self._principals[identity] = principal
         if stream.started:
@@ -1025,6 +1066,21 @@ class BufferService:
             self._dispatch(stream)
         elif stream.log.end is not None:  # ended before it opened: nothing to read but the end
             self._send_end(stream, group)
+
+    @staticmethod
+    def _replaced_by(identity: bytes, group: Group, member_id: str, incarnation: str, principal: str) -> set[bytes]:
+        """The live members of ``group`` a subscription replaces (its own, or its session's older connection)."""
+        mine = {m.identity for m in group.session_of(member_id, incarnation, principal)} | {identity}
+        return mine & group.members.keys()
+
+    def _settle(self, stream: Stream, group: Group, offsets: list[int]) -> None:
+        """Acks (idempotent); a moved committed offset is persisted and may unblock the producer."""
+        before = group.committed
+        group.ack(offsets)
+        if group.committed != before:
+            stream.groups_dirty = True
+            if stream.blocked:
+                self._enforce(stream)
 
     def _greet_waiting_members(self, stream: Stream) -> None:
         for group in stream.groups.values():
@@ -1036,7 +1092,8 @@ class BufferService:
         """Send a (new) member the start message and the calibration in force for its group."""
         log = stream.log
         assert log.start is not None
-        start = {"s": log.address, "g": group.name, "z": log.serializer, "o": group.cursor, "pol": str(group.policy)}
+        start = {"s": log.address, "g": group.name, "z": log.serializer, "o": group.cursor, "pol": str(group.policy),
+                 "e": stream.epoch}  # fmt: skip
         if not self._reply(identity, P.START, start, log.start.frames or []):
             return
         if group.calibrations_sent:
@@ -1055,33 +1112,35 @@ class BufferService:
 
     def _on_credit(self, identity: bytes, header: dict[str, Any]) -> None:
         entry = self._members.get(identity)
-        if entry is None:
-            self._reply(identity, P.REJOIN, {})
+        if entry is None or identity not in entry[1].members:
+            self._ask_to_rejoin(identity)
             return
         stream, group = entry
-        member = group.members.get(identity)
-        if member is None:
-            self._reply(identity, P.REJOIN, {})
-            return
+        member = group.members[identity]
         member.last_seen = monotonic()
         member.credit = min(member.credit + int(header.get("c", 0)), P.MAX_CREDIT)
         acked = header.get("a")
         if acked and group.policy.lossless:
-            before = group.committed
-            group.ack([int(o) for o in acked])
-            if group.committed != before:
-                stream.groups_dirty = True
-                if stream.blocked:
-                    self._enforce(stream)
+            self._settle(stream, group, [int(o) for o in acked])
         self._dispatch(stream)
 
     def _on_heartbeat(self, identity: bytes) -> None:
         entry = self._members.get(identity)
         if entry is None or identity not in entry[1].members:
-            self._reply(identity, P.REJOIN, {})
+            self._ask_to_rejoin(identity)
             return
         entry[1].members[identity].last_seen = monotonic()
         self._reply(identity, P.HB, {})
+
+    def _ask_to_rejoin(self, identity: bytes) -> None:
+        """Tell an unknown consumer connection to subscribe again, once: what it queued while it was cut off (a
+        heartbeat every beat) arrives in a burst, and one REJOIN each would make it subscribe again and again."""
+        if identity in self._asked_to_rejoin:
+            return
+        self._asked_to_rejoin[identity] = monotonic()
+        while len(self._asked_to_rejoin) > MAX_ASKED_TO_REJOIN:
+            self._asked_to_rejoin.popitem(last=False)
+        self._reply(identity, P.REJOIN, {})
 
     def _on_bye(self, identity: bytes) -> None:
         entry = self._forget_member(identity)
@@ -1096,8 +1155,11 @@ class BufferService:
         return entry
 
     def _member_gone(self, identity: bytes) -> None:
-        entry = self._forget_member(identity)
+        """Its connection is gone: detach it (its unacked messages wait for a rejoin until the member timeout)."""
+        self._principals.pop(identity, None)
+        entry = self._members.pop(identity, None)
         if entry is not None:
+            entry[1].detach(identity)
             self._dispatch_later.add(entry[0].log.address)
 
     # -- delivery -----------------------------------------------------------------------------------------
@@ -1125,6 +1187,8 @@ class BufferService:
                 header = {"o": offset, "q": record.seq, "k": record.kind, "h": log.head, "x": group.skipped}
                 if self._reply(member.identity, P.MSG, header, frames):
                     group.bytes_out += record.nbytes
+                else:
+                    group.unsent(member, offset)
             if group.drained():
                 self._send_end(stream, group)
         if self._dispatch_later:
@@ -1164,6 +1228,8 @@ class BufferService:
             self._access_seen = self.access.snapshot
             self._drop_unauthorized_members()
         member_deadline = now - self.settings.member_timeout_s
+        while self._asked_to_rejoin and next(iter(self._asked_to_rejoin.values())) < member_deadline:
+            self._asked_to_rejoin.popitem(last=False)
         for stream in list(self.streams.values()):
             touched = False
             for group in stream.groups.values():
@@ -1171,6 +1237,8 @@ class BufferService:
                     if member.last_seen < member_deadline:
                         self._forget_member(identity)
                         touched = True
+                if group.release_held(member_deadline):
+                    touched = True
                 if group.expire_unacked(now):
                     touched = True
             if stream.blocked or self.settings.retention_s is not None:
@@ -1235,6 +1303,7 @@ class BufferService:
                 groups[name] = {
                     "policy": str(g.policy),
                     "members": len(g.members),
+                    "held_members": len(g.held),
                     "cursor": g.cursor,
                     "committed": g.committed if g.policy.lossless else g.cursor,
                     "lag": g.lag,

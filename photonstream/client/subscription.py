@@ -15,6 +15,16 @@ each message once. Heartbeats go out whenever the iterator waits; an application
 buffer's member timeout on one message is taken for gone (its messages are redelivered) and rejoins on its next
 call.
 
+Rejoining (the connection was cut, or the buffer forgot this member): the new SUB carries this subscription's
+session (a random ``incarnation``, so a member id reused by another process is never mistaken for this one), the
+offsets it acked recently (about twice its credit: every ack that can still be in doubt, since the buffer never
+has more than ``credit`` unacked messages out to one member; acks are idempotent, so re-sending is harmless), and
+the offset its application still holds. Within the buffer's member timeout the buffer then settles those acks,
+keeps the held message with this member, and sends it the rest of its old in-flight messages again: a message the
+application has does not reach another member's application. The acks only count for the same opening of the
+stream (the epoch the START message carries). Received messages not yet handed out are dropped on a rejoin (the
+buffer sends them again).
+
 Security: pass ``credentials`` (``photonstream.buffer.credentials.Credentials``: the stream's CURVE key pair or
 token, as the API's create response gives them; ``Credentials.from_endpoint``) to connect to a buffer listener that
 authenticates. A buffer that refuses them (no credential, another stream's) raises ``ConsumerError`` at once.
@@ -43,6 +53,7 @@ from photonstream.serializers.base import Serializer
 from photonstream.serializers.base import create as create_serializer
 
 SEEN_LIMIT = 200_000  # offsets remembered for dropping duplicates
+RECENT_ACKS_MARGIN = 16  # acks kept for a rejoin beyond twice the credit
 SEND_TIMEOUT_S = 10.0  # a send blocks only while no connection is up; past this it raises
 
 
@@ -133,6 +144,9 @@ class Subscription(Iterator[Any]):
         self._seen: set[int] = set()
         self._calibrations_seen: set[int] = set()
         self._pending_acks: list[int] = []
+        self._recent_acks: deque[int] = deque(maxlen=2 * credit + RECENT_ACKS_MARGIN)  # re-sent with a rejoin
+        self._incarnation = uuid.uuid4().hex  # this subscription's session at the buffer (see the docstring)
+        self._epoch: int | None = None  # which opening of the stream the offsets belong to (from START)
         self._pending_credit = 0
         self._last_offset: int | None = None  # yielded, not yet acked
         self._greeted = False
@@ -165,20 +179,23 @@ class Subscription(Iterator[Any]):
         self._sent_at = time.monotonic()
 
     def _subscribe(self) -> None:
-        self._send(
-            P.SUB,
-            {
-                "s": self.stream,
-                "g": self.group,
-                "pol": self.policy,
-                "st": self.start_spec,
-                "c": self.credit,
-                "m": self.member,
-            },
-        )
+        holding = [] if self._last_offset is None else [self._last_offset]
+        header = {
+            "s": self.stream,
+            "g": self.group,
+            "pol": self.policy,
+            "st": self.start_spec,
+            "c": self.credit - len(holding),  # the held message's credit comes back with its ack
+            "m": self.member,
+            "i": self._incarnation,
+        }
+        if self._epoch is not None:
+            header.update(e=self._epoch, a=list(self._recent_acks), h=holding)
+        self._send(P.SUB, header)
 
     def _flush(self, block: bool = True) -> None:
         if self._pending_credit or self._pending_acks:
+            self._recent_acks.extend(self._pending_acks)  # before sending: one dropped here is re-sent on a rejoin
             self._send(P.CRED, {"c": self._pending_credit, "a": self._pending_acks}, block)
             self._pending_credit = 0
             self._pending_acks = []
@@ -322,6 +339,7 @@ class Subscription(Iterator[Any]):
             self._queue.append((command, header, frames))
         elif command == P.START:
             self.serializer_name = str(header.get("z", "")) or self.serializer_name
+            self._on_epoch(header.get("e"))
             if not self._greeted:
                 self._greeted = True
                 self._queue.append((command, header, frames))
@@ -339,18 +357,31 @@ class Subscription(Iterator[Any]):
                 raise AccessRefusedError(message)
             raise ConsumerError(message)
 
-    def _rejoin(self) -> None:
-        """The buffer forgot this member (restart, or we were silent too long): subscribe again.
+    def _on_epoch(self, epoch: Any) -> None:
+        """A START from another opening of the stream (a memory stream opened anew after a buffer restart): its
+        offsets name other messages, so what was seen, acked or held under the old ones means nothing now."""
+        if not isinstance(epoch, int) or isinstance(epoch, bool):
+            return
+        if self._epoch is not None and epoch != self._epoch:
+            self._seen.clear()
+            self._recent_acks.clear()
+            self._last_offset = None
+        self._epoch = epoch
 
-        Data messages received but not yet handed out are dropped: the buffer redelivers them.
+    def _rejoin(self) -> None:
+        """The buffer forgot this member (restart, cut, or we were silent too long): subscribe again, re-sending the
+        recent acks and the held offset (see the module docstring).
+
+        Data messages received but not yet handed out are dropped: the buffer sends them again.
         """
         self.stats.rejoins += 1
         self._queue = deque(item for item in self._queue if item[0] != P.MSG)
         self._pending_credit = 0
+        pending, self._pending_acks = self._pending_acks, []
+        self._recent_acks.extend(pending)
         self._subscribe()
-        if self._pending_acks:
-            self._send(P.CRED, {"c": 0, "a": self._pending_acks})
-            self._pending_acks = []
+        if pending:  # also as a plain ack, for a buffer that predates acks in SUB (harmless twice)
+            self._send(P.CRED, {"c": 0, "a": pending})
 
     # -- results ------------------------------------------------------------------------------------------
     def publish_result(
