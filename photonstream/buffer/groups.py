@@ -15,13 +15,13 @@ was evicted before they got to it (``expired``), so loss is always reported.
 Members that go away and come back (lossless)
     A member leaves by saying goodbye (its unacked messages go back to the group at once), by silence longer than
     the member timeout, or by losing its connection. A lost connection only *detaches* the member (``held``): it
-    gets nothing more, but its in-flight messages stay its own until it has been silent for the member timeout,
-    and only then go back to the group. A subscription that rejoins within that time (same member id, same
+    gets nothing more, but its in-flight messages stay its own until it has been silent for the member timeout, and
+    only then go back to the group. A subscription that rejoins within that time (same member id, same
     ``incarnation``, the random session of one ``Subscription`` object, and the same credential) takes the old
-    member's place: the acks it re-sends settle what its application already had, the message its application
-    still holds stays in flight with it, and the rest of its in-flight messages are sent to it again before
-    anything new. So a message the application has is never given to another member of the group because an ack
-    or a connection was lost, as long as the member is back within the member timeout; after that it is
+    member's place: the acks it re-sends settle what its application already had (its last message included: a
+    subscription acks it before it reads anything more), and the rest of its in-flight messages are sent to it again
+    before anything new. So a message the application has is never given to another member of the group because an
+    ack or a connection was lost, as long as the member is back within the member timeout; after that it is
     at-least-once (another member gets it; a late ack still settles it). A member id reused by another process
     (another incarnation) is a separate member and never touches the first one's messages.
 
@@ -194,21 +194,6 @@ class Group:
         self.members[identity] = member
         return member, [m.identity for m in previous if m.identity != identity]
 
-    def hold_for(self, member: Member, offsets: list[int], deadline: float) -> None:
-        """The member's application still has these messages (it said so when it rejoined): they stay in flight with
-        it and are not sent again, nor to anyone else. One in flight with another member stays theirs."""
-        if not self.policy.lossless:
-            return
-        for offset in offsets:
-            entry = self.inflight.get(offset)
-            if entry is not None:
-                if entry[0] == member.identity and offset in member.resend:
-                    member.resend.remove(offset)
-                continue
-            if self.committed <= offset < self.log.head and offset not in self.acked:
-                self.inflight[offset] = (member.identity, deadline)
-                member.inflight.add(offset)
-
     def leave(self, identity: bytes) -> int:
         """Remove a member (live or held); its unacked messages go back to the group. Returns how many."""
         member = self.members.pop(identity, None) or self.held.pop(identity, None)
@@ -272,13 +257,13 @@ class Group:
         if policy.lossless:
             while self.redeliver:
                 o = self.redeliver.popleft()
-                if o >= self.committed and o not in self.acked and o >= log.first and o not in self.inflight:
+                if o >= self.committed and o not in self.acked and o >= log.first:
                     return o
             self._skip_expired()
             while self.cursor < log.head:
                 o = self.cursor
                 self.cursor += 1
-                if o not in self.acked and o not in self.inflight:  # in flight: held for a rejoined member
+                if o not in self.acked:
                     return o
             return None
         self._skip_expired()

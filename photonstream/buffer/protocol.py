@@ -19,7 +19,12 @@ Buffer → producer
     WAIT  {s, r}: the stream is full (reason ``r``); acks are held, so the producer slows down
     ERR   {s, n, c: code, m: one-line message}: this message was refused
 Consumer → buffer
-    SUB   {s, g: group, pol: policy, st: start spec, c: credit, m: member id}
+    SUB   {s, g: group, pol: policy, st: start spec, c: credit, m: member id,
+           i: incarnation (the subscription's random session), e: stream epoch, a: [offsets acked]}
+          ``i``, ``e`` and ``a`` are optional (older clients send none; older buffers ignore them). On a rejoin,
+          ``a`` re-sends recent acks (idempotent; at most 4000), counted only when ``e`` is the stream's epoch. The
+          same ``m``, ``i`` and credential take over the member's earlier connection and its in-flight messages
+          (groups.py: "Members that go away and come back").
     CRED  {c: credit returned, a: [offsets acked]}
     HB    {} heartbeat (any message counts); BYE {} leave the group
     STATS {} → STATS reply with the service's state as JSON (a non-admin sees only its own streams)
@@ -33,13 +38,14 @@ Admin (the API's key) → buffer
             reason; later producer data is refused (code ``ended``). A stream that already ended is left as it is;
             one never opened is ended too, so subscribers waiting for its start get the END
 Buffer → consumer
-    START {s, g, z: serializer, o: group cursor} + start payload (always first)
+    START {s, g, z: serializer, o: group cursor, e: stream epoch} + start payload (always first; ``e`` names this
+          opening of the stream: the same across restarts of a durable stream, new when a stream is opened anew)
     CAL   {o} + calibration payload (to every member of every group, in order)
     MSG   {o: offset, q: seq, k: kind, h: log head, x: skipped so far} + payload
     END   {o, x: skipped, r: redelivered, e: expired} + end payload (after the last message the group gets);
           a stream the buffer ended (FIN, or its producer refused for good: disk full) has no end payload and
           says why in the header instead: {rs: failed | cancelled, rm: one-line message}
-    HB {}; REJOIN {} (the buffer does not know this member: subscribe again); ERR {c, m}
+    HB {}; REJOIN {} (the buffer does not know this member: subscribe again; once per connection); ERR {c, m}
 
 Every message is checked against the sender's authenticated identity (see ``access.py``): a refusal is ``ERR``
 with code ``forbidden``.

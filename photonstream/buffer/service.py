@@ -14,7 +14,7 @@ silent for ``member_timeout_s`` is removed and its unacked messages go to the ot
 whose connection is gone (ROUTER_MANDATORY: EHOSTUNREACH) detaches it at once: it gets nothing more, but its
 unacked messages stay its own until the member timeout, so that the same subscription, rejoining over a new
 connection, can settle them with the acks it re-sends and take the rest back (see ``groups.py``). A rejoin's acks
-and held offsets only count when its stream epoch (the start message's arrival time, sent with START, the same
+only count when its stream epoch (the start message's arrival time, sent with START, the same
 across restarts of a durable stream) is the stream's: offsets of a memory stream opened anew name other messages.
 """
 
@@ -1023,8 +1023,8 @@ class BufferService:
         member_id = str(header.get("m", ""))
         incarnation = header.get("i")
         incarnation = incarnation if isinstance(incarnation, str) and len(incarnation) <= 64 else ""
-        acked, holding = _offsets(header, "a"), _offsets(header, "h")
-        credit = max(0 if holding else 1, min(int(header.get("c", 16)), P.MAX_CREDIT))
+        acked = _offsets(header, "a")
+        credit = max(1, min(int(header.get("c", 16)), P.MAX_CREDIT))
         stream = self.streams.get(address)
         if stream is None:
             stream = Stream(StreamLog(address))  # a consumer may come before the producer
@@ -1053,12 +1053,10 @@ class BufferService:
         if same_stream and acked:
             self._settle(stream, group, acked)
         now = monotonic()
-        member, replaced = group.join(identity, member_id, credit, now, incarnation=incarnation, principal=principal)
+        _, replaced = group.join(identity, member_id, credit, now, incarnation=incarnation, principal=principal)
         for old in replaced:
             self._members.pop(old, None)
             self._principals.pop(old, None)
-        if same_stream and holding:
-            group.hold_for(member, holding, now + self.settings.ack_timeout_s)
         self._members[identity] = (stream, group)
         self._principals[identity] = principal
         if stream.started:

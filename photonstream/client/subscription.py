@@ -16,14 +16,14 @@ buffer's member timeout on one message is taken for gone (its messages are redel
 call.
 
 Rejoining (the connection was cut, or the buffer forgot this member): the new SUB carries this subscription's
-session (a random ``incarnation``, so a member id reused by another process is never mistaken for this one), the
-offsets it acked recently (about twice its credit: every ack that can still be in doubt, since the buffer never
-has more than ``credit`` unacked messages out to one member; acks are idempotent, so re-sending is harmless), and
-the offset its application still holds. Within the buffer's member timeout the buffer then settles those acks,
-keeps the held message with this member, and sends it the rest of its old in-flight messages again: a message the
-application has does not reach another member's application. The acks only count for the same opening of the
-stream (the epoch the START message carries). Received messages not yet handed out are dropped on a rejoin (the
-buffer sends them again).
+session (a random ``incarnation``, so a member id reused by another process is never mistaken for this one) and the
+offsets it acked recently (about twice its credit: every ack that can still be in doubt, since the buffer never has
+more than ``credit`` unacked messages out to one member; acks are idempotent, so re-sending is harmless). A rejoin
+only happens inside ``__next__``, after the message the application had is acked, so the application holds nothing
+then. Within the buffer's member timeout the buffer settles those acks and sends this member the rest of its old
+in-flight messages again: a message the application has does not reach another member's application. The acks only
+count for the same opening of the stream (the epoch the START message carries). Received messages not yet handed out
+are dropped on a rejoin (the buffer sends them again).
 
 Security: pass ``credentials`` (``photonstream.buffer.credentials.Credentials``: the stream's CURVE key pair or
 token, as the API's create response gives them; ``Credentials.from_endpoint``) to connect to a buffer listener that
@@ -179,18 +179,17 @@ class Subscription(Iterator[Any]):
         self._sent_at = time.monotonic()
 
     def _subscribe(self) -> None:
-        holding = [] if self._last_offset is None else [self._last_offset]
         header = {
             "s": self.stream,
             "g": self.group,
             "pol": self.policy,
             "st": self.start_spec,
-            "c": self.credit - len(holding),  # the held message's credit comes back with its ack
+            "c": self.credit,
             "m": self.member,
             "i": self._incarnation,
         }
         if self._epoch is not None:
-            header.update(e=self._epoch, a=list(self._recent_acks), h=holding)
+            header.update(e=self._epoch, a=list(self._recent_acks))
         self._send(P.SUB, header)
 
     def _flush(self, block: bool = True) -> None:
