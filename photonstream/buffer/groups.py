@@ -177,8 +177,9 @@ class Group:
         """Add a member; one of the same session (a rejoin) is replaced and its in-flight messages become the new
         member's, to be sent again. Returns the member and the identities it replaced (other than its own)."""
         previous = self.session_of(member_id, incarnation, principal)
-        if identity in self.members and all(m.identity != identity for m in previous):
-            self.leave(identity)
+        for stale in (self.members.get(identity), self.held.get(identity)):
+            if stale is not None and stale not in previous:  # this connection as another session: it left
+                self._give_back(stale)
         member = Member(identity, member_id, credit, now, incarnation, principal)
         for old in previous:
             self.members.pop(old.identity, None)
@@ -196,9 +197,14 @@ class Group:
 
     def leave(self, identity: bytes) -> int:
         """Remove a member (live or held); its unacked messages go back to the group. Returns how many."""
-        member = self.members.pop(identity, None) or self.held.pop(identity, None)
-        if member is None:
-            return 0
+        member = self.members.get(identity) or self.held.get(identity)
+        return 0 if member is None else self._give_back(member)
+
+    def _give_back(self, member: Member) -> int:
+        if self.members.get(member.identity) is member:
+            del self.members[member.identity]
+        if self.held.get(member.identity) is member:
+            del self.held[member.identity]
         back = sorted(o for o in member.inflight if self.inflight.pop(o, None) is not None)
         self.redeliver.extend(back)
         self.redelivered += len(back)
@@ -218,7 +224,7 @@ class Group:
     def release_held(self, silent_since: float) -> int:
         """Held members last heard before ``silent_since`` are gone for good: their messages go back to the group."""
         gone = [identity for identity, m in self.held.items() if m.last_seen < silent_since]
-        return sum(self.leave(identity) for identity in gone)
+        return sum(self._give_back(self.held[identity]) for identity in gone)
 
     def unsent(self, member: Member, offset: int) -> None:
         """A message that could not be sent to its member (the connection is gone): anyone may have it."""

@@ -78,6 +78,17 @@ def test_another_process_with_the_same_member_id_takes_nothing_over() -> None:
     assert deliver(group, 0.1) == [("a", 2), ("a", 3)]  # new members get new messages only
 
 
+def test_a_connection_that_subscribes_as_another_session_gives_its_old_frames_back() -> None:
+    group = lossless_group(3)
+    group.join(b"a1", "a", 2, now=0.0, incarnation="s1", principal="p")
+    deliver(group)
+    group.detach(b"a1")
+    _, replaced = group.join(b"a1", "a", 3, now=0.1, incarnation="s2", principal="p")
+    assert replaced == [] and not group.held and list(group.members) == [b"a1"]
+    assert deliver(group, 0.1) == [("a", 0), ("a", 1), ("a", 2)]  # back to the group, here to its only member
+    assert group.redelivered == 2
+
+
 def test_duplicate_and_premature_acks_are_harmless() -> None:
     group = lossless_group(4)
     group.join(b"a1", "a", 4, now=0.0, incarnation="s1", principal="p")
