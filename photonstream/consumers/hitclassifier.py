@@ -25,19 +25,14 @@ from torch import nn
 from photonstream.consumers.torch import MessageFactory, StreamDataset
 from photonstream.errors import ConfigError
 from photonstream.frames import Frame
+from photonstream.processing.thumbnail import max_pool_to
 
 
 def downsample_log(array: np.ndarray, image_size: int = 64) -> torch.Tensor:
     """(1, H, W) float32: the frame with modules stacked, max-pooled by whole factors to about ``image_size``
-    per side, negatives clipped, ``log1p``-scaled."""
-    frame = np.asarray(array)
-    frame = frame.reshape(-1, frame.shape[-1]) if frame.ndim != 2 else frame
-    rows, cols = frame.shape
-    fr, fc = max(1, -(-rows // image_size)), max(1, -(-cols // image_size))
-    padded_rows, padded_cols = -(-rows // fr) * fr, -(-cols // fc) * fc
-    if (padded_rows, padded_cols) != (rows, cols):
-        frame = np.pad(frame, ((0, padded_rows - rows), (0, padded_cols - cols)))
-    pooled = frame.reshape(padded_rows // fr, fr, padded_cols // fc, fc).max(axis=(1, 3))
+    per side (``max_pool_to``, the ``thumbnail`` step's pooling: a thumbnail passes through unchanged), negatives
+    clipped, ``log1p``-scaled."""
+    pooled = max_pool_to(array, image_size)
     return torch.from_numpy(np.log1p(np.maximum(pooled, 0).astype(np.float32)))[None]
 
 

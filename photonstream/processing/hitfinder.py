@@ -144,7 +144,7 @@ def find_peaks(modules: np.ndarray, options: HitfinderOptions) -> np.ndarray:
     linear = np.flatnonzero(above)
     if linear.size == 0:
         return np.zeros((0, 3), np.float32)
-    labels, n_labels = _components(linear, rows, cols)
+    labels, n_labels = pixel_components(linear, rows, cols)
     flat_values = modules.reshape(-1)
     values = flat_values[linear].astype(np.float64)
     module = linear // (rows * cols)
@@ -174,8 +174,10 @@ def find_peaks(modules: np.ndarray, options: HitfinderOptions) -> np.ndarray:
     return peaks.astype(np.float32)
 
 
-def _components(linear: np.ndarray, rows: int, cols: int) -> tuple[np.ndarray, int]:
-    """Connected components (8-connectivity inside a module) of the sorted flat indices ``linear``."""
+def pixel_components(linear: np.ndarray, rows: int, cols: int) -> tuple[np.ndarray, int]:
+    """Connected components (8-connectivity inside a module) of the sorted flat indices ``linear`` of a
+    ``(modules, rows, cols)`` array: labels 0, 1, ... numbered in the order of each component's first pixel
+    (as a raster scan meets them), and their count."""
     n = linear.size
     row = (linear // cols) % rows
     col = linear % cols

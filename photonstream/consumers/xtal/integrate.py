@@ -86,7 +86,8 @@ class Integrator:
         d_min = 1.0 / detector.max_resolution_q()
         self.hkl = enumerate_hkl(cell, d_min)
         self._q_crystal = self.hkl @ self.b_matrix.T
-        self._q_length = np.linalg.norm(self._q_crystal, axis=1)
+        self._q_squared = np.einsum("ij,ij->i", self._q_crystal, self._q_crystal)
+        self._q_length = np.sqrt(self._q_squared)
         self.excitation = ExcitationModel()
 
     def excitation_errors(self, q: np.ndarray) -> np.ndarray:
@@ -109,13 +110,27 @@ class Integrator:
             return np.full(len(q_length), s.max_cutoff)
         return np.clip(s.cutoff_sigmas * self.excitation.rms(q_length), s.min_cutoff, s.max_cutoff)
 
+    def near_sphere(self, orientation: np.ndarray) -> np.ndarray:
+        """Indices of the reflections within the cutoff of the Ewald sphere for orientation U.
+
+        |k0 + q|² = |q|² + 2·q_z/λ + 1/λ², so the excitation error needs only q_z = (U·B·hkl)_z of each reflection
+        (one dot product, not the whole rotation), and the cutoff, which never exceeds its upper bound, is
+        evaluated only for the few reflections within that bound."""
+        s = self.settings
+        inverse_wavelength = 1.0 / self.detector.wavelength_a
+        q_z = self._q_crystal @ orientation[2]
+        k_norm = np.sqrt(self._q_squared + 2.0 * inverse_wavelength * q_z + inverse_wavelength**2)
+        excitation = np.abs(inverse_wavelength - k_norm)
+        bound = s.excitation_cutoff if s.excitation_cutoff is not None else s.max_cutoff
+        candidates = np.flatnonzero(excitation < bound)
+        return candidates[excitation[candidates] < self.cutoff(self._q_length[candidates])]
+
     def integrate(self, modules: np.ndarray, orientation: np.ndarray) -> Reflections:
         """Integrate ``modules`` (M, rows, cols) at the reflections predicted for orientation U."""
         d = self.detector
         s = self.settings
-        q = self._q_crystal @ orientation.T
-        near = np.abs(self.excitation_errors(q)) < self.cutoff(self._q_length)
-        hkl, q = self.hkl[near], q[near]
+        near = self.near_sphere(orientation)
+        hkl, q = self.hkl[near], self._q_crystal[near] @ orientation.T
         a_slow, a_fast, forward = d.q_to_assembled(q)
         module, row, col, on_module = d.assembled_to_flat(a_slow, a_fast)
         rows, cols = d.module_shape

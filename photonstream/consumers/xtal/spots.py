@@ -14,10 +14,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-from scipy import ndimage
 
 from photonstream.frames import Frame
-from photonstream.processing.hitfinder import HitfinderOptions, find_peaks
+from photonstream.processing.hitfinder import HitfinderOptions, find_peaks, pixel_components
 
 
 @dataclass(frozen=True)
@@ -51,18 +50,16 @@ def find_spots(modules: np.ndarray, settings: SpotFinderSettings = SpotFinderSet
     _, rows, cols = modules.shape
     # Sparse photon data: a mean beats a median of zeros as the background level.
     background = modules[:, ::3, ::3].mean(axis=(1, 2), dtype=np.float64).astype(np.float32)
-    signal = modules.astype(np.float32, copy=False) - background[:, None, None]
-    in_plane = np.zeros((3, 3, 3), dtype=bool)
-    in_plane[1] = True  # 8-connected within a module, never across modules
-    labels, n_labels = ndimage.label(signal > settings.threshold, structure=in_plane)
-    if n_labels == 0:
+    core = _above_background(modules, background, settings.threshold)
+    if core.size == 0:
         return np.zeros((0, 3), np.float32)
-    flat_labels = labels.reshape(-1)
-    core = np.flatnonzero(flat_labels)
-    core_label = flat_labels[core]
+    # Few pixels are above the threshold, so label them as a sparse graph (8-connected within a module, never
+    # across modules), not the whole image: the same labels a raster-scan labelling gives, ten times sooner.
+    core_label, n_labels = pixel_components(core, rows, cols)
+    core_label += 1  # 0 is "no spot"
     pixels = np.bincount(core_label, minlength=n_labels + 1)
     index, label = _grow(core, core_label, rows, cols, settings.grow_px)
-    values = signal.reshape(-1)[index].astype(np.float64)
+    values = _signal(modules, background, index).astype(np.float64)
     weights = np.clip(values, 0.0, None)
     size = n_labels + 1
     total = np.bincount(label, values, size)
@@ -74,6 +71,28 @@ def find_spots(modules: np.ndarray, settings: SpotFinderSettings = SpotFinderSet
     spots = np.stack([slow[keep], fast[keep], total[keep]], axis=1)
     spots = spots[np.argsort(-spots[:, 2], kind="stable")][: settings.max_spots]
     return spots.astype(np.float32)
+
+
+def _signal(modules: np.ndarray, background: np.ndarray, index: np.ndarray) -> np.ndarray:
+    """Pixels ``index`` (flat) less their module's background, in float32."""
+    module = index // (modules.shape[1] * modules.shape[2])
+    return modules.reshape(-1)[index].astype(np.float32) - background[module]
+
+
+def _above_background(modules: np.ndarray, background: np.ndarray, threshold: float) -> np.ndarray:
+    """Sorted flat indices of the pixels whose float32 signal (pixel - module background) exceeds ``threshold``.
+
+    Integer data is first narrowed in its own type to the pixels that can pass (v > floor(background + threshold
+    - tolerance), the tolerance covering float32 rounding near the threshold), which touches the image once
+    without making a float copy of it; the exact float32 test then runs on those few."""
+    if modules.dtype.kind in "iu":
+        info = np.iinfo(modules.dtype)
+        level = background.astype(np.float64) + threshold
+        floor = np.floor(level - 1e-4 * (1.0 + np.abs(level)))
+        candidates = np.flatnonzero(modules > np.clip(floor, info.min, info.max).astype(modules.dtype)[:, None, None])
+    else:
+        candidates = np.flatnonzero(modules.astype(np.float32, copy=False) - background[:, None, None] > threshold)
+    return candidates[_signal(modules, background, candidates) > threshold]
 
 
 def _grow(core: np.ndarray, label: np.ndarray, rows: int, cols: int, grow: int) -> tuple[np.ndarray, np.ndarray]:
@@ -91,10 +110,11 @@ def _grow(core: np.ndarray, label: np.ndarray, rows: int, cols: int, grow: int) 
             inside = (row + d_row >= 0) & (row + d_row < rows) & (col + d_col >= 0) & (col + d_col < cols)
             indices.append(core[inside] + d_row * cols + d_col)
             labels.append(label[inside])
-    index = np.concatenate(indices)
-    labels_all = np.concatenate(labels)
-    order = np.lexsort((-labels_all, index))
-    index, labels_all = index[order], labels_all[order]
+    # One sorted int64 key per (pixel, label): by pixel, and for one pixel the highest label first; a plain sort
+    # of it is several times faster than a lexsort of the two arrays.
+    span = np.int64(label.max()) + 1
+    keys = np.sort(np.concatenate(indices).astype(np.int64) * span + (span - 1 - np.concatenate(labels)))
+    index = keys // span
     first = np.ones(index.size, dtype=bool)
     first[1:] = index[1:] != index[:-1]
-    return index[first], labels_all[first]
+    return index[first], (span - 1 - keys[first] % span).astype(label.dtype)
