@@ -83,8 +83,11 @@ class SyntheticDiffractionOptions(PluginOptions):
     )
     background_photons: float = Field(0.05, ge=0.0, le=10.0, description="mean background photons per pixel")
     background_bank: int = Field(
-        0, ge=0, le=64, description="0: draw every frame's background afresh; N: draw N frames' worth once and "
-        "give each frame the window at a random offset in it (several times faster; see the module docstring)"
+        0,
+        ge=0,
+        le=64,
+        description="0: draw every frame's background afresh; N: draw N frames' worth once and "
+        "give each frame the window at a random offset in it (several times faster; see the module docstring)",
     )
     spot_photons: float = Field(100.0, ge=0.0, description="photons of an average fully recorded reflection")
     spot_sigma_px: float = Field(0.8, ge=0.2, le=10.0, description="Gaussian width of a spot (pixels)")
