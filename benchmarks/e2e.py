@@ -21,7 +21,7 @@ from typing import Any
 
 from benchmarks._report import machine, report
 
-CASES = ("small",)
+CASES = ("epix10k2m",)
 
 
 def case(detector: str, rate_hz: float, duration_s: float) -> dict[str, Any]:

@@ -234,7 +234,7 @@ def bench_e2e(
     as_json: bool = typer.Option(False, "--json", help="only the JSON line"),
     duration: float = typer.Option(20.0, min=1.0, help="seconds of acquisition per case"),
     rate: float = typer.Option(120.0, min=1.0, help="frames per second"),
-    detectors: list[str] = typer.Option(["small"], "--detector", help="detector per case (repeatable)"),
+    detectors: list[str] = typer.Option(["epix10k2m"], "--detector", help="detector per case (repeatable)"),
 ) -> None:
     """The whole system: request → first frame and → first indexed result, sustained frames/s, keeping up."""
     from benchmarks.e2e import main as bench_main
@@ -261,7 +261,7 @@ def demo(
     duration: float = typer.Option(20.0, "--duration", min=1.0, help="seconds of acquisition"),
     rate: float = typer.Option(120.0, "--rate", min=1.0, help="frames per second"),
     detector: str = typer.Option(
-        "small", "--detector", help="small (4×192×192, keeps up at 120 Hz on 2 cores) | epix10k2m | jungfrau4m"
+        "epix10k2m", "--detector", help="epix10k2m (16×352×384) | small (4×192×192) | jungfrau4m (8×512×1024)"
     ),
     workers: int = typer.Option(2, "--workers", min=1, help="crystallography worker processes"),
     backend: str = typer.Option(

@@ -216,6 +216,11 @@ class StreamWatch:
                 self._add_tof(frames)
 
     def _add_powder(self, image: np.ndarray) -> None:
+        # Only full detector images make a powder pattern: a stream whose misses carry just a thumbnail (the veto
+        # pattern) would otherwise rebuild the whole-detector profile at every change of size.
+        shape = tuple(self.start.geometry.detector_shape) if self.start is not None else ()
+        if shape and int(np.prod(shape)) != image.size:
+            return
         if self.powder is None or self.powder.index.size != image.size:
             self.powder = PowderProfile(layout_of(self.start, image.shape))
         self.powder.add(image)

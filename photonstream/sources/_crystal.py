@@ -102,12 +102,20 @@ def enumerate_hkl(cell: UnitCell, d_min: float) -> np.ndarray:
     basis = cell.real_basis()
     # |h| ≤ |a| / d_min bounds every index of a reflection inside the 1/d_min sphere.
     limits = [int(np.ceil(np.linalg.norm(row) / d_min)) for row in basis]
-    axes = [np.arange(-n, n + 1) for n in limits]
-    grids = np.meshgrid(*axes, indexing="ij")
-    hkl = np.stack([g.ravel() for g in grids], axis=1)
-    q = np.linalg.norm(hkl @ cell.reciprocal_basis().T, axis=1)
-    keep = (q > 0) & (q <= 1.0 / d_min)
-    return hkl[keep].astype(np.int32)
+    # |q|² = hkl·G*·hkl with the reciprocal metric G*, evaluated on broadcast axes: no (N, 3) array of the whole
+    # box (a few times faster for a large cell); np.nonzero keeps the h, k, l order a raveled grid would have.
+    reciprocal = cell.reciprocal_basis()
+    g = reciprocal.T @ reciprocal
+    h = np.arange(-limits[0], limits[0] + 1, dtype=np.float64)[:, None, None]
+    k = np.arange(-limits[1], limits[1] + 1, dtype=np.float64)[None, :, None]
+    l = np.arange(-limits[2], limits[2] + 1, dtype=np.float64)[None, None, :]  # noqa: E741
+    q_squared = (
+        (g[0, 0] * h * h + g[1, 1] * k * k)
+        + (2 * g[0, 1] * h * k)
+        + l * (g[2, 2] * l + 2 * (g[0, 2] * h + g[1, 2] * k))
+    )
+    keep = (q_squared > 0) & (np.sqrt(np.maximum(q_squared, 0.0)) <= 1.0 / d_min)
+    return (np.stack(np.nonzero(keep), axis=1) - np.asarray(limits)).astype(np.int32)
 
 
 @dataclass(frozen=True)

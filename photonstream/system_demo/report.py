@@ -26,6 +26,10 @@ class DemoReport:
     dashboard: str
     frames_sent: int | None = None  # the pipeline's end message
     frames_analysed: int = 0  # results the merger got
+    pipeline: str = ""  # the request's processing steps, as the report's pipeline line says them
+    frames_whole: int | None = None  # frames the workers got with their image (hits, sampled misses)
+    frames_vetoed: int | None = None  # frames the workers got as metadata + thumbnail only (misses)
+    monitor_frames: int = 0  # frames the monitor group (latest) saw
     hits: int = 0
     hit_rate: float | None = None  # hits found by the workers / frames analysed
     true_hit_fraction: float | None = None
@@ -79,6 +83,7 @@ def print_report(report: DemoReport, console: Console) -> None:
     rows = [
         ("run", f"{report.detector}, {report.rate_hz:g} Hz for {report.duration_s:g} s, job on {report.backend}"),
         ("frames", f"{_value(report.frames_sent)} sent, {report.frames_analysed} analysed by the workers"),
+        ("pipeline", pipeline_text(report)),
         ("hit rate", f"{_percent(report.hit_rate)} ({report.hits} hits; true {_percent(report.true_hit_fraction)})"),
         ("indexing rate", f"{_percent(report.indexing_rate)} of the true hits ({report.indexed} indexed)"),
         (
@@ -111,6 +116,7 @@ def print_report(report: DemoReport, console: Console) -> None:
                 f"(majority {_value(t.get('majority_baseline'), digits=3)}), trained on {t.get('train_events')}",
             )
         )
+    rows.append(("monitor", f"the latest group saw {report.monitor_frames} frames (it never holds the run back)"))
     channel = report.results_channel
     if channel:
         kinds = ", ".join(f"{count} {kind}" for kind, count in sorted(channel.get("kinds", {}).items()))
@@ -129,6 +135,15 @@ def print_report(report: DemoReport, console: Console) -> None:
     console.print(table)
     for problem in report.problems:
         console.print(f"[yellow]note:[/] {problem}")
+
+
+def pipeline_text(report: DemoReport) -> str:
+    if report.frames_whole is None or report.frames_vetoed is None:
+        return report.pipeline or "–"
+    return (
+        f"{report.pipeline}; the workers got {report.frames_whole} frames with their image (the hits and a sample "
+        f"of misses) and {report.frames_vetoed} misses as metadata + thumbnail"
+    )
 
 
 def stopped_text(report: DemoReport) -> str:

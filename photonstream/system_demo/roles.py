@@ -64,8 +64,8 @@ def open_subscription(link: dict[str, Any], group: str, policy: str, **options: 
 
 
 class FrameClock:
-    """Passes messages through, noting when the first frame arrived and the creation times of the first and last
-    frames (the pipeline's stamps)."""
+    """Passes messages through, noting when the first frame arrived, the creation times of the first and last
+    frames (the pipeline's stamps), and how many frames came and how many of them without their image."""
 
     def __init__(self, messages: Iterable[Any]) -> None:
         self.messages = messages
@@ -73,6 +73,7 @@ class FrameClock:
         self.first_created_ns = 0
         self.last_created_ns = 0
         self.frames = 0
+        self.vetoed = 0  # frames that came without their image (a veto step took it out)
 
     def __iter__(self) -> Iterator[Any]:
         from photonstream.frames import Frame, FrameBatch
@@ -82,6 +83,7 @@ class FrameClock:
                 frames = message.frames if isinstance(message, FrameBatch) else [message]
                 self.first_received_at = self.first_received_at or time.time()
                 for frame in frames:
+                    self.vetoed += bool(frame.metadata.get("vetoed"))
                     created = frame.created_ns or 0
                     self.first_created_ns = self.first_created_ns or created
                     self.last_created_ns = max(self.last_created_ns, created)
@@ -93,6 +95,8 @@ class FrameClock:
             "first_received_at": self.first_received_at,
             "first_created_at": self.first_created_ns / 1e9 or None,
             "last_created_at": self.last_created_ns / 1e9 or None,
+            "frames_received": self.frames,
+            "frames_vetoed": self.vetoed,
         }
 
 
@@ -230,8 +234,9 @@ def trainer() -> None:
             shown[0] = now
             emit("progress", **state)
 
-    report = train_hit_classifier(messages, label="true_hit", batch_size=16, timeout_s=setup["idle_timeout_s"],
-                                  progress=progress)  # fmt: skip
+    report = train_hit_classifier(messages, label="true_hit", array=setup.get("array"),
+                                  image_size=setup.get("image_size", 64), batch_size=16,
+                                  timeout_s=setup["idle_timeout_s"], progress=progress)  # fmt: skip
     emit("final", **report.as_dict(), **(latency_ms(subscriptions[0]) if subscriptions else {}))
 
 

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from photonstream.errors import ConfigError
 from photonstream.frames import Frame
 from photonstream.processing.hitfinder import HitfinderOptions, find_peaks, pixel_components
 
@@ -26,10 +27,13 @@ class HitVerdict:
     from_upstream: bool
 
 
-def find_hit(frame: Frame, modules: np.ndarray, options: HitfinderOptions) -> HitVerdict:
-    """Whether ``frame`` is a hit: the upstream hitfinder's flag when present, else our own peak count."""
+def find_hit(frame: Frame, modules: np.ndarray | None, options: HitfinderOptions, array: str = "data") -> HitVerdict:
+    """Whether ``frame`` is a hit: the upstream hitfinder's flag when present, else our own peak count (which
+    needs the image: ``modules`` None, i.e. the frame has no ``array``, is then a ``ConfigError``)."""
     if "hit" in frame.metadata and "n_peaks" in frame.metadata:
         return HitVerdict(bool(frame.metadata["hit"]), int(frame.metadata["n_peaks"]), True)
+    if modules is None:
+        raise ConfigError(f"event {frame.event} has neither a hit verdict nor an array {array!r} to find one in")
     peaks = find_peaks(modules, options)
     return HitVerdict(len(peaks) >= options.min_peaks, len(peaks), False)
 

@@ -3,7 +3,8 @@
     from photonstream.client import subscribe
     run_xtal_worker(subscribe(endpoint, "exp/1/det", group="xtal"), "tcp://merger:5700")
 
-Per frame: hit finding, then for hits spot finding, spot positions → scattering vectors, indexing against the
+Per frame: hit finding (or the upstream ``hitfinder`` step's verdict; a miss a ``veto`` step stripped of its image
+is judged by that verdict alone), then for hits spot finding, spot positions → scattering vectors, indexing against the
 known cell (from the start message's source details or ``XtalOptions.unit_cell``), summation integration and the
 reduction of Miller indices to the asymmetric unit (cctbx). Each frame gives a ``result`` record
 ``{type, worker, event, hit, n_peaks, true_hit, indexed, n_spots, n_indexed, cell, orientation, reflections:
@@ -139,11 +140,13 @@ class XtalProcessor:
 
     def process(self, frame: Frame) -> dict[str, Any]:
         """The result record of one frame."""
-        modules = np.asarray(frame.array(self.options.array))
-        modules = modules.reshape(self.detector.n_modules, *self.detector.module_shape)
+        modules = None
+        if self.options.array in frame.arrays:  # absent on a frame a veto step stripped (a miss)
+            modules = np.asarray(frame.array(self.options.array))
+            modules = modules.reshape(self.detector.n_modules, *self.detector.module_shape)
         seconds: dict[str, float] = {}
         clock = time.perf_counter()
-        verdict = find_hit(frame, modules, self.hit_options)
+        verdict = find_hit(frame, modules, self.hit_options, self.options.array)
         seconds["hit"] = time.perf_counter() - clock
         true_hit = frame.metadata.get("true_hit")
         result: dict[str, Any] = {
@@ -158,6 +161,11 @@ class XtalProcessor:
         }
         if not verdict.hit:
             return result
+        if modules is None:
+            raise ConfigError(
+                f"xtal worker: event {frame.event} is a hit but has no array {self.options.array!r} to index "
+                f"(it has: {', '.join(sorted(frame.arrays)) or 'none'})"
+            )
         if self.powder is not None:
             self.powder.add(modules)
         clock = time.perf_counter()
