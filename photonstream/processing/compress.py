@@ -4,6 +4,7 @@
 CPU for size. ``frame.array(name)`` decodes on the receiving side. ``metadata["compression_ratio"]`` is the raw
 size over the compressed size of the arrays this step handled (arrays already encoded are counted as they are).
 Put it after every step that computes on pixel values: later steps would have to decode each frame again.
+After a ``veto`` step, ``skip_missing: true`` lets the stripped frames (no ``data``) pass as they are.
 """
 
 from __future__ import annotations
@@ -28,6 +29,9 @@ class CompressOptions(ArrayStepOptions):
     type: Literal["compress"] = "compress"
     codec: Literal["bslz4", "lz4", "zstd"] = Field("bslz4", description="compression codec")
     level: int | None = Field(None, description="lz4: 1-12 (LZ4-HC); zstd: -7..22 (default 3); bslz4: none")
+    skip_missing: bool = Field(
+        False, description="frames without one of the arrays pass without it (after a veto step) instead of failing"
+    )
 
     @model_validator(mode="after")
     def _level_fits_codec(self) -> CompressOptions:
@@ -62,6 +66,8 @@ class Compress(StepBase):
         raw_total = encoded_total = 0
         for name in self.options.arrays:
             value = frame.arrays.get(name)
+            if value is None and self.options.skip_missing:
+                continue
             if value is None:
                 present = ", ".join(sorted(frame.arrays)) or "none"
                 raise StepError(f"step 'compress': event {frame.event} has no array {name!r} (it has: {present})")
@@ -70,5 +76,8 @@ class Compress(StepBase):
                 frame.arrays[name] = value
             raw_total += raw_nbytes(value)
             encoded_total += value.nbytes
-        frame.metadata["compression_ratio"] = raw_total / encoded_total if encoded_total else 1.0
+        if encoded_total:
+            frame.metadata["compression_ratio"] = raw_total / encoded_total
+        elif not self.options.skip_missing:
+            frame.metadata["compression_ratio"] = 1.0
         return [frame]
