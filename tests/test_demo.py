@@ -68,6 +68,10 @@ def test_short_demo_reports_the_run_and_leaves_nothing_running() -> None:
     assert report["state"] == "completed"
     frames = report["frames_sent"]
     assert frames == 360 and report["frames_analysed"] == frames  # every frame reached the lossless group
+    # the default is the detector; misses reach the workers as metadata + thumbnail (veto), hits whole
+    assert report["detector"] == "epix10k2m"
+    assert report["frames_whole"] + report["frames_vetoed"] == frames
+    assert report["hits"] <= report["frames_whole"] < frames / 2
     # hit rate: a binomial count around 10 % (n = 360: ±3 standard deviations is about ±4.7 %)
     assert abs(report["hit_rate"] - HIT_FRACTION) < 0.05
     assert abs(report["hit_rate"] - report["true_hit_fraction"]) < 0.03
@@ -81,7 +85,7 @@ def test_short_demo_reports_the_run_and_leaves_nothing_running() -> None:
     assert channel["kinds"].get("hit_rate", 0) >= 1 and channel["kinds"].get("indexing_rate", 0) >= 1
     assert channel["hit_rate"] == pytest.approx(report["hit_rate"], abs=1e-3)
     # the human report on stderr names the figures
-    for words in ("hit rate", "indexing rate", "merged CC", "request → first indexed", "nothing left running"):
+    for words in ("hit rate", "indexing rate", "merged CC", "request → first indexed", "nothing left running", "veto"):
         assert words in result.stderr
     # nothing the demo started outlives it: its consumer processes and the job's process group
     processes = report["processes"]

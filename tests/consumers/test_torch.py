@@ -139,3 +139,17 @@ def test_errors_name_the_option() -> None:
     with pytest.raises(ConfigError, match="no metadata 'hit'"):
         next(iter(StreamDataset(lambda: iter(frames), label="hit")))
     assert np.isclose(float(downsample_log(np.full((4, 100, 30), 7.0), 16).max()), np.log1p(7.0))
+
+
+def test_a_thumbnail_is_exactly_what_the_trainer_would_pool_from_the_full_frame() -> None:
+    from photonstream.processing.thumbnail import Thumbnail, ThumbnailOptions
+
+    source = SyntheticDiffraction(SyntheticDiffractionOptions(detector="epix10k2m", events=2, hit_fraction=1.0, seed=3,
+                                                              resolution_limit_a=4.0, background_bank=2))  # fmt: skip
+    source.open()
+    frame = source.frame(0)
+    full = downsample_log(frame.arrays["data"], 64)
+    Thumbnail(ThumbnailOptions(size=64)).apply(frame)
+    assert frame.arrays["thumbnail"].shape == (64, 64) and frame.arrays["thumbnail"].nbytes == 8192
+    assert torch.equal(downsample_log(frame.arrays["thumbnail"], 64), full)
+    assert float(full.max()) > np.log1p(5)  # the Bragg spots survive the pooling

@@ -117,6 +117,75 @@ def test_spot_finder_recovers_the_bright_true_spots(source) -> None:
     assert len(found) < 1.5 * len(truth)  # not a spray of noise
 
 
+def dense_spot_finder(modules: np.ndarray, threshold: float = 1.5, grow: int = 1) -> np.ndarray:
+    """The spot finder written the plain way (whole-image float signal, scipy.ndimage labels, lexsort), as the
+    reference the sparse one must agree with exactly."""
+    from scipy import ndimage
+
+    _, rows, cols = modules.shape
+    background = modules[:, ::3, ::3].mean(axis=(1, 2), dtype=np.float64).astype(np.float32)
+    signal = modules.astype(np.float32) - background[:, None, None]
+    structure = np.zeros((3, 3, 3), dtype=bool)
+    structure[1] = True
+    labels, n = ndimage.label(signal > threshold, structure=structure)
+    core = np.flatnonzero(labels)
+    label = labels.reshape(-1)[core]
+    pixels = np.bincount(label, minlength=n + 1)
+    row, col = (core // cols) % rows, core % cols
+    index, owner = [core], [label]
+    for dr in range(-grow, grow + 1):
+        for dc in range(-grow, grow + 1):
+            inside = (row + dr >= 0) & (row + dr < rows) & (col + dc >= 0) & (col + dc < cols) & bool(dr or dc)
+            index.append(core[inside] + dr * cols + dc)
+            owner.append(label[inside])
+    index, owner = np.concatenate(index), np.concatenate(owner)
+    order = np.lexsort((-owner, index))
+    index, owner = index[order], owner[order]
+    first = np.r_[True, index[1:] != index[:-1]]
+    index, owner = index[first], owner[first]
+    values = signal.reshape(-1)[index].astype(np.float64)
+    weights = np.clip(values, 0.0, None)
+    total = np.bincount(owner, values, n + 1)
+    weight_sum = np.maximum(np.bincount(owner, weights, n + 1), 1e-12)
+    slow = np.bincount(owner, weights * (index // cols), n + 1) / weight_sum
+    fast = np.bincount(owner, weights * (index % cols), n + 1) / weight_sum
+    keep = (pixels >= 2) & (total >= 6.0)
+    keep[0] = False
+    spots = np.stack([slow[keep], fast[keep], total[keep]], axis=1)
+    return spots[np.argsort(-spots[:, 2], kind="stable")].astype(np.float32)
+
+
+def test_sparse_spot_finder_agrees_exactly_with_the_dense_one(source) -> None:
+    for event in (1, 2):
+        modules = source.frame(event).arrays["data"]
+        np.testing.assert_array_equal(find_spots(modules), dense_spot_finder(modules))
+        calibrated = modules.astype(np.float32) * 0.5  # the float path
+        np.testing.assert_array_equal(find_spots(calibrated), dense_spot_finder(calibrated))
+
+
+def test_a_frame_without_image_or_verdict_is_a_clear_error() -> None:
+    from photonstream.consumers.xtal.spots import find_hit
+    from photonstream.frames import Frame
+    from photonstream.processing.hitfinder import HitfinderOptions
+
+    vetoed = Frame(event=4, arrays={}, metadata={"hit": False, "n_peaks": 3})
+    assert find_hit(vetoed, None, HitfinderOptions()).n_peaks == 3
+    with pytest.raises(ConfigError, match="event 4 has neither a hit verdict nor an array 'data'"):
+        find_hit(Frame(event=4, arrays={}), None, HitfinderOptions())
+
+
+def test_reflections_near_the_sphere_are_those_of_the_full_computation(source, detector) -> None:
+    integrator = Integrator(detector, source.cell, IntegrationSettings())
+    frame = source.frame(3)
+    orientation = frame.metadata["orientation"]
+    integrator.learn(frame.metadata["hkl"], orientation)  # a fitted cutoff, not the constant upper bound
+    q = integrator.hkl @ (orientation @ integrator.b_matrix).T
+    full = np.flatnonzero(np.abs(integrator.excitation_errors(q)) < integrator.cutoff(np.linalg.norm(q, axis=1)))
+    near = integrator.near_sphere(orientation)
+    assert len(full) > 50
+    np.testing.assert_array_equal(near, full)
+
+
 def test_pair_indexer_finds_the_true_orientation_up_to_symmetry(source, detector) -> None:
     cell = source.cell
     rotations = laue_rotations("P43212")
@@ -274,6 +343,50 @@ print(json.dumps({{"kinds": [r["type"] for r in records],
     assert out["hits"] and out["indexed"] == out["hits"]
     assert out["reflections"] > 20
     np.testing.assert_allclose(out["cells"], [[79.1, 79.1, 37.9, 90, 90, 90]] * len(out["cells"]), rtol=0.01)
+
+
+@needs("cctbx")
+def test_worker_gives_the_same_results_when_misses_come_without_their_image() -> None:
+    """The demo's veto pattern: hitfinder → thumbnail → veto → compress, over msgpack, against the full frames."""
+    code = f"""
+import json
+import numpy as np
+from photonstream.consumers.xtal import run_xtal_worker
+from photonstream.frames import EndMessage, StartMessage
+from photonstream.serializers.msgpack import MsgpackOptions, MsgpackSerializer
+from photonstream.sources.synthetic_diffraction import SyntheticDiffraction, SyntheticDiffractionOptions
+from tests.processing._steps import make_step
+src = SyntheticDiffraction(SyntheticDiffractionOptions(**{DETECTOR!r}, events=16, hit_fraction=0.4, seed=8))
+info = src.open()
+start = StartMessage(stream_id="v", geometry=info.geometry, source=info.details)
+wire = MsgpackSerializer(MsgpackOptions())
+def results(steps):
+    steps = [make_step(s) for s in steps]
+    frames = []
+    for frame in src.events():
+        for step in steps:
+            (frame,) = step.apply(frame)
+        frames.append(wire.decode(wire.encode(frame)))
+    records = []
+    run_xtal_worker(iter([start, *frames, EndMessage("v", 16)]), records.append)
+    kept = sum("data" in f.arrays for f in frames)
+    fields = ("event", "hit", "indexed", "n_spots")
+    return kept, [{{k: r.get(k) for k in fields}} | {{"I": r["reflections"]["I"].tolist() if r["indexed"] else None}}
+                  for r in records if r["type"] == "result"]
+hitfinder = {{"type": "hitfinder", "algorithm": "numpy"}}
+veto = [hitfinder, {{"type": "thumbnail", "size": 32}}, {{"type": "veto"}},
+        {{"type": "compress", "codec": "bslz4", "skip_missing": True}}]
+full_kept, full = results([hitfinder])
+veto_kept, vetoed = results(veto)
+print(json.dumps({{"full": full, "vetoed": vetoed, "full_kept": full_kept, "veto_kept": veto_kept}}))
+"""
+    done = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    out = json.loads(done.stdout.strip().splitlines()[-1])
+    hits = [r["event"] for r in out["full"] if r["hit"]]
+    assert 3 <= len(hits) < 16 and out["full_kept"] == 16 and out["veto_kept"] == len(hits)
+    assert out["vetoed"] == out["full"]  # every event, the same verdicts, spots and intensities
+    assert any(r["indexed"] for r in out["full"])
 
 
 # -- the distributed run ------------------------------------------------------------------------------------

@@ -122,6 +122,23 @@ def test_misses_are_poisson_background_only() -> None:
     assert np.all(np.abs(per_module - mean) < 6 * np.sqrt(mean / (3 * 352 * 384)))
 
 
+def test_background_bank_gives_poisson_frames_of_their_own_with_the_spots_on_top() -> None:
+    mean = 0.05
+    options = {"detector": "epix10k2m", "seed": 4, "background_photons": mean, "resolution_limit_a": 4.0}
+    misses = frames(source(**options, events=3, hit_fraction=0.0, background_bank=2))
+    counts = np.stack([f.arrays["data"] for f in misses]).ravel().astype(np.int64)
+    assert abs(counts.mean() - mean) < 6 * np.sqrt(mean / counts.size)
+    assert counts.var() == pytest.approx(mean, rel=0.01)
+    assert not np.array_equal(misses[0].arrays["data"], misses[1].arrays["data"])  # windows at different offsets
+    again = frames(source(**options, events=3, hit_fraction=0.0, background_bank=2))
+    assert all(np.array_equal(a.arrays["data"], b.arrays["data"]) for a, b in zip(misses, again, strict=True))
+    hit = source(**options, events=1, hit_fraction=1.0, background_bank=2, spot_photons=300.0).frame(0)
+    spots = hit.metadata["spots"]
+    bright = spots[spots[:, 2] >= 50]
+    centres = hit.arrays["data"].reshape(-1, 384)[np.rint(bright[:, 0]).astype(int), np.rint(bright[:, 1]).astype(int)]
+    assert len(bright) > 20 and np.all(centres >= 5)  # the recorded spots are in the frame, on the bank's noise
+
+
 def test_spots_lie_where_the_ewald_construction_puts_them() -> None:
     src = source(detector="epix10k2m", events=1, hit_fraction=1.0, seed=21, background_photons=0.0)
     info = src.open()

@@ -10,6 +10,7 @@ always get the right order.
 
 from __future__ import annotations
 
+import os
 import sys
 from functools import lru_cache
 from typing import Any
@@ -36,7 +37,21 @@ def preload() -> bool:
         import cctbx.uctbx  # noqa: F401
     except ImportError:
         return False
+    # cctbx's libomptbx, now loaded, exports stand-in omp_*_lock functions that a later OpenMP library binds to
+    # (bitshuffle's, decoding bslz4 frames); with two OpenMP threads contending they abort the process ("omptbx
+    # error: deadlock in using lock variable"). OpenMP reads this when it loads, so one thread it is, here and in
+    # the processes this one starts, unless the user chose otherwise.
+    if not any("libgomp" in name for name in _loaded_libraries()):
+        os.environ.setdefault("OMP_NUM_THREADS", "1")
     return True
+
+
+def _loaded_libraries() -> list[str]:
+    try:
+        with open("/proc/self/maps", encoding="utf-8", errors="replace") as maps:
+            return [line.rsplit(" ", 1)[-1] for line in maps]
+    except OSError:
+        return []
 
 
 def require_cctbx(feature: str) -> Any:
