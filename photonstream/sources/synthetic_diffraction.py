@@ -49,6 +49,7 @@ from photonstream.sources._crystal import (
     random_rotation,
     random_structure,
     symmetry_unique,
+    times_transposed,
 )
 from photonstream.sources._detector_layout import PRESETS, PanelLayout, square_grid
 from photonstream.sources._pacing import paced_indices
@@ -172,7 +173,7 @@ def _reflections(
     intensity = model.intensities(unique)[inverse]
     present = intensity > 1e-9 * intensity.max(initial=0.0)  # drops systematic absences
     hkl, intensity = hkl[present], intensity[present]
-    q = hkl @ unit_cell.reciprocal_basis().T
+    q = times_transposed(hkl, unit_cell.reciprocal_basis())
     return _Reflections(hkl, q, np.einsum("ij,ij->i", q, q), intensity / intensity.mean())
 
 
