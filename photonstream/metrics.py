@@ -28,8 +28,10 @@ import time
 import weakref
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from http.server import ThreadingHTTPServer
 
 # seconds: sub-millisecond hand-offs up to a minute of backlog
 LATENCY_BUCKETS_S: tuple[float, ...] = (
@@ -397,6 +399,7 @@ def group_accounting(stream: dict[str, Any], group: dict[str, Any]) -> dict[str,
 
 def serve(port: int, host: str = "127.0.0.1", registry: Registry = REGISTRY) -> ThreadingHTTPServer:
     """Serve ``registry`` at http://host:port/metrics from a daemon thread; returns the server (``shutdown()``)."""
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer  # only runs asked for metrics pay for it
 
     class Handler(BaseHTTPRequestHandler):
         def do_GET(self) -> None:

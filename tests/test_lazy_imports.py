@@ -40,6 +40,8 @@ NOT_FOR_THIS_RUN = {
     "sqlalchemy": "the API's store",
     "uvicorn": "photonstream serve",
     "asyncio": "nothing here (zmq.utils.monitor imported it for the handshake watch)",
+    "ssl": "a job that reports to the API",
+    "http.server": "--metrics-port",
     "photonstream.api.app": "the API service",
     "photonstream.buffer.service": "photonstream buffer serve and the embedded buffer",
 }
