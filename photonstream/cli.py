@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import socket
 import sys
 from pathlib import Path
 from typing import Any
@@ -48,7 +50,7 @@ def run(
     from photonstream.config.pipeline import load_pipeline
     from photonstream.mpi import detect_ranks
     from photonstream.pipeline import Pipeline, RunStats
-    from photonstream.reporting import chain, reporter_from_env
+    from photonstream.reporting import STREAM_ID_ENV, chain, reporter_from_env
 
     config = load_pipeline(pipeline)
     if events is not None:
@@ -63,6 +65,9 @@ def run(
         end = runner.run()  # rank 0 reports for the whole run
         raise typer.Exit(0 if end.reason == "completed" else 1)
     report = reporter_from_env()  # a job launched by the API reports its progress back to it
+    if os.environ.get(STREAM_ID_ENV):  # a job the API launched: its log shows where it ran, even if it is killed
+        where = f"{config.stream.address}: running on {socket.gethostname()} (pid {os.getpid()})"
+        err_console.print(where, soft_wrap=True, markup=False)
     if quiet or not sys.stderr.isatty():
         end = runner.run(progress=report)
     else:

@@ -135,13 +135,9 @@ def test_bad_option_fails_with_one_line() -> None:
 @pytest.mark.slurm
 @pytest.mark.timeout(180)
 def test_demo_through_slurm() -> None:
-    from tests.jobs.conftest import REQUIRE_SLURM_ENV, slurm_unavailable_reason
+    from tests.jobs.conftest import require_slurm
 
-    reason = slurm_unavailable_reason()
-    if reason is not None:
-        if os.environ.get(REQUIRE_SLURM_ENV) == "1":
-            pytest.fail(f"{REQUIRE_SLURM_ENV}=1 but {reason}")
-        pytest.skip(reason)
+    require_slurm()
     result, report = run_demo("--backend", "slurm", "--duration", "4", "--rate", "40")
     assert result.returncode == 0, result.stderr[-3000:]
     assert report["state"] == "completed" and report["backend"] == "slurm"

@@ -199,7 +199,7 @@ class Launcher:
     def _job_secrets(self, stream: Stream) -> tuple[dict[str, str], list[dict[str, Any]]]:
         """The job's environment (producer credential, report URL and secret) and its pipeline configs, with every
         buffer handler pointed at the service's buffer; the producer's grant is registered in the buffer first."""
-        environment = {"PHOTONSTREAM_STREAM_ID": stream.id}
+        environment = {reporting.STREAM_ID_ENV: stream.id}
         root = data_root(self.settings, stream.experiment)
         if root is not None:  # the job checks again what it opens: links and files the request could not show
             environment[DATA_ROOT_ENV] = str(root)

@@ -258,7 +258,8 @@ class LocalBackend:
             state, reason = JobState.CANCELLED, "cancelled"
         elif record is None:
             state = JobState.LOST
-            reason = f"its process (pid {row['pid']}) ended without recording an exit status"
+            summary = f"its process (pid {row['pid']}) ended without recording an exit status"
+            reason = failure_reason(summary, read_tail(row["log_path"], REASON_TAIL_LINES, REASON_TAIL_BYTES))
         elif exit_code == 0:
             state, reason = JobState.COMPLETED, ""
         else:

@@ -4,8 +4,8 @@
 ranks) and hands it to ``sbatch --parsable`` on stdin. ``status`` asks ``squeue`` while the job is active and
 ``sacct`` once it has ended (exit code, reason; sacct remembers jobs squeue has forgotten), falling back to
 ``squeue`` + ``scontrol`` where no slurmdbd runs. ``cancel`` is ``scancel``: Slurm sends SIGTERM and, ``KillWait``
-seconds later, SIGKILL. ``logs`` reads the job's output file, so the API must see the filesystem the job writes to
-(as login nodes do).
+seconds later, SIGKILL; it returns once Slurm reports the job ended (or after ``cancel_wait_s``). ``logs`` reads
+the job's output file, so the API must see the filesystem the job writes to (as login nodes do).
 
 ``batch_script`` and ``job_status_from_slurm`` are shared with the SF API backend, which submits the same scripts.
 """
@@ -218,9 +218,11 @@ class SlurmBackend:
         sacct: str = "sacct",
         scancel: str = "scancel",
         scontrol: str = "scontrol",
+        cancel_wait_s: float = 10.0,
     ) -> None:
         self.records = JobRecords(Path(state_dir or default_state_dir()) / "slurm")
         self.command_timeout_s = command_timeout_s
+        self.cancel_wait_s = cancel_wait_s
         self._tools = {"sbatch": sbatch, "squeue": squeue, "sacct": sacct, "scancel": scancel, "scontrol": scontrol}
 
     def submit(self, spec: JobSpec) -> str:
@@ -258,10 +260,18 @@ class SlurmBackend:
         return status
 
     def cancel(self, job_id: str) -> None:
-        """``scancel``; returns at once (Slurm sends SIGTERM, then SIGKILL after its ``KillWait``)."""
+        """``scancel`` (Slurm sends SIGTERM, then SIGKILL after its ``KillWait``), then wait until Slurm reports the
+        job ended -- its processes gone, as after the local backend's cancel -- for at most ``cancel_wait_s``.
+
+        The API ends the stream in the buffer when this returns: a job still running then would find its stream
+        ended under it and log that as an error instead of its own cancelled summary.
+        """
         result = self._run("scancel", job_id)
         if result.returncode != 0 and not self.status(job_id).state.finished:
             raise JobBackendError(f"scancel {job_id} failed: {_last_line(result.stderr)}")
+        deadline = time.monotonic() + self.cancel_wait_s
+        while not self.status(job_id).state.finished and time.monotonic() < deadline:
+            time.sleep(0.1)
 
     def logs(self, job_id: str, tail_lines: int | None = None, max_bytes: int = 1_000_000) -> str:
         record = self.records.load(job_id)

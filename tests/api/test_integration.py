@@ -14,13 +14,11 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
 import zmq
-from fastapi import FastAPI
 
 from photonstream import reporting
 from photonstream.buffer.cli import fetch_stats
@@ -29,69 +27,9 @@ from photonstream.client import AccessRefusedError, ConsumerError, ResultPublish
 from photonstream.frames import EndMessage, Frame, StartMessage
 from photonstream.store.streams import StreamState
 from tests.api.harness import ApiHarness, Pki, stream_request
-from tests.api.servers import free_port, running_server
+from tests.api.servers import free_port
+from tests.api.system import DEADLINE_S, System, make_system
 from tests.store.databases import DatabaseSpec
-
-DEADLINE_S = 60.0
-
-
-@dataclass
-class System:
-    api: ApiHarness
-    app: FastAPI
-    url: str
-
-    @property
-    def alice(self) -> Any:
-        return self.api.client(cert="alice", app=self.app)
-
-    def create(self, events: int = 12, **changes: Any) -> dict[str, Any]:
-        source = {"type": "synthetic-diffraction", "detector": "custom", "shape": [16, 16], "events": events}
-        body = stream_request(pipeline={"source": source}, consumers=[{"name": "analysis"}], **changes)
-        response = self.alice.post("/v1/streams", json=body)
-        assert response.status_code == 201, response.text
-        return dict(response.json())
-
-    def wait_state(self, stream_id: str, states: set[str]) -> dict[str, Any]:
-        deadline = time.monotonic() + DEADLINE_S
-        while True:
-            shown = dict(self.alice.get(f"/v1/streams/{stream_id}").json())
-            if shown["state"] in states:
-                return shown
-            if time.monotonic() > deadline:
-                logs = self.alice.get(f"/v1/streams/{stream_id}/logs").json()["text"]
-                raise AssertionError(f"stream stayed {shown['state']} ({shown['reason']}); job log:\n{logs}")
-            time.sleep(0.1)
-
-    def transitions(self, stream_id: str) -> list[tuple[str, str]]:
-        rows = self.alice.get(f"/v1/streams/{stream_id}/transitions").json()
-        return [(t["to_state"], t["reason"]) for t in rows]
-
-
-def make_system(pki: Pki, tmp_path: Path, reports: bool = True) -> Iterator[System]:
-    spec = DatabaseSpec("sqlite", tmp_path)
-    api = ApiHarness(
-        spec,
-        pki,
-        tmp_path / "state",
-        buffer_bind="tcp://127.0.0.1:*",
-        buffer_token_bind="tcp://127.0.0.1:*",
-        launcher_interval_s=0.2,
-        results_poll_s=0.2,
-        events_poll_s=0.1,
-        local_max_concurrent=2,
-        run_command=[sys.executable, "-m", "photonstream"],
-    )
-    api.services().db.dispose()
-    api.app = api.new_app(launcher=True)
-    try:
-        with running_server(api.app, pki) as url:
-            if reports:
-                api.services().settings.report_url = url
-            yield System(api, api.app, url)
-    finally:
-        api.close()
-        spec.close()
 
 
 @pytest.fixture()

@@ -43,14 +43,19 @@ def slurm_unavailable_reason() -> str | None:
     return None
 
 
-@pytest.fixture(scope="session")
-def slurm_cluster() -> None:
+def require_slurm() -> None:
+    """Skip the calling test, naming why, where Slurm cannot run jobs; fail it instead under REQUIRE_SLURM_ENV=1."""
     reason = slurm_unavailable_reason()
     if reason is None:
         return
     if os.environ.get(REQUIRE_SLURM_ENV) == "1":
         pytest.fail(f"{REQUIRE_SLURM_ENV}=1 but {reason}")
     pytest.skip(reason)
+
+
+@pytest.fixture(scope="session")
+def slurm_cluster() -> None:
+    require_slurm()
 
 
 @pytest.fixture(scope="session")
