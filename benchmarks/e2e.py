@@ -1,8 +1,10 @@
 """The whole system end to end: ``photonstream demo`` measured (``photonstream bench e2e``).
 
-One case per detector: the demo's request (synthetic serial crystallography, ~10 % hits, at ``rate_hz`` for
-``duration_s``) through the API over HTTPS to the local job, the buffer, two crystallography workers and their
-merger, a hit-classifier trainer and a monitor group. Figures:
+One case per detector (default: the ePix10k2M, the demo's own): the demo's request (synthetic serial
+crystallography, ~10 % hits, at ``rate_hz`` for ``duration_s``; hit finder on every frame, misses vetoed to
+metadata + thumbnail, hit images bitshuffle-LZ4, see ``photonstream.system_demo.run.stream_request``) through the
+API over HTTPS to the local job, the buffer, two crystallography workers and their merger, a hit-classifier
+trainer and a monitor group. Figures:
 
 - request → first frame: the user's POST until the first frame reached a consumer (job start-up included);
 - request → first indexed result: until the merger had the first indexed hit;
@@ -42,6 +44,7 @@ def case(detector: str, rate_hz: float, duration_s: float) -> dict[str, Any]:
         "drain_s": result.drain_s,
         "keeps_up": result.keeps_up,
         "indexing_rate": result.indexing_rate,
+        "frames_whole": result.frames_whole,
         "cc": result.cc,
         "left_running": len(result.processes.get("left") or []),
     }
