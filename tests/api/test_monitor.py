@@ -230,3 +230,23 @@ def test_results_channel_feeds_rates_tof_and_the_results_list(live: LiveStream) 
     assert asked == [(live.stream_id, 0), (live.stream_id, 3)]  # only what is new is asked for
     # no waveforms in this stream: the TOF histogram shown is the reported one
     assert again["monitor"]["tof"] == {"mq": [0.5, 1.5, 2.5], "counts": [1, 5, 2]}
+
+
+def test_powder_takes_only_full_images_when_misses_carry_a_thumbnail() -> None:
+    """The veto pattern: most samples are misses with a thumbnail only; they are shown but not added to the powder
+    pattern (which is made for the detector's own shape, and is not rebuilt at each change of size)."""
+    import numpy as np
+
+    from photonstream.api.monitor import StreamWatch
+    from photonstream.frames import EndMessage, Frame, Geometry, StartMessage
+
+    shape = (2, 16, 24)
+    start = StartMessage("v", geometry=Geometry(pixel_size_m=1e-4, distance_m=0.1, detector_shape=shape))
+    full = [Frame(event=e, arrays={"data": np.full(shape, e + 1, np.uint16)}) for e in (0, 2)]
+    thumb = Frame(event=1, arrays={"thumbnail": np.ones((4, 4), np.uint16)}, metadata={"vetoed": True})
+    messages = [start, full[0], thumb, full[1], thumb, EndMessage("v", events_sent=4)]
+    watch = StreamWatch("v" * 8, ["a/1/s"], lambda address, context: iter(messages), sample_hz=1000.0)
+    wait_until(lambda: watch.finished_at is not None, 10)
+    assert watch.error == "" and watch.sampled == 4
+    assert watch.powder is not None and watch.powder.frames == 2  # the two full images, none of the thumbnails
+    assert watch.frame is not None and watch.frame[1].event == 1 and watch.frame[2].shape == (4, 4)
