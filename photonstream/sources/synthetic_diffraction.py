@@ -15,12 +15,13 @@ pixels and Poisson-sampled.
 Multi-module presets lie flat on a regular module grid in one plane (see ``_detector_layout``); the beam centre is
 in that assembled frame, ground-truth spots in the flattened frame (slow = module·rows + row, fast = col).
 
-Background: by default each frame draws its own. Drawing ~10⁵ sparse counts for a 2-Mpixel detector takes
-~15 ms, too slow for 120 Hz on one core, so ``background_bank: N`` draws N + 1 frames' worth once (the same
-exact per-pixel Poisson draw) and gives each frame the window of its pixel count at a random offset in that bank
-(a copy: ~0.5 ms). Every pixel of every frame is still a Poisson count of the configured mean; what is lost is
-independence between frames (two frames may share a shifted stretch of background), which nothing that reads a
-frame on its own (hit finding, indexing, classifying) can see. Hits, orientations and spots stay per-frame draws.
+Background: by default each frame draws its own: ~10⁵ sparse counts for a 2-Mpixel detector, ~1 ms of CPU a
+frame. ``background_bank: N`` draws N + 1 frames' worth once (the same exact per-pixel Poisson draw) and gives each
+frame the window of its pixel count at a random offset in that bank (a copy: ~0.2 ms), for sources that must keep
+a high rate on a shared core. Every pixel of every frame is still a Poisson count of the configured mean; what is
+lost is independence between frames (two frames may share a shifted stretch of background), which nothing that
+reads a frame on its own (hit finding, indexing, classifying) can see. Hits, orientations and spots stay per-frame
+draws.
 
 Frame: ``arrays = {"data": ...}``; metadata ``true_hit`` (bool), ``orientation`` (U, 3×3 float64, hits only),
 ``spots`` (N×3 float32: flattened slow, fast, photons recorded) and ``hkl`` (N×3 int32) of the spots whose centre
