@@ -1,7 +1,8 @@
 """Progress reports from a running pipeline to the API that launched it (HMAC-signed HTTP callbacks).
 
 The API starts a stream's job with ``PHOTONSTREAM_REPORT_URL`` (``.../v1/internal/streams/<id>/report``) and a
-per-stream secret ``PHOTONSTREAM_REPORT_SECRET`` in its environment (and optionally ``PHOTONSTREAM_REPORT_CA``, the
+per-stream secret ``PHOTONSTREAM_REPORT_SECRET`` (in the job's secrets file, ``photonstream.job_secrets``; the
+environment variable is taken too) (and optionally ``PHOTONSTREAM_REPORT_CA``, the
 CA file that verifies the API's certificate; ``PHOTONSTREAM_REPORT_CERT``/``_KEY`` where the API requires a client
 certificate). ``reporter_from_env()`` gives the pipeline's progress callback, or None outside such a job::
 
@@ -290,9 +291,12 @@ def chain(*callbacks: Callable[[RunStats], None] | None) -> Callable[[RunStats],
 
 
 def reporter_from_env(environ: dict[str, str] | None = None) -> Reporter | None:
-    """A Reporter when the API launched this job (its URL and secret in the environment), else None."""
+    """A Reporter when the API launched this job (its URL in the environment, its secret there or in the job's
+    secrets file), else None."""
+    from photonstream.job_secrets import job_secret
+
     env = os.environ if environ is None else environ
-    url, secret = env.get(URL_ENV), env.get(SECRET_ENV)
+    url, secret = env.get(URL_ENV), job_secret(SECRET_ENV, env)  # the secret: from the job's secrets file
     if not url or not secret:
         return None
     try:

@@ -3,7 +3,9 @@
 A stream is claimed with the compare-and-set queued → starting, so with several API processes on one database
 exactly one submits its job. The job runs ``photonstream run pipeline.yaml`` in the stream's workdir (one YAML per
 run, run one after the other); its buffer handlers point at the service's buffer with the stream's producer
-credential (generated at launch, granted in the buffer, passed in the job's environment with the report secret).
+credential (generated at launch, granted in the buffer). The job's secrets (that credential, the report secret) go
+to the backend apart from its environment: it writes them to a 0600 file in the workdir, never into a batch script
+(``photonstream.job_secrets``), and the file is deleted when the stream finishes.
 
 "streaming" means data is flowing: the job reports it (``on_report``: the buffer acked its first data message), or,
 should that report be lost, the launcher sees the stream's data in the buffer. The launcher reconciles with the
@@ -174,7 +176,7 @@ class Launcher:
             backend = self.backends.get(stream.job_backend)
             workdir = (self.settings.workdirs / stream.id).resolve()
             workdir.mkdir(parents=True, exist_ok=True)
-            environment, configs = self._job_secrets(stream)
+            environment, job_secrets, configs = self._job_secrets(stream)
             paths = []
             for config in configs:
                 path = workdir / f"pipeline-run{config['stream']['run']}.yaml"
@@ -185,6 +187,7 @@ class Launcher:
                 command=self.command(paths),
                 resources=Resources.model_validate(stream.spec["request"]["resources"]),
                 environment=environment,
+                secrets=job_secrets,  # the backend writes them to a 0600 file, never into a script
                 workdir=str(workdir),
                 log_path=JOB_LOG,
             )
@@ -196,10 +199,12 @@ class Launcher:
         if self.streams.get(stream.id).state == StreamState.CANCELLED:  # cancelled while we submitted
             backend.cancel(job_id)
 
-    def _job_secrets(self, stream: Stream) -> tuple[dict[str, str], list[dict[str, Any]]]:
-        """The job's environment (producer credential, report URL and secret) and its pipeline configs, with every
-        buffer handler pointed at the service's buffer; the producer's grant is registered in the buffer first."""
+    def _job_secrets(self, stream: Stream) -> tuple[dict[str, str], dict[str, str], list[dict[str, Any]]]:
+        """The job's environment (report URL, CA), its secrets (producer credential, report secret) and its pipeline
+        configs, with every buffer handler pointed at the service's buffer; the producer's grant is registered in the
+        buffer first."""
         environment = {reporting.STREAM_ID_ENV: stream.id}
+        job_secrets: dict[str, str] = {}
         root = data_root(self.settings, stream.experiment)
         if root is not None:  # the job checks again what it opens: links and files the request could not show
             environment[DATA_ROOT_ENV] = str(root)
@@ -220,7 +225,7 @@ class Launcher:
         )
         if self.settings.report_url:
             environment[reporting.URL_ENV] = self.settings.report_url.rstrip("/") + report_path(stream.id)
-            environment[reporting.SECRET_ENV] = report_secret
+            job_secrets[reporting.SECRET_ENV] = report_secret
             ca_file = self.settings.report_ca_file or (
                 self.settings.ca_dir / "ca.crt" if self.settings.ca_dir is not None else None
             )
@@ -230,20 +235,20 @@ class Launcher:
                 environment[reporting.CERT_ENV] = str(Path(self.settings.report_client_cert).resolve())
                 environment[reporting.KEY_ENV] = str(Path(self.settings.report_client_key).resolve())
         if self.link is None or not uses_buffer(stream):
-            return environment, configs
+            return environment, job_secrets, configs
         address, security = self.link.producer_link()
         if security == "curve":
             assert self.link.server_public_key is not None
-            environment[CREDENTIALS_ENV] = Credentials.curve(self.link.server_public_key, public, secret_key).to_json()
+            job_secrets[CREDENTIALS_ENV] = Credentials.curve(self.link.server_public_key, public, secret_key).to_json()
         elif security == "token":
-            environment[CREDENTIALS_ENV] = Credentials.token(producer_user, producer_password).to_json()
+            job_secrets[CREDENTIALS_ENV] = Credentials.token(producer_user, producer_password).to_json()
         for config in configs:
             config["handlers"] = [
                 {**h, "address": address, "security": security} if h.get("type") == "buffer" else h
                 for h in config["handlers"]
             ]
         self.link.register(stream.id)
-        return environment, configs
+        return environment, job_secrets, configs
 
     def _data_flowing(self, stream: Stream) -> bool:
         if self.link is None or not uses_buffer(stream):
@@ -271,7 +276,9 @@ class Launcher:
             why = "job running" if not uses_buffer(stream) else "data flowing (seen in the buffer)"
             state = StreamState(self.streams.transition(stream.id, StreamState.STREAMING, why, ACTOR).state)
         if status.state == JobState.COMPLETED:
-            self.streams.transition(stream.id, StreamState.COMPLETED, "job finished (exit code 0)", ACTOR)
+            self._discard_secrets(
+                self.streams.transition(stream.id, StreamState.COMPLETED, "job finished (exit code 0)", ACTOR)
+            )
         elif status.state in (JobState.FAILED, JobState.LOST):
             reason = status.reason or f"job {status.state} (exit code {status.exit_code})"
             self._finish(stream.id, StreamState.FAILED, reason, ACTOR)
@@ -307,7 +314,9 @@ class Launcher:
         if "cancelled" in reasons:
             return self._finish(stream.id, StreamState.CANCELLED, errors or "a run was cancelled", "job")
         sent = sum(int(ends[a].get("events_sent", 0)) for a in addresses)
-        return self.streams.transition(stream.id, StreamState.COMPLETED, f"every run ended ({sent} events)", "job")
+        done = self.streams.transition(stream.id, StreamState.COMPLETED, f"every run ended ({sent} events)", "job")
+        self._discard_secrets(done)
+        return done
 
     # --- user actions ---------------------------------------------------------------------------------------
 
@@ -324,6 +333,7 @@ class Launcher:
             except (PhotonstreamError, LookupError) as exc:
                 note = f"the job backend could not cancel job {cancelled.job_id}: {exc}"
                 log.warning("stream %s: %s", stream.id, note)
+        self._discard_secrets(cancelled)
         self._end_in_buffer(cancelled, f"cancelled by {actor}")  # after the job: it may not write any more
         return cancelled, note
 
@@ -332,8 +342,20 @@ class Launcher:
     def _finish(self, stream_id: str, state: StreamState, reason: str, actor: str) -> Stream:
         """Record failed or cancelled, then end the stream in the buffer with the same reason."""
         finished = self.streams.transition(stream_id, state, reason, actor)
+        self._discard_secrets(finished)
         self._end_in_buffer(finished, reason)
         return finished
+
+    def _discard_secrets(self, stream: Stream) -> None:
+        """The stream finished: its job's secrets file is deleted (its log is kept)."""
+        if not stream.job_id:
+            return
+        try:
+            discard = getattr(self.backends.get(stream.job_backend), "discard_secrets", None)
+            if discard is not None:
+                discard(stream.job_id)
+        except (PhotonstreamError, LookupError, OSError) as exc:
+            log.warning("stream %s: its job's secrets file was not deleted: %s", stream.id, exc)
 
     def _end_in_buffer(self, stream: Stream, reason: str) -> None:
         if self.link is None or not uses_buffer(stream):

@@ -5,7 +5,8 @@ A link is ``curve`` (CURVE: the client proves its key pair, the server its own, 
 the network in clear, so only for links inside one facility), or ``none`` (no authentication: the embedded
 test/demo mode only). ``Credentials.apply(socket)`` sets a client socket's options before it connects.
 
-The API hands them out as JSON (the create response's ``data_endpoint``, a job's environment)::
+The API hands them out as JSON (the create response's ``data_endpoint``; a job's secrets file, see
+``photonstream.job_secrets``)::
 
     {"security": "curve", "server_public_key": "...", "public_key": "...", "secret_key": "..."}
     {"security": "token", "username": "c.<stream>", "password": "..."}
@@ -92,8 +93,12 @@ class Credentials:
 
     @classmethod
     def from_env(cls, name: str = CREDENTIALS_ENV) -> Credentials | None:
-        text = os.environ.get(name)
-        return None if not text else cls.from_json(text, where=f"environment variable {name}")
+        """From ``$NAME``, else from entry ``NAME`` of the job's secrets file (where the API's jobs get them)."""
+        from photonstream.job_secrets import SECRETS_FILE_ENV, job_secret
+
+        text = job_secret(name)
+        where = f"environment variable {name}" if os.environ.get(name) else f"{name} in ${SECRETS_FILE_ENV}"
+        return None if not text else cls.from_json(text, where=where)
 
     @classmethod
     def from_endpoint(cls, endpoint: Any, security: Security | None = None) -> tuple[str, Credentials | None]:

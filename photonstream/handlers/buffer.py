@@ -8,9 +8,10 @@ messages are sent again; the buffer drops the copies it already has. Nothing is 
 ``send_timeout_s`` without progress, or on a refusal from the buffer, the handler raises ``HandlerError``.
 
 Security (``security``): ``curve`` (authenticated, encrypted) or ``token`` (authenticated, plaintext: inside one
-facility) take the producer's credentials from the environment variable named by ``credentials_env`` (JSON, see
-``photonstream.buffer.credentials``; the API puts the stream's producer credential there for its job), never from
-the pipeline file. A buffer that refuses the credentials fails the run at once, with the reason.
+facility) take the producer's credentials from the environment variable named by ``credentials_env``, or that
+entry of the job's secrets file (JSON, see ``photonstream.buffer.credentials``; the API puts the stream's producer
+credential in its job's secrets file, ``photonstream.job_secrets``), never from the pipeline file. A buffer that
+refuses the credentials fails the run at once, with the reason.
 
 Several producers (MPI ranks) may write one stream: each rank's handler has its own producer id and transport
 sequence and sends the same start message; the buffer joins them (``joins_ranks``). Acks are reported to
@@ -97,7 +98,8 @@ class BufferHandler:
                 raise HandlerError(f"buffer: {exc}") from None
         if credentials is None:
             raise HandlerError(
-                f"buffer: security {security} needs the producer's credentials in ${self.options.credentials_env}"
+                f"buffer: security {security} needs the producer's credentials in ${self.options.credentials_env} "
+                "(or in the job's secrets file)"
             )
         if credentials.security != security:
             raise HandlerError(f"buffer: security is {security} but the credentials are for {credentials.security}")

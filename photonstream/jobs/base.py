@@ -1,10 +1,11 @@
 """The job model and the JobBackend protocol every backend implements (local, slurm, sfapi).
 
-A job is a command (usually ``photonstream run PIPELINE.yaml`` or a consumer worker) with resources, environment
-and a working directory. Backends ``submit`` it and return their own job id; ``status`` maps the backend's view
-onto one ``JobState``; ``cancel`` really stops the work (a process group, ``scancel``, the SF API's DELETE);
-``logs`` returns what the job printed. The API records every state change it observes.
-"""
+A job is a command (usually ``photonstream run PIPELINE.yaml`` or a consumer worker) with resources, environment,
+secrets (written to a file only the job's owner reads, see ``photonstream.job_secrets``) and a working directory.
+Backends ``submit`` it and return their own job id; ``status`` maps the backend's view onto one ``JobState``; ``cancel``
+really stops the work (a process group, ``scancel``, the SF API's DELETE); ``logs`` returns what the job printed.
+Backends that take ``secrets`` also have ``discard_secrets(job_id)``, which deletes the job's secrets file (the API
+calls it when the stream finishes). The API records every state change it observes."""
 
 from __future__ import annotations
 
@@ -40,6 +41,9 @@ class JobSpec(BaseModel):
     command: list[str] = Field(min_length=1)
     resources: Resources = Field(default_factory=Resources)
     environment: dict[str, str] = Field(default_factory=dict)
+    # never in a batch script, a stored spec or a log: the backend writes them to a 0600 file in the workdir and
+    # passes only its path (photonstream.job_secrets); excluded from model_dump, so a stored spec has none
+    secrets: dict[str, str] = Field(default_factory=dict, exclude=True, repr=False)
     workdir: str
     log_path: str | None = Field(None, description="where stdout+stderr go; default <workdir>/<name>.log")
 

@@ -8,7 +8,8 @@ import re
 from pathlib import Path
 from typing import Any
 
-from photonstream.errors import PhotonstreamError
+from photonstream.errors import ConfigError, PhotonstreamError
+from photonstream.job_secrets import SECRETS_FILE_ENV, write_secrets_file
 from photonstream.jobs.base import JobSpec
 
 STATE_DIR_ENV = "PHOTONSTREAM_STATE_DIR"
@@ -78,6 +79,30 @@ def failure_reason(summary: str, log_tail: str) -> str:
     """``summary`` followed by the last lines the job printed (what a user needs to see why it failed)."""
     tail = tail_text(log_tail.encode(), REASON_TAIL_LINES, REASON_TAIL_BYTES).strip()
     return f"{summary}; last output:\n{tail}" if tail else summary
+
+
+THREAD_VARIABLES = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
+
+
+def thread_limits(spec: JobSpec, per_rank: str | None = None) -> dict[str, str]:
+    """``OMP_NUM_THREADS`` and its kin for the variables the job's environment does not set: ``per_rank`` (default:
+    ``resources.cores_per_rank``), so numpy, BLAS and bitshuffle start as many threads as a rank has cores, not
+    as many as the node has."""
+    value = per_rank or str(spec.resources.cores_per_rank)
+    return {name: value for name in THREAD_VARIABLES if name not in spec.environment}
+
+
+def place_secrets(spec: JobSpec) -> tuple[JobSpec, str | None]:
+    """Write ``spec.secrets`` to a 0600 file in the (existing) workdir; returns the spec to run, whose environment
+    names the file instead (and which holds no secrets), and the file's path (None when there were none)."""
+    if not spec.secrets:
+        return spec, None
+    try:
+        path = write_secrets_file(spec.workdir, spec.secrets)
+    except OSError as error:
+        raise ConfigError(f"job {spec.name}: cannot write a secrets file in {spec.workdir}: {error.strerror}") from None
+    environment = {**spec.environment, SECRETS_FILE_ENV: str(path)}
+    return spec.model_copy(update={"environment": environment, "secrets": {}}), str(path)
 
 
 class JobRecords:

@@ -4,7 +4,10 @@ Each job runs under a shepherd (``_shepherd.py``) in a new session, so the job i
 SIGTERM to the group and SIGKILL after a grace period; the shepherd enforces the time limit and records the exit
 code. At most ``max_concurrent`` jobs run at once; later ones wait as PENDING and start, oldest first, when a slot
 frees. ``resources.ranks > 1`` runs the command under ``mpirun -n RANKS`` (mpich from pip installs it next to the
-Python interpreter). Other resources are a scheduler's business and are ignored here.
+Python interpreter). ``cores_per_rank`` becomes ``OMP_NUM_THREADS``, ``OPENBLAS_NUM_THREADS`` and
+``MKL_NUM_THREADS`` where the job's environment does not set them (ranks do not each start a thread per core).
+Other resources are a scheduler's business and are ignored here. The job's secrets go to a 0600 file in its
+workdir (``photonstream.job_secrets``), deleted when the job ends or ``discard_secrets`` is called.
 
 Jobs are kept in a SQLite file in the state directory, so a new backend object (after an API restart) re-adopts
 jobs that still run, recognised by PID *and* process start time, and marks a job whose process vanished without
@@ -28,6 +31,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from photonstream.errors import ConfigError, MissingDependencyError
+from photonstream.job_secrets import SECRETS_FILE_ENV, remove_secrets_file
 from photonstream.jobs import _shepherd
 from photonstream.jobs.base import JobSpec, JobState, JobStatus
 from photonstream.jobs.common import (
@@ -37,7 +41,9 @@ from photonstream.jobs.common import (
     default_state_dir,
     failure_reason,
     log_path_of,
+    place_secrets,
     read_tail,
+    thread_limits,
 )
 
 SHEPHERD = Path(_shepherd.__file__).resolve()
@@ -120,6 +126,7 @@ class LocalBackend:
             Path(spec.workdir).mkdir(parents=True, exist_ok=True)
         except OSError as error:
             raise ConfigError(f"job {spec.name}: cannot create workdir {spec.workdir}: {error.strerror}") from error
+        spec, _ = place_secrets(spec)  # the stored spec names the secrets file, it holds no secret
         job_id = uuid.uuid4().hex[:16]
         with self._lock, self._transaction() as db:
             db.execute(
@@ -159,6 +166,7 @@ class LocalBackend:
                     "UPDATE jobs SET state = ?, reason = ?, finished_at = ? WHERE id = ?",
                     (JobState.CANCELLED.value, "cancelled before it started", time.time(), job_id),
                 )
+                self._remove_secrets(row)
                 return
             if row["state"] != JobState.RUNNING:
                 return
@@ -168,6 +176,9 @@ class LocalBackend:
 
     def logs(self, job_id: str, tail_lines: int | None = None, max_bytes: int = 1_000_000) -> str:
         return read_tail(self._row(job_id)["log_path"], tail_lines, max_bytes)
+
+    def discard_secrets(self, job_id: str) -> None:
+        self._remove_secrets(self._row(job_id))
 
     # --- more than the protocol ----------------------------------------------------------------------------------
 
@@ -222,6 +233,10 @@ class LocalBackend:
     def _exit_file(self, job_id: str) -> Path:
         return self.state_dir / "local" / f"{job_id}.exit.json"
 
+    @staticmethod
+    def _remove_secrets(row: sqlite3.Row) -> None:
+        remove_secrets_file(json.loads(row["spec"]).get("environment", {}).get(SECRETS_FILE_ENV))
+
     def _is_alive(self, row: sqlite3.Row) -> bool:
         return row["boot_id"] == self._boot_id and _shepherd.is_same_live_process(row["pid"], row["start_ticks"])
 
@@ -271,6 +286,7 @@ class LocalBackend:
             (state.value, exit_code, reason, finished_at, row["id"]),
         )
         exit_file.unlink(missing_ok=True)
+        self._remove_secrets(row)  # the job is over: nothing reads its secrets any more
 
     def _launch(self, db: sqlite3.Connection, row: sqlite3.Row) -> None:
         job_id = row["id"]
@@ -298,7 +314,7 @@ class LocalBackend:
                 "--",
                 *json.loads(row["argv"]),
             ]
-            environment = {**os.environ, **spec.environment, "PHOTONSTREAM_JOB_ID": job_id}
+            environment = {**os.environ, **thread_limits(spec), **spec.environment, "PHOTONSTREAM_JOB_ID": job_id}
             with open(log_path, "ab") as shepherd_errors:
                 child = subprocess.Popen(
                     argv,

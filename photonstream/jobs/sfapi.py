@@ -14,7 +14,15 @@ Endpoints used (https://api.nersc.gov/api/v1.2):
 - ``GET /compute/jobs/{machine}/{jobid}?sacct=false|true``: ``{"status", "output": [rows], "error"}``, the rows
   squeue's or sacct's fields in lower case (``jobid``, ``state``, ``exitcode``, ``reason``),
 - ``DELETE /compute/jobs/{machine}/{jobid}``: scancel,
-- ``GET /utilities/download/{machine}/{path}?binary=false``: ``{"status", "file", "is_binary", "error"}``.
+- ``GET /utilities/download/{machine}/{path}?binary=false``: ``{"status", "file", "is_binary", "error"}``,
+- ``PUT /utilities/upload/{machine}/{path}`` with a multipart ``file``: ``{"status", "error"}``.
+
+The job's secrets (``JobSpec.secrets``: its buffer credential, its report secret) never go into the script, which
+NERSC's Slurm keeps: they are uploaded first, as their own file ``<workdir>/job-secrets-<random>.json``, and the
+script names only that file (``PHOTONSTREAM_JOB_SECRETS_FILE``). The upload creates the file with the NERSC
+user's umask, so the workdir must be a private directory (``mkdir -m 700``), as for any credential there. When the
+stream finishes, ``discard_secrets`` overwrites the file with ``{}`` through the same endpoint (the API has no
+delete endpoint for files; the values are gone, an empty file is left).
 
 The scripts are the Slurm backend's (``slurm.batch_script``), so ``spec.workdir`` and the log path are paths on
 the NERSC machine, and the workdir must exist there. NERSC cannot be reached from photonstream's test machines:
@@ -33,6 +41,7 @@ from pathlib import Path
 from typing import Any
 
 from photonstream.errors import ConfigError, MissingDependencyError
+from photonstream.job_secrets import SECRETS_FILE_ENV
 from photonstream.jobs.base import JobSpec, JobState, JobStatus
 from photonstream.jobs.common import (
     REASON_TAIL_BYTES,
@@ -135,16 +144,27 @@ class SfApiBackend:
 
     def submit(self, spec: JobSpec) -> str:
         log_path = log_path_of(spec)
+        batch_script(spec.model_copy(update={"secrets": {}}), log_path)  # a bad spec fails before any upload
+        secrets_file = None
+        if spec.secrets:
+            secrets_file = f"{spec.workdir.rstrip('/')}/job-secrets-{uuid.uuid4().hex[:12]}.json"
+            self._upload(secrets_file, json.dumps(spec.secrets).encode())
+            environment = {**spec.environment, SECRETS_FILE_ENV: secrets_file}
+            spec = spec.model_copy(update={"environment": environment, "secrets": {}})
         script = batch_script(spec, log_path)
         answer = self._request("POST", f"compute/jobs/{self.machine}", data={"job": script, "isPath": "false"})
         if answer.get("status") != "OK" or not answer.get("task_id"):
             raise JobBackendError(f"SF API refused job {spec.name}: {answer.get('error') or answer}")
         job_id = self._wait_for_job_id(str(answer["task_id"]), spec.name)
-        self.records.save(
-            self._record_key(job_id),
-            {"name": spec.name, "log_path": log_path, "array": spec.resources.array, "submitted": time.time()},
-        )
+        record = {"name": spec.name, "log_path": log_path, "array": spec.resources.array, "submitted": time.time()}
+        self.records.save(self._record_key(job_id), {**record, "secrets_file": secrets_file})
         return job_id
+
+    def discard_secrets(self, job_id: str) -> None:
+        record = self.records.load(self._record_key(job_id))
+        if record is not None and record.get("secrets_file") and not record.get("secrets_discarded"):
+            self._upload(record["secrets_file"], b"{}")
+            self.records.save(self._record_key(job_id), {**record, "secrets_discarded": True})
 
     def status(self, job_id: str) -> JobStatus:
         rows = self._rows(job_id, sacct=False)
@@ -269,6 +289,12 @@ class SfApiBackend:
                 )
             )
         return rows
+
+    def _upload(self, path: str, content: bytes) -> None:
+        name = path.rsplit("/", 1)[-1]
+        answer = self._request("PUT", f"utilities/upload/{self.machine}/{path}", files={"file": (name, content)})
+        if answer.get("status") != "OK":
+            raise JobBackendError(f"SF API could not upload {path}: {answer.get('error') or answer}")
 
     def _download(self, path: str) -> bytes:
         # like NERSC's own client, the absolute path follows the machine name ("perlmutter//pscratch/...")

@@ -1,11 +1,14 @@
 """The Slurm job backend: real Slurm through its command-line tools (sbatch, squeue, sacct, scancel).
 
-``submit`` writes a batch script (``#SBATCH`` lines from the job's Resources; ``srun`` when it asks for several
-ranks) and hands it to ``sbatch --parsable`` on stdin. ``status`` asks ``squeue`` while the job is active and
-``sacct`` once it has ended (exit code, reason; sacct remembers jobs squeue has forgotten), falling back to
-``squeue`` + ``scontrol`` where no slurmdbd runs. ``cancel`` is ``scancel``: Slurm sends SIGTERM and, ``KillWait``
-seconds later, SIGKILL; it returns once Slurm reports the job ended (or after ``cancel_wait_s``). ``logs`` reads
-the job's output file, so the API must see the filesystem the job writes to (as login nodes do).
+``submit`` writes a batch script (``#SBATCH`` lines from the job's Resources; ``srun`` when it asks for several ranks;
+``OMP_NUM_THREADS`` and kin from ``SLURM_CPUS_PER_TASK`` unless the job sets them) and hands it to ``sbatch --parsable``
+on stdin. Slurm keeps that script (``scontrol write batch_script``), so the job's secrets are not in it: they go to a
+0600 file in the workdir (``photonstream.job_secrets``), which must therefore be on a filesystem the nodes share with
+this host, and the script names only the file; it is deleted once the job ended. ``status`` asks ``squeue`` while the
+job is active and ``sacct`` once it has ended (exit code, reason; sacct remembers jobs squeue has forgotten), falling
+back to ``squeue`` + ``scontrol`` where no slurmdbd runs. ``cancel`` is ``scancel``: Slurm sends SIGTERM and,
+``KillWait`` seconds later, SIGKILL; it returns once Slurm reports the job ended (or after ``cancel_wait_s``). ``logs``
+reads the job's output file, so the API must see the filesystem the job writes to (as login nodes do).
 
 ``batch_script`` and ``job_status_from_slurm`` are shared with the SF API backend, which submits the same scripts.
 """
@@ -20,6 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from photonstream.errors import ConfigError
+from photonstream.job_secrets import remove_secrets_file
 from photonstream.jobs.base import JobSpec, JobState, JobStatus
 from photonstream.jobs.common import (
     REASON_TAIL_BYTES,
@@ -30,7 +34,9 @@ from photonstream.jobs.common import (
     default_state_dir,
     failure_reason,
     log_path_of,
+    place_secrets,
     read_tail,
+    thread_limits,
 )
 
 _PENDING = {"PENDING", "CONFIGURING", "REQUEUED", "REQUEUE_FED", "REQUEUE_HOLD", "RESV_DEL_HOLD"}
@@ -76,7 +82,12 @@ def _path_option(what: str, value: str, spec: JobSpec) -> str:
 
 
 def batch_script(spec: JobSpec, log_path: str | None = None) -> str:
-    """The ``sbatch`` script that runs ``spec``; ``log_path`` (default: ``log_path_of(spec)``) gets stdout+stderr."""
+    """The ``sbatch`` script that runs ``spec``; ``log_path`` (default: ``log_path_of(spec)``) gets stdout+stderr.
+
+    It never holds ``spec.secrets`` (Slurm keeps the script): the backend writes them to a file first
+    (``common.place_secrets``) and the script names only that file."""
+    if spec.secrets:
+        raise ConfigError(f"job {spec.name}: its secrets must go to a secrets file, never into the batch script")
     resources = spec.resources
     # '%' starts a Slurm filename pattern (%j, %a): a literal one is written '%%'
     output = _path_option("log path", log_path or log_path_of(spec), spec).replace("%", "%%")
@@ -107,6 +118,8 @@ def batch_script(spec: JobSpec, log_path: str | None = None) -> str:
         if not _ENVIRONMENT_NAME.match(name):
             raise ConfigError(f"job {spec.name}: environment variable name {name!r} is not valid")
         lines.append(f"export {name}={shlex.quote(value)}")
+    for name, cores in thread_limits(spec).items():  # one thread per core the rank has, not per core of the node
+        lines.append(f"export {name}=${{SLURM_CPUS_PER_TASK:-{cores}}}")
     command = shlex.join(spec.command)
     if resources.ranks > 1:
         srun = f"srun --ntasks={resources.ranks} --cpus-per-task={resources.cores_per_rank}"
@@ -227,21 +240,25 @@ class SlurmBackend:
 
     def submit(self, spec: JobSpec) -> str:
         log_path = log_path_of(spec)
-        script = batch_script(spec, log_path)
+        batch_script(spec.model_copy(update={"secrets": {}}), log_path)  # a bad spec fails before anything is written
         try:
             Path(spec.workdir).mkdir(parents=True, exist_ok=True)
             Path(log_path).parent.mkdir(parents=True, exist_ok=True)
         except OSError as error:
             raise ConfigError(f"job {spec.name}: cannot create {error.filename}: {error.strerror}") from error
-        result = self._run("sbatch", "--parsable", stdin=script)
-        if result.returncode != 0:
-            raise JobBackendError(f"sbatch refused job {spec.name}: {_last_line(result.stderr)}")
-        job_id = result.stdout.strip().split(";")[0]
-        if not job_id.isdigit():
-            raise JobBackendError(f"sbatch answered {result.stdout.strip()!r}, not a job id")
-        self.records.save(
-            job_id, {"name": spec.name, "log_path": log_path, "array": spec.resources.array, "submitted": time.time()}
-        )
+        spec, secrets_file = place_secrets(spec)  # the workdir is shared with the nodes, as the log is
+        try:
+            result = self._run("sbatch", "--parsable", stdin=batch_script(spec, log_path))
+            if result.returncode != 0:
+                raise JobBackendError(f"sbatch refused job {spec.name}: {_last_line(result.stderr)}")
+            job_id = result.stdout.strip().split(";")[0]
+            if not job_id.isdigit():
+                raise JobBackendError(f"sbatch answered {result.stdout.strip()!r}, not a job id")
+        except BaseException:
+            remove_secrets_file(secrets_file)
+            raise
+        record = {"name": spec.name, "log_path": log_path, "array": spec.resources.array, "submitted": time.time()}
+        self.records.save(job_id, {**record, "secrets_file": secrets_file})
         return job_id
 
     def status(self, job_id: str) -> JobStatus:
@@ -254,10 +271,17 @@ class SlurmBackend:
                 raise JobNotFoundError(f"slurm backend: Slurm knows no job {job_id}")
             return JobStatus(job_id=job_id, state=JobState.LOST, reason=f"Slurm no longer knows job {job_id}")
         status = job_status_from_slurm(job_id, rows)
+        if status.state.finished:
+            self.discard_secrets(job_id)  # nothing reads them any more
         if status.state == JobState.FAILED:
             tail = self.logs(job_id, REASON_TAIL_LINES, REASON_TAIL_BYTES)
             status = job_status_from_slurm(job_id, rows, tail)
         return status
+
+    def discard_secrets(self, job_id: str) -> None:
+        record = self.records.load(job_id)
+        if record is not None:
+            remove_secrets_file(record.get("secrets_file"))
 
     def cancel(self, job_id: str) -> None:
         """``scancel`` (Slurm sends SIGTERM, then SIGKILL after its ``KillWait``), then wait until Slurm reports the

@@ -5,6 +5,8 @@ API under uvicorn, with its launcher and embedded CURVE buffer; a consumer reads
 On each backend it must
 
 - run to ``completed``, every frame reaching the consumer once;
+- keep the job's secrets (producer key, report secret) in a 0600 file of its workdir, out of what the scheduler
+  keeps (Slurm's stored batch script, the local backend's stored spec), and delete that file when the stream ends;
 - on ``DELETE``, stop the job's processes (local: the process group is empty; Slurm: ``squeue`` has no entry,
   ``sacct`` says CANCELLED) and end the stream ``cancelled``, its log still served;
 - when the job fails -- a source path that does not exist, a step that crashes, the job's processes killed as a
@@ -17,8 +19,11 @@ The Slurm job runs on this machine, so it reaches the API's buffer and report UR
 
 from __future__ import annotations
 
+import json
 import os
 import signal
+import sqlite3
+import stat
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
@@ -122,6 +127,16 @@ def test_the_same_request_runs_to_completed(system: System) -> None:
         assert not in_squeue(done["job_id"])
 
 
+def kept_by_the_scheduler(system: System, job_id: str) -> str:
+    """What the backend keeps of the job: the batch script Slurm stores, the local backend's stored spec."""
+    if backend_of(system) == "slurm":
+        return slurm("scontrol", "write", "batch_script", job_id, "-")
+    backend = system.api.services().backends.get("local")
+    with sqlite3.connect(backend.state_dir / "local-jobs.sqlite3") as db:  # type: ignore[attr-defined]
+        ((spec, argv),) = db.execute("SELECT spec, argv FROM jobs WHERE id = ?", (job_id,)).fetchall()
+    return str(spec + argv)
+
+
 def test_cancel_stops_the_job_and_keeps_its_log(system: System) -> None:
     created = system.create_with(source(100_000, rate_hz=20.0))
     consumer = subscribe_stream(created, timeout_s=DEADLINE_S)
@@ -129,6 +144,17 @@ def test_cancel_stops_the_job_and_keeps_its_log(system: System) -> None:
     job_id = system.wait_state(created["id"], {"streaming"})["job_id"]
     pids = job_pids(system, job_id)
     assert pids, "the job has no running process"
+    # the job's secrets: in a 0600 file of its workdir, not in what the scheduler keeps; the job read them from it
+    workdir = system.api.services().settings.workdirs / created["id"]
+    (secrets_file,) = workdir.glob("job-secrets-*.json")
+    assert stat.S_IMODE(secrets_file.stat().st_mode) == 0o600
+    job_secrets = json.loads(secrets_file.read_text())
+    producer = json.loads(job_secrets["PHOTONSTREAM_BUFFER_CREDENTIALS"])
+    assert producer["security"] == "curve" and len(producer["secret_key"]) == 40
+    kept = kept_by_the_scheduler(system, job_id)
+    assert str(secrets_file) in kept
+    assert producer["secret_key"] not in kept and job_secrets["PHOTONSTREAM_REPORT_SECRET"] not in kept
+    wait_until(lambda: bool(system.alice.get(f"/v1/streams/{created['id']}/progress").json()), 30, "a signed report")
 
     response = system.alice.delete(f"/v1/streams/{created['id']}")
     assert response.status_code == 200 and response.json()["state"] == "cancelled", response.text
@@ -145,6 +171,7 @@ def test_cancel_stops_the_job_and_keeps_its_log(system: System) -> None:
     assert [state for state, _ in system.transitions(created["id"])][-1] == "cancelled"
     log = system.logs(created["id"])
     assert f"{created['data_endpoint']['streams'][0]}: running on" in log, log  # the job's own first line
+    assert not secrets_file.exists() and (workdir / "job.log").exists()  # the secrets went, the log stays
     if backend_of(system) == "slurm":
         assert f"JOB {job_id} ON" in log and "CANCELLED" in log, log  # slurmstepd's note of the scancel
     with consumer:

@@ -8,7 +8,9 @@ It speaks the request and response shapes NERSC documents (see ``photonstream/jo
 - ``GET {api}/tasks/{id}`` → ``{"id", "status", "result"}`` with ``result`` a JSON string holding ``jobid``,
 - ``GET {api}/compute/jobs/{machine}/{jobid}?sacct=true|false`` → ``{"status", "output": [rows], "error"}``,
 - ``DELETE {api}/compute/jobs/{machine}/{jobid}``,
-- ``GET {api}/utilities/download/{machine}/{path}?binary=false`` → ``{"status", "file", "is_binary", "error"}``.
+- ``GET {api}/utilities/download/{machine}/{path}?binary=false`` → ``{"status", "file", "is_binary", "error"}``,
+- ``PUT {api}/utilities/upload/{machine}/{path}`` (multipart field ``file``) → ``{"status", "error"}``; the file is
+  written with mode 0600 (what a private workdir at NERSC gives), and kept in ``uploads`` for tests.
 API calls need ``Authorization: Bearer <token>`` (a bare token, as NERSC's own client sends, is accepted too).
 
 Submitted scripts run on photonstream's local backend, with the ``#SBATCH`` options that matter here (job name,
@@ -20,10 +22,13 @@ from __future__ import annotations
 import base64
 import itertools
 import json
+import os
 import re
 import secrets
 import threading
 import time
+from email.parser import BytesParser
+from email.policy import HTTP
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
@@ -94,6 +99,8 @@ class SfApiStandIn:
         self.tasks: dict[str, dict[str, Any]] = {}
         self.jobs: dict[str, str] = {}  # Slurm-like job id → local job id
         self.requests: list[tuple[str, str]] = []  # (method, path) of every API call, for tests
+        self.scripts: dict[str, str] = {}  # Slurm-like job id → the batch script as submitted
+        self.uploads: list[tuple[str, bytes]] = []  # (path, content) of every upload
         self._job_numbers = itertools.count(4_000_001)
         self._lock = threading.Lock()
         self._server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler_class())
@@ -181,6 +188,7 @@ class SfApiStandIn:
             job_id = str(next(self._job_numbers))
             script_path = self.spool / f"{job_id}.sh"
             script_path.write_text(script)
+            self.scripts[job_id] = script
             spec = JobSpec(
                 name=options.get("job-name", "sbatch"),
                 command=["bash", str(script_path)],
@@ -221,6 +229,21 @@ class SfApiStandIn:
             return {"status": "ERROR", "file": None, "is_binary": False, "error": f"{path}: No such file or directory"}
         return {"status": "OK", "file": text, "is_binary": False, "error": None}
 
+    def upload(self, path: str, content_type: str, body: bytes) -> dict[str, Any]:
+        message = BytesParser(policy=HTTP).parsebytes(f"Content-Type: {content_type}\r\n\r\n".encode() + body)
+        parts = [p for p in message.iter_parts() if p.get_param("name", header="content-disposition") == "file"]
+        if not message.is_multipart() or not parts:
+            return {"status": "ERROR", "error": "upload: no multipart field 'file'"}
+        content = parts[0].get_payload(decode=True) or b""
+        try:
+            descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        except OSError as error:
+            return {"status": "ERROR", "error": f"{path}: {error.strerror}"}
+        with os.fdopen(descriptor, "wb") as file:
+            file.write(content)
+        self.uploads.append((path, content))
+        return {"status": "OK", "error": None}
+
     def _handler_class(self) -> type[BaseHTTPRequestHandler]:
         standin = self
 
@@ -257,6 +280,7 @@ class SfApiStandIn:
                 standin.requests.append((method, path))
                 jobs = f"/compute/jobs/{standin.machine}"
                 download = f"/utilities/download/{standin.machine}/"
+                upload = f"/utilities/upload/{standin.machine}/"
                 if method == "POST" and path == jobs:
                     self._answer(200, standin.submit(self._form()))
                 elif method == "GET" and path.startswith("/tasks/"):
@@ -269,6 +293,11 @@ class SfApiStandIn:
                     self._answer(200, standin.cancel(path.removeprefix(jobs + "/")))
                 elif method == "GET" and path.startswith(download):
                     self._answer(200, standin.download("/" + path.removeprefix(download).lstrip("/")))
+                elif method == "PUT" and path.startswith(upload):
+                    length = int(self.headers.get("Content-Length") or 0)
+                    body = self.rfile.read(length)
+                    target = "/" + path.removeprefix(upload).lstrip("/")
+                    self._answer(200, standin.upload(target, self.headers.get("Content-Type", ""), body))
                 else:
                     self._answer(404, {"detail": "Not Found"})
 
@@ -280,5 +309,8 @@ class SfApiStandIn:
 
             def do_DELETE(self) -> None:
                 self._route("DELETE")
+
+            def do_PUT(self) -> None:
+                self._route("PUT")
 
         return Handler
