@@ -18,6 +18,9 @@ Results: consumers send them to the buffer (``RES``); this link collects them (`
 
 Ends: when the launcher records a stream failed or cancelled, ``end_streams`` ends its addresses in the buffer
 (direct call, or ``FIN`` with the admin key), so consumers get an end message with that reason instead of waiting.
+The ends are kept in the store (``stream_buffer_ends``): ``sync`` tells a buffer instance it has not told yet (a
+restarted buffer, which forgot the ends of streams that were not durable) every end of the last
+``buffer_grant_keep_s`` again, after their grants, so a consumer that subscribes there gets the END too.
 """
 
 from __future__ import annotations
@@ -38,6 +41,7 @@ from photonstream.buffer import protocol as P
 from photonstream.buffer.credentials import Credentials, Security, ensure_keypair, load_public_key
 from photonstream.errors import ConfigError, PhotonstreamError
 from photonstream.frames import Message
+from photonstream.store.ends import BufferEndStore
 from photonstream.store.models import Stream, StreamSecret, utcnow
 from photonstream.store.reports import ReportStore
 
@@ -135,6 +139,8 @@ class BufferLink:
     def __init__(self, settings: ApiSettings, reports: ReportStore) -> None:
         self.settings = settings
         self.reports = reports
+        self.ends = BufferEndStore(reports.db)
+        self._ends_told = ""  # the buffer instance last told every recent end (sync)
         self.service: Any = None  # the embedded BufferService once started
         self.keys_dir = settings.resolved_buffer_keys_dir
         self.embedded = settings.buffer == "embedded"
@@ -262,21 +268,23 @@ class BufferLink:
         return self.settings.buffer_endpoint, self.security
 
     # -- grants -------------------------------------------------------------------------------------------------------
-    def _apply(self, op: str, body: Any) -> None:
+    def _apply(self, op: str, body: Any) -> str:
+        """Send grants; returns the buffer's instance id ('' where unknown)."""
+        if self.embedded and self.service is None:
+            return ""  # not started (the app's lifespan starts it); the first sync registers everything
         if self.security == "none":
-            return
+            return str(self.service.instance) if self.embedded else ""
         if self.embedded:
-            if self.service is None:
-                return  # not started (the app's lifespan starts it); the first sync registers everything
             access = self.service.access
             if op == "register":
                 access.register(body)
             else:
                 access.sync(body)
-            return
+            return str(self.service.instance)
         reply, _ = self.control.request(P.ACL, {"op": op}, msgpack.packb(body, use_bin_type=True))
         if reply.get("i") != self._instance and op == "register":
             self._next_sync = 0.0  # a buffer we have not synced yet (restarted): send it everything soon
+        return str(reply.get("i") or "")
 
     @property
     def control(self) -> ControlClient:
@@ -291,9 +299,20 @@ class BufferLink:
             self._apply("register", [access_entry(*row)])
 
     def sync(self) -> None:
+        """Re-send every grant; to a buffer instance not told yet (restarted), also every end of the last
+        ``buffer_grant_keep_s``, so that consumers subscribing there get them."""
         keep = dt.timedelta(seconds=self.settings.buffer_grant_keep_s)
         entries = [access_entry(stream, secret) for stream, secret in self.reports.access_rows(utcnow() - keep)]
-        self._apply("sync", entries)
+        instance = self._apply("sync", entries)
+        if self.embedded and self.service is None:
+            return
+        if instance and instance == self._ends_told:
+            return
+        for end in self.ends.since(utcnow() - keep):
+            self.end_streams(list(end.addresses), end.state, end.reason)
+            if end.delivered_at is None:
+                self.ends.mark_delivered(end.stream_id)
+        self._ends_told = instance
 
     def end_streams(self, addresses: list[str], reason: str, message: str) -> int:
         """End streams whose job or producer died (``reason`` failed | cancelled, ``message`` one line): their

@@ -18,7 +18,9 @@ A report that every run ended finishes the stream at once (completed, or failed/
 
 Whenever it records ``failed`` or ``cancelled`` for a stream that writes to the buffer, the launcher also ends the
 stream's addresses in the buffer with that reason (``BufferLink.end_streams``): a dead job sends no end message, and
-its consumers would otherwise wait forever. A buffer that does not answer is asked again on the next passes.
+its consumers would otherwise wait forever. The end is recorded in the store first (``stream_buffer_ends``), pending
+until the buffer took it: a buffer that does not answer is asked again on later passes, by this process or, after a
+restart, the next one; ``BufferLink.sync`` tells a restarted buffer the recent ends again.
 """
 
 from __future__ import annotations
@@ -44,7 +46,8 @@ from photonstream.api.settings import ApiSettings
 from photonstream.buffer.credentials import CREDENTIALS_ENV, Credentials, new_token_secret, token_hash
 from photonstream.errors import ConfigError, PhotonstreamError
 from photonstream.jobs.base import JobBackend, JobSpec, JobState, Resources
-from photonstream.store.models import Stream, utcnow
+from photonstream.store.ends import BufferEndStore
+from photonstream.store.models import Stream, StreamBufferEnd, utcnow
 from photonstream.store.reports import ReportStore
 from photonstream.store.streams import IllegalTransitionError, StreamState, StreamStore
 
@@ -138,17 +141,21 @@ class Launcher:
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
-        self._ends_due: dict[str, tuple[list[str], str, str]] = {}  # stream id → buffer end not yet delivered
+        self.ends = BufferEndStore(streams.db)  # buffer ends owed, pending until delivered (survive restarts)
         self._ends_retry_at = 0.0
+        self._ends_warned: set[str] = set()
 
     # --- one pass (tests call this directly) ------------------------------------------------------------------
 
     def step(self) -> None:
-        if self._ends_due and time.monotonic() >= self._ends_retry_at:
-            for stream_id, end in list(self._ends_due.items()):
-                if not self._deliver_end(stream_id, *end):  # still no buffer: the others would wait as long
-                    self._ends_retry_at = time.monotonic() + ENDS_RETRY_S
-                    break
+        if self.link is not None and time.monotonic() >= self._ends_retry_at:
+            try:
+                for end in self.ends.pending():  # also those an earlier API process could not deliver
+                    if not self._deliver_end(end):  # still no buffer: the others would wait as long
+                        self._ends_retry_at = time.monotonic() + ENDS_RETRY_S
+                        break
+            except Exception:
+                log.exception("launcher: buffer ends")
         for stream in self.streams.active():
             try:
                 if stream.state == StreamState.QUEUED:
@@ -361,18 +368,20 @@ class Launcher:
         if self.link is None or not uses_buffer(stream):
             return
         addresses = list(stream.data_endpoint.get("streams", []))
-        self._deliver_end(stream.id, addresses, StreamState(stream.state).value, reason)
+        self._deliver_end(self.ends.record(stream.id, addresses, StreamState(stream.state).value, reason))
 
-    def _deliver_end(self, stream_id: str, addresses: list[str], state: str, reason: str) -> bool:
+    def _deliver_end(self, end: StreamBufferEnd) -> bool:
+        """Send a recorded end to the buffer; once it took it, the end is marked delivered."""
         assert self.link is not None
         try:
-            self.link.end_streams(addresses, state, reason)
+            self.link.end_streams(list(end.addresses), end.state, end.reason)
         except (PhotonstreamError, zmq.ZMQError) as exc:
-            if stream_id not in self._ends_due:
-                log.warning("stream %s: could not end it in the buffer (will retry): %s", stream_id, exc)
-            self._ends_due[stream_id] = (addresses, state, reason)
+            if end.stream_id not in self._ends_warned:
+                self._ends_warned.add(end.stream_id)
+                log.warning("stream %s: could not end it in the buffer (will retry): %s", end.stream_id, exc)
             return False
-        self._ends_due.pop(stream_id, None)
+        self.ends.mark_delivered(end.stream_id)
+        self._ends_warned.discard(end.stream_id)
         return True
 
     def logs(self, stream: Stream, *, tail: int | None, head: int | None, max_bytes: int) -> str:

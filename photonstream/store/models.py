@@ -252,3 +252,17 @@ class StreamPoolEvent(Base):
     members: Mapped[int | None] = mapped_column(Integer, nullable=True)
     detail: Mapped[str] = mapped_column(Text, default="")
     jobs: Mapped[list[str]] = mapped_column(JSON)  # backend job ids started or cancelled by this decision
+
+
+class StreamBufferEnd(Base):
+    """The end the API owes a failed or cancelled stream in the buffer (its job sends none): kept until delivered,
+    so an API restart retries it, and kept after, so a restarted buffer is told again (``BufferLink.sync``)."""
+
+    __tablename__ = "stream_buffer_ends"
+
+    stream_id: Mapped[str] = mapped_column(ForeignKey("streams.id", ondelete="CASCADE"), primary_key=True)
+    state: Mapped[str] = mapped_column(String(16))  # failed | cancelled: the END's reason
+    reason: Mapped[str] = mapped_column(Text, default="")  # the END's one-line message
+    addresses: Mapped[list[str]] = mapped_column(JSON)
+    recorded_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, index=True)
+    delivered_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime, nullable=True, index=True)

@@ -25,7 +25,7 @@ from photonstream.errors import ConfigError
 from photonstream.job_secrets import SECRETS_FILE_ENV, job_secret, read_secrets_file, write_secrets_file
 from photonstream.jobs.base import JobSpec, JobState, Resources
 from photonstream.jobs.slurm import batch_script
-from tests.jobs.conftest import Harness, wait_until
+from tests.jobs.conftest import Harness
 
 SECRET_NAME = "PHOTONSTREAM_TEST_SECRET"
 
@@ -40,11 +40,11 @@ path = os.environ[SECRETS_FILE_ENV]
 print(json.dumps({
     "path": path,
     "mode": oct(os.stat(path).st_mode & 0o777),
-    "sha256": hashlib.sha256(job_secret("%s").encode()).hexdigest(),
-    "in_environment": "%s" in os.environ,
+    "sha256": hashlib.sha256(job_secret("SECRET_NAME").encode()).hexdigest(),
+    "in_environment": "SECRET_NAME" in os.environ,
     "threads": {n: os.environ.get(n) for n in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")},
 }), flush=True)
-""" % (SECRET_NAME, SECRET_NAME)
+""".replace("SECRET_NAME", SECRET_NAME)
 
 
 def kept_by_the_backend(request: pytest.FixtureRequest, harness: Harness, kind: str, job_id: str) -> str:
