@@ -379,7 +379,9 @@ def group_accounting(stream: dict[str, Any], group: dict[str, Any]) -> dict[str,
     ``in``: data messages the buffer took (its head offset); ``out``: first deliveries to the group (redelivered
     copies are not counted again); ``skipped``: skipped by the group's policy or evicted before it got them;
     ``held``: in the log, not yet sent to the group. For a group that joined at the beginning,
-    ``in == out + skipped + held`` (a message sent back for redelivery counts as held until it is sent again).
+    ``in == out + skipped + held`` at every moment: a message sent back for redelivery stays in ``out`` (its first
+    delivery), a copy sent again is counted in ``redelivered`` only, and a send that failed counts nowhere (the
+    message is still held).
     """
     head = int(stream.get("head", 0))
     cursor = int(group.get("cursor", head))

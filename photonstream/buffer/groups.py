@@ -27,6 +27,19 @@ Members that go away and come back (lossless)
 
     Acks are idempotent: an ack of an offset already settled, or held by another member, only settles it; an ack
     of an offset the log does not have yet is ignored (it could only come from another incarnation of the stream).
+
+Credit
+    A member never has more than the credit it subscribed with out at once: what it holds in flight counts against
+    it, the messages a rejoin takes back included (they are sent again without taking more), and credit it returns
+    is capped at that credit less what it holds, so a return for a message sent to an earlier connection cannot
+    widen its window.
+
+Accounting
+    ``delivered`` counts sends that happened, ``redelivered`` those of a message the group had sent before, so
+    ``delivered - redelivered`` messages went out once. A pick whose send fails (the member's connection is gone)
+    is undone, and one whose message is gone from the log counts as expired instead; so for a group that started
+    at the beginning, head = (delivered - redelivered) + skipped + expired + (head - cursor) at every moment (an
+    offset acked before the group sent it, as a restarted durable buffer may hear, is the one thing in none of them).
 """
 
 from __future__ import annotations
@@ -122,6 +135,7 @@ class Member:
     last_seen: float
     incarnation: str = ""  # the subscription's session ("": an older client, never taken over)
     principal: str = ""  # who it authenticated as: only the same credential may take its place
+    capacity: int = 0  # the credit it subscribed with: never more than this out to it at once
     inflight: set[int] = field(default_factory=set)
     resend: deque[int] = field(default_factory=deque)  # taken over from its previous connection: sent again first
     delivered: int = 0
@@ -130,6 +144,11 @@ class Member:
     def same_session(self, member_id: str, incarnation: str, principal: str) -> bool:
         mine = (self.member_id, self.incarnation, self.principal)
         return bool(incarnation) and mine == (member_id, incarnation, principal)
+
+    def give_credit(self, count: int) -> None:
+        """Credit the consumer returned, kept within its capacity less what it holds in flight here: a return for
+        a message not counted against this connection (one sent before a rejoin) cannot widen its window."""
+        self.credit = max(0, min(self.credit + max(0, count), self.capacity - len(self.inflight)))
 
 
 @dataclass(eq=False)
@@ -151,10 +170,12 @@ class Group:
     bytes_out: int = 0
     skipped: int = 0
     expired: int = 0
-    redelivered: int = 0
+    redelivered: int = 0  # sends of a message the group had sent before (ack timeout, member gone, rejoin)
+    rejoins: int = 0  # rejoins that took back a held member (its connection was gone) and its messages
     end_sent: bool = False  # the end message went to the members the group had then
     _rr: int = 0
     _resending: bool = False  # some member has taken-over messages to get again
+    _undo: tuple[str, Member, int, float] | None = None  # the last pick (how, to whom, offset, next_sample_at)
 
     def __post_init__(self) -> None:
         if self.cursor < 0:
@@ -175,22 +196,30 @@ class Group:
         self, identity: bytes, member_id: str, credit: int, now: float, *, incarnation: str = "", principal: str = ""
     ) -> tuple[Member, list[bytes]]:
         """Add a member; one of the same session (a rejoin) is replaced and its in-flight messages become the new
-        member's, to be sent again. Returns the member and the identities it replaced (other than its own)."""
+        member's, to be sent again. They count against its credit from now on (at most ``credit`` of them are taken
+        back, the oldest; the rest go back to the group). Returns the member and the identities it replaced (other
+        than its own)."""
         previous = self.session_of(member_id, incarnation, principal)
         for stale in (self.members.get(identity), self.held.get(identity)):
             if stale is not None and stale not in previous:  # this connection as another session: it left
                 self._give_back(stale)
-        member = Member(identity, member_id, credit, now, incarnation, principal)
+        member = Member(identity, member_id, credit, now, incarnation, principal, capacity=credit)
+        if any(self.held.get(old.identity) is old for old in previous):
+            self.rejoins += 1
+        taken: set[int] = set()
         for old in previous:
             self.members.pop(old.identity, None)
             self.held.pop(old.identity, None)
-            for offset in sorted(old.inflight):
-                entry = self.inflight.get(offset)
-                if entry is None:
-                    continue
-                self.inflight[offset] = (identity, entry[1])
+            taken |= {o for o in old.inflight if o in self.inflight}
+        for offset in sorted(taken):
+            if len(member.inflight) < credit:
+                self.inflight[offset] = (identity, self.inflight[offset][1])
                 member.inflight.add(offset)
                 member.resend.append(offset)
+            else:  # more than its window now (it subscribed with less credit): anyone may have these
+                del self.inflight[offset]
+                self.redeliver.append(offset)
+        member.credit = credit - len(member.inflight)
         self._resending = self._resending or bool(member.resend)
         self.members[identity] = member
         return member, [m.identity for m in previous if m.identity != identity]
@@ -207,7 +236,6 @@ class Group:
             del self.held[member.identity]
         back = sorted(o for o in member.inflight if self.inflight.pop(o, None) is not None)
         self.redeliver.extend(back)
-        self.redelivered += len(back)
         return len(back)
 
     def detach(self, identity: bytes) -> bool:
@@ -227,12 +255,54 @@ class Group:
         return sum(self._give_back(self.held[identity]) for identity in gone)
 
     def unsent(self, member: Member, offset: int) -> None:
-        """A message that could not be sent to its member (the connection is gone): anyone may have it."""
-        entry = self.inflight.get(offset)
-        if entry is not None and entry[0] == member.identity:
-            del self.inflight[offset]
+        """The message just picked for ``member`` could not be sent (its connection is gone): undo the pick, so it
+        is counted neither as delivered nor as redelivered (``in = out + skipped + held`` stays exact) and the next
+        member may have it. A taken-back message stays the member's own (it may have had it before its connection
+        went): a rejoin takes it back again, the member timeout gives it to the group."""
+        how = self._take_back_pick(member, offset)
+        if how is None:  # not the last pick (never the case from the service): just let anyone have it
+            entry = self.inflight.get(offset)
+            if entry is not None and entry[0] == member.identity:
+                del self.inflight[offset]
+                member.inflight.discard(offset)
+                self.redeliver.appendleft(offset)
+            return
+        if how == "resend":
+            return
+        if self.policy.lossless:
+            self.inflight.pop(offset, None)
             member.inflight.discard(offset)
+            if not member.inflight and self.held.get(member.identity) is member:  # held for nothing now
+                del self.held[member.identity]
+        member.give_credit(1)
+        if how == "again":
             self.redeliver.appendleft(offset)
+        else:  # from the cursor: it stays next (latest, decimate and sample pick it again)
+            self.cursor = offset
+
+    def lost(self, member: Member, offset: int) -> None:
+        """The message just picked for ``member`` is no longer in the log (evicted, or its segment unreadable): a
+        first delivery counts as expired instead; a lossless group settles it, since nobody can have it now."""
+        how = self._take_back_pick(member, offset)
+        if how == "cursor":
+            self.expired += 1
+        self.ack([offset])
+        if how is not None:
+            member.give_credit(1)
+
+    def _take_back_pick(self, member: Member, offset: int) -> str | None:
+        """Undo the counts of the last pick if it was ``offset`` for ``member``; returns how it was picked."""
+        undo, self._undo = self._undo, None
+        if undo is None or undo[1] is not member or undo[2] != offset:
+            return None
+        how = undo[0]
+        self.delivered -= 1
+        member.delivered -= 1
+        if how != "cursor":
+            self.redelivered -= 1
+        if how == "cursor":
+            self.next_sample_at = undo[3]
+        return how
 
     def _holder(self, identity: bytes) -> Member | None:
         return self.members.get(identity) or self.held.get(identity)
@@ -257,20 +327,21 @@ class Group:
             self.committed = first
             self.acked = {o for o in self.acked if o >= first}
 
-    def _next_offset(self, now: float) -> int | None:
+    def _next_offset(self, now: float) -> tuple[int, bool] | None:
+        """The next offset for the group, and whether it was sent before (a redelivery)."""
         log = self.log
         policy = self.policy
         if policy.lossless:
             while self.redeliver:
                 o = self.redeliver.popleft()
                 if o >= self.committed and o not in self.acked and o >= log.first:
-                    return o
+                    return o, True
             self._skip_expired()
             while self.cursor < log.head:
                 o = self.cursor
                 self.cursor += 1
                 if o not in self.acked:
-                    return o
+                    return o, False
             return None
         self._skip_expired()
         if policy.kind == "decimate":
@@ -279,7 +350,7 @@ class Group:
                 return None
             self.skipped += candidate - self.cursor
             self.cursor = candidate + 1
-            return candidate
+            return candidate, False
         if policy.kind == "sample" and now < self.next_sample_at:
             return None
         if self.cursor >= log.head:
@@ -289,10 +360,12 @@ class Group:
         self.cursor = newest + 1
         if policy.kind == "sample":
             self.next_sample_at = now + 1.0 / policy.rate
-        return newest
+        return newest, False
 
     def next_delivery(self, now: float, ack_timeout: float) -> tuple[Member, int] | None:
-        """Pick the next (member, offset) to send, or None; updates cursors, credit and in-flight state."""
+        """Pick the next (member, offset) to send, or None; updates cursors, credit, counts and in-flight state
+        (``unsent`` and ``lost`` undo them if the send does not happen)."""
+        self._undo = None
         if self._resending:
             pick = self._next_resend(now, ack_timeout)
             if pick is not None:
@@ -300,12 +373,16 @@ class Group:
         member = self._member_with_credit()
         if member is None:
             return None
-        offset = self._next_offset(now)
-        if offset is None:
+        sample_at = self.next_sample_at
+        picked = self._next_offset(now)
+        if picked is None:
             return None
+        offset, again = picked
+        self._undo = ("again" if again else "cursor", member, offset, sample_at)
         member.credit -= 1
         member.delivered += 1
         self.delivered += 1
+        self.redelivered += int(again)
         if self.policy.lossless:
             self.inflight[offset] = (member.identity, now + ack_timeout)
             self.inflight.move_to_end(offset)
@@ -313,22 +390,23 @@ class Group:
         return member, offset
 
     def _next_resend(self, now: float, ack_timeout: float) -> tuple[Member, int] | None:
-        """A message taken over from a member's previous connection, to that member (it has credit)."""
+        """A message taken over from a member's previous connection, to that member (its credit was taken when
+        the message was taken back; one settled or expired meanwhile frees its slot again)."""
         waiting = False
         for member in self.members.values():
             while member.resend:
-                if member.credit <= 0 or member.end_sent:
+                if member.end_sent:
                     waiting = True
                     break
                 offset = member.resend.popleft()
                 entry = self.inflight.pop(offset, None)
-                if entry is None:
-                    continue
-                if entry[0] != member.identity:  # meanwhile expired and given to another member
+                if entry is not None and entry[0] != member.identity:  # meanwhile expired and given to another
                     self.inflight[offset] = entry
+                if entry is None or entry[0] != member.identity:
+                    member.give_credit(1)
                     continue
                 self.inflight[offset] = (member.identity, now + ack_timeout)  # at the end: the newest deadline
-                member.credit -= 1
+                self._undo = ("resend", member, offset, self.next_sample_at)
                 member.delivered += 1
                 self.delivered += 1
                 self.redelivered += 1
@@ -374,7 +452,6 @@ class Group:
                 holder.inflight.discard(offset)
             self.redeliver.append(offset)
             count += 1
-        self.redelivered += count
         return count
 
     # -- end of stream ------------------------------------------------------------------------------------
@@ -419,6 +496,7 @@ class Group:
             "skipped": self.skipped,
             "expired": self.expired,
             "redelivered": self.redelivered,
+            "rejoins": self.rejoins,
         }
 
     @classmethod
@@ -439,6 +517,7 @@ class Group:
         group.skipped = int(d.get("skipped", 0))
         group.expired = int(d.get("expired", 0))
         group.redelivered = int(d.get("redelivered", 0))
+        group.rejoins = int(d.get("rejoins", 0))
         return group
 
 

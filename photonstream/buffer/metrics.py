@@ -37,6 +37,18 @@ GROUP_METRICS = [
     ),
     ("photonstream_buffer_group_inflight", "Messages sent and not yet acked", "gauge", "inflight"),
     ("photonstream_buffer_group_members", "Members of the group", "gauge", "members"),
+    (
+        "photonstream_buffer_group_held_members",
+        "Members whose connection is gone, keeping their in-flight messages until the member timeout",
+        "gauge",
+        "held_members",
+    ),
+    (
+        "photonstream_buffer_group_rejoins",
+        "Rejoins that took back a held member and its in-flight messages",
+        "counter",
+        "rejoins",
+    ),
 ]
 SERVICE_METRICS = [
     ("photonstream_buffer_total_memory_bytes", "Payload bytes in memory, all streams", "gauge", "memory_bytes"),

@@ -25,7 +25,9 @@ Consumer → buffer
           ``a`` re-sends recent acks (idempotent; at most 4000), counted only when ``e`` is the stream's epoch. The
           same ``m``, ``i`` and credential take over the member's earlier connection and its in-flight messages
           (groups.py: "Members that go away and come back").
-    CRED  {c: credit returned, a: [offsets acked]}
+    CRED  {c: credit returned, a: [offsets acked], e: stream epoch}
+          ``e`` is optional: acks of another epoch (sent before the stream was opened anew) are ignored; without
+          it the acks count as they are. Credit is kept within the member's own (SUB ``c``) less what it holds.
     HB    {} heartbeat (any message counts); BYE {} leave the group
     STATS {} → STATS reply with the service's state as JSON (a non-admin sees only its own streams)
     RES   {s, t: result kind, g: group, w: worker, f: [first, last] frame range, n: client seq} + one msgpack

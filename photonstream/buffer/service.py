@@ -16,6 +16,7 @@ unacked messages stay its own until the member timeout, so that the same subscri
 connection, can settle them with the acks it re-sends and take the rest back (see ``groups.py``). A rejoin's acks
 only count when its stream epoch (the start message's arrival time, sent with START, the same
 across restarts of a durable stream) is the stream's: offsets of a memory stream opened anew name other messages.
+Plain acks (CRED) that carry an epoch are held to the same rule; one without (an older client) counts as before.
 """
 
 from __future__ import annotations
@@ -1116,10 +1117,13 @@ class BufferService:
         stream, group = entry
         member = group.members[identity]
         member.last_seen = monotonic()
-        member.credit = min(member.credit + int(header.get("c", 0)), P.MAX_CREDIT)
+        epoch = header.get("e")
+        if epoch is not None and (not isinstance(epoch, int) or isinstance(epoch, bool)):
+            raise P.ProtocolError("malformed", "CRED field 'e' must be the stream epoch (an integer) or absent")
         acked = header.get("a")
-        if acked and group.policy.lossless:
-            self._settle(stream, group, [int(o) for o in acked])
+        if acked and group.policy.lossless and (epoch is None or epoch == stream.epoch):
+            self._settle(stream, group, [int(o) for o in acked])  # acks of another opening name other messages
+        member.give_credit(int(header.get("c", 0)))  # after the acks: what they settle no longer counts against it
         self._dispatch(stream)
 
     def _on_heartbeat(self, identity: bytes) -> None:
@@ -1175,17 +1179,18 @@ class BufferService:
                 member, offset = pick
                 record = log.get(offset)
                 if record is None:
+                    group.lost(member, offset)
                     continue
                 self._send_calibrations(stream, group, upto=offset)
                 try:
                     frames = log.payload(record)
                 except (OSError, KeyError):
-                    group.expired += 1
+                    group.lost(member, offset)
                     continue
                 header = {"o": offset, "q": record.seq, "k": record.kind, "h": log.head, "x": group.skipped}
                 if self._reply(member.identity, P.MSG, header, frames):
                     group.bytes_out += record.nbytes
-                else:
+                else:  # not sent: counted neither as delivered nor as redelivered, and the next member may have it
                     group.unsent(member, offset)
             if group.drained():
                 self._send_end(stream, group)
@@ -1302,6 +1307,7 @@ class BufferService:
                     "policy": str(g.policy),
                     "members": len(g.members),
                     "held_members": len(g.held),
+                    "rejoins": g.rejoins,
                     "cursor": g.cursor,
                     "committed": g.committed if g.policy.lossless else g.cursor,
                     "lag": g.lag,

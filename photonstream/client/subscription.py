@@ -22,8 +22,9 @@ more than ``credit`` unacked messages out to one member; acks are idempotent, so
 only happens inside ``__next__``, after the message the application had is acked, so the application holds nothing
 then. Within the buffer's member timeout the buffer settles those acks and sends this member the rest of its old
 in-flight messages again: a message the application has does not reach another member's application. The acks only
-count for the same opening of the stream (the epoch the START message carries). Received messages not yet handed out
-are dropped on a rejoin (the buffer sends them again).
+count for the same opening of the stream (the epoch the START message carries; plain acks carry it too). Received
+messages not yet handed out are dropped on a rejoin (the buffer sends them again). A START of another epoch (a memory
+stream opened anew after a buffer restart) resets what the subscription has seen and acked: its offsets start over.
 
 Security: pass ``credentials`` (``photonstream.buffer.credentials.Credentials``: the stream's CURVE key pair or
 token, as the API's create response gives them; ``Credentials.from_endpoint``) to connect to a buffer listener that
@@ -195,9 +196,17 @@ class Subscription(Iterator[Any]):
     def _flush(self, block: bool = True) -> None:
         if self._pending_credit or self._pending_acks:
             self._recent_acks.extend(self._pending_acks)  # before sending: one dropped here is re-sent on a rejoin
-            self._send(P.CRED, {"c": self._pending_credit, "a": self._pending_acks}, block)
+            self._send(P.CRED, self._credit_header(self._pending_credit, self._pending_acks), block)
             self._pending_credit = 0
             self._pending_acks = []
+
+    def _credit_header(self, credit: int, acks: list[int]) -> dict[str, Any]:
+        """CRED's header; with the epoch the acked offsets belong to, so a buffer that opened the stream anew since
+        ignores them (they name other messages there)."""
+        header: dict[str, Any] = {"c": credit, "a": acks}
+        if self._epoch is not None:
+            header["e"] = self._epoch
+        return header
 
     def commit(self) -> None:
         """Ack everything yielded so far, now (auto-ack otherwise happens on the next call)."""
@@ -364,6 +373,8 @@ class Subscription(Iterator[Any]):
         if self._epoch is not None and epoch != self._epoch:
             self._seen.clear()
             self._recent_acks.clear()
+            self._pending_acks = []
+            self._pending_credit = 0  # owed for messages of the old opening: the new member has its full credit
             self._last_offset = None
         self._epoch = epoch
 
@@ -380,7 +391,7 @@ class Subscription(Iterator[Any]):
         self._recent_acks.extend(pending)
         self._subscribe()
         if pending:  # also as a plain ack, for a buffer that predates acks in SUB (harmless twice)
-            self._send(P.CRED, {"c": 0, "a": pending})
+            self._send(P.CRED, self._credit_header(0, pending))
 
     # -- results ------------------------------------------------------------------------------------------
     def publish_result(
