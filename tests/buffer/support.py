@@ -127,6 +127,60 @@ def events_of(messages: list[Any]) -> list[int]:
     return [m.event for m in messages if isinstance(m, Frame)]
 
 
+class WireConsumer:
+    """A consumer connection that speaks the buffer protocol directly (member "a" of group ``group``)."""
+
+    def __init__(self, endpoint: str, stream: str = "exp/1/det", group: str = "workers", policy: str = "lossless"):
+        self.stream, self.group, self.policy = stream, group, policy
+        self.sock = zmq.Context.instance().socket(zmq.DEALER)
+        self.sock.setsockopt(zmq.LINGER, 0)
+        self.sock.connect(endpoint)
+
+    def send(self, command: bytes, header: dict[str, Any]) -> None:
+        self.sock.send(P.envelope(command, header))
+
+    def subscribe(self, session: str, credit: int, **extra: Any) -> dict[str, Any]:
+        """SUB; returns the START header."""
+        header = {"s": self.stream, "g": self.group, "pol": self.policy, "c": credit, "m": "a", "i": session}
+        self.send(P.SUB, {**header, **extra})
+        command, header = self.receive()
+        assert command == P.START, (command, header)
+        return header
+
+    def receive(self) -> tuple[bytes, dict[str, Any]]:
+        return P.open_envelope(self._parts()[0])
+
+    def _parts(self) -> list[bytes]:
+        if not self.sock.poll(5000):
+            raise AssertionError("nothing from the buffer for 5 s")
+        return self.sock.recv_multipart()
+
+    def offsets(self, count: int) -> list[int]:
+        """The offsets of the next ``count`` data messages (calibrations skipped)."""
+        got: list[int] = []
+        while len(got) < count:
+            command, header = self.receive()
+            if command == P.MSG:
+                got.append(int(header["o"]))
+        return got
+
+    def group_state(self) -> dict[str, Any]:
+        """The group's stats asked over this connection: they reflect everything it sent before (MSGs that arrive
+        meanwhile are dropped)."""
+        import json
+
+        self.send(P.STATS, {})
+        while True:
+            parts = self._parts()
+            command, _ = P.open_envelope(parts[0])
+            if command == P.STATS:
+                return json.loads(parts[1])["streams"][self.stream]["groups"][self.group]
+
+    def cut(self) -> None:
+        """The connection is gone, and with it anything this consumer did not send."""
+        self.sock.close(linger=0)
+
+
 class ServiceProcess:
     """``photonstream.buffer.cli serve`` in a subprocess (for kill -9 tests)."""
 

@@ -11,51 +11,11 @@ from __future__ import annotations
 import threading
 from typing import Any
 
-import zmq
-
 from photonstream.buffer import protocol as P
 from photonstream.client import subscribe
-from tests.buffer.support import Producer, events_of, group_state, produce, wait_until
+from tests.buffer.support import Producer, WireConsumer, events_of, group_state, produce, wait_until
 
 STREAM = "exp/1/det"
-
-
-class WireConsumer:
-    """A consumer connection that speaks the buffer protocol directly."""
-
-    def __init__(self, endpoint: str) -> None:
-        self.sock = zmq.Context.instance().socket(zmq.DEALER)
-        self.sock.setsockopt(zmq.LINGER, 0)
-        self.sock.connect(endpoint)
-
-    def send(self, command: bytes, header: dict[str, Any]) -> None:
-        self.sock.send(P.envelope(command, header))
-
-    def subscribe(self, session: str, credit: int, **extra: Any) -> dict[str, Any]:
-        """SUB as member "a" of group "workers"; returns the START header."""
-        self.send(P.SUB, {"s": STREAM, "g": "workers", "c": credit, "m": "a", "i": session, **extra})
-        command, header = self.receive()
-        assert command == P.START, (command, header)
-        return header
-
-    def receive(self) -> tuple[bytes, dict[str, Any]]:
-        if not self.sock.poll(5000):
-            raise AssertionError("nothing from the buffer for 5 s")
-        parts = self.sock.recv_multipart()
-        return P.open_envelope(parts[0])
-
-    def offsets(self, count: int) -> list[int]:
-        """The offsets of the next ``count`` data messages (calibrations skipped)."""
-        got: list[int] = []
-        while len(got) < count:
-            command, header = self.receive()
-            if command == P.MSG:
-                got.append(int(header["o"]))
-        return got
-
-    def cut(self) -> None:
-        """The connection is gone, and with it anything this consumer did not send."""
-        self.sock.close(linger=0)
 
 
 def read_in_thread(endpoint: str, member: str) -> tuple[threading.Thread, list[Any]]:

@@ -115,3 +115,44 @@ def test_an_ack_settles_a_frame_wherever_it_is() -> None:
     group.ack([1])  # a late ack from a (another connection) settles 1 before anyone gets it again
     group.join(b"b1", "b", 3, now=0.1, incarnation="s2", principal="p")
     assert deliver(group, 0.1) == [("b", 0), ("b", 2)]
+
+
+def test_taken_back_frames_count_against_the_rejoined_members_credit() -> None:
+    group = lossless_group(10)
+    group.join(b"a1", "a", 4, now=0.0, incarnation="s1", principal="p")
+    assert deliver(group) == [("a", 0), ("a", 1), ("a", 2), ("a", 3)]
+    group.detach(b"a1")
+    member, _ = group.join(b"a2", "a", 4, now=1.0, incarnation="s1", principal="p")
+    assert (member.credit, member.inflight) == (0, {0, 1, 2, 3})  # its window is full with what it gets again
+    assert deliver(group, 1.0) == [("a", 0), ("a", 1), ("a", 2), ("a", 3)]  # nothing new beyond its credit
+    assert member.credit == 0
+    group.ack([0, 1])
+    member.give_credit(2)
+    assert deliver(group, 1.5) == [("a", 4), ("a", 5)]
+    group.ack([2, 3])
+    member.give_credit(100)  # more than it was ever sent: capped at its credit less what it holds (4 and 5)
+    assert (member.credit, member.inflight) == (2, {4, 5})
+    assert deliver(group, 1.5) == [("a", 6), ("a", 7)]
+
+
+def test_a_taken_back_frame_settled_before_it_is_sent_again_frees_its_slot() -> None:
+    group = lossless_group(6)
+    group.join(b"a1", "a", 3, now=0.0, incarnation="s1", principal="p")
+    deliver(group)
+    group.detach(b"a1")
+    member, _ = group.join(b"a2", "a", 3, now=1.0, incarnation="s1", principal="p")
+    group.ack([1])  # a late ack (the rejoin's plain CRED): 1 is not sent again, and its slot is free
+    assert deliver(group, 1.0) == [("a", 0), ("a", 2), ("a", 3)]
+    assert member.credit == 0 and member.inflight == {0, 2, 3}
+
+
+def test_a_rejoin_with_less_credit_takes_back_only_that_many() -> None:
+    group = lossless_group(6)
+    group.join(b"a1", "a", 4, now=0.0, incarnation="s1", principal="p")
+    deliver(group)
+    group.detach(b"a1")
+    member, _ = group.join(b"a2", "a", 2, now=1.0, incarnation="s1", principal="p")
+    assert (member.credit, member.inflight) == (0, {0, 1})
+    group.join(b"b1", "b", 4, now=1.0, incarnation="s2", principal="p")
+    assert deliver(group, 1.0) == [("a", 0), ("a", 1), ("b", 2), ("b", 3), ("b", 4), ("b", 5)]
+    assert group.rejoins == 1
