@@ -3,7 +3,8 @@
 A consumer here is a bare DEALER socket speaking the protocol, so each case controls exactly which acks arrive and
 when a connection is gone: a rejoin of the same session settles the acks it re-sends and gets its own in-flight
 frames back; a member that never comes back has its frames held until the member timeout and then redelivered;
-duplicate, premature and stale acks change nothing.
+duplicate, premature and stale acks change nothing; plain acks of another epoch (before a buffer restart) settle
+nothing; and a rejoined member's credit stays within its own.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from typing import Any
 
 from photonstream.buffer import protocol as P
 from photonstream.client import subscribe
-from tests.buffer.support import Producer, WireConsumer, events_of, group_state, produce, wait_until
+from tests.buffer.support import Producer, WireConsumer, events_of, free_port, group_state, produce, wait_until
 
 STREAM = "exp/1/det"
 
@@ -115,3 +116,51 @@ def test_malformed_rejoin_acks_are_refused_with_the_field_named(service: Any) ->
         assert command == P.ERR and header["c"] == "malformed", header
         assert "'a'" in header["m"]
         consumer.cut()
+
+
+def test_plain_acks_of_another_epoch_settle_nothing_after_a_buffer_restart(make_service: Any) -> None:
+    endpoint = f"tcp://127.0.0.1:{free_port()}"
+    before = make_service(bind=endpoint)
+    produce(before.endpoint, STREAM, 4, end=False)
+    consumer = WireConsumer(endpoint)
+    old_epoch = consumer.subscribe("session-1", credit=8)["e"]
+    assert consumer.offsets(4) == [0, 1, 2, 3]
+    before.stop()  # a memory stream: gone with the buffer
+    make_service(bind=endpoint)
+    produce(endpoint, STREAM, 4, end=False)  # opened anew: offsets 0-3 are other messages now
+    new_epoch = consumer.subscribe("session-1", credit=8)["e"]  # the same socket, reconnected
+    assert new_epoch != old_epoch
+    assert consumer.offsets(4) == [0, 1, 2, 3]
+    consumer.send(P.CRED, {"c": 0, "a": [0, 1], "e": old_epoch})  # queued before the restart, say
+    assert consumer.group_state()["committed"] == 0
+    consumer.send(P.CRED, {"c": 0, "a": [0, 1], "e": new_epoch})
+    assert consumer.group_state()["committed"] == 2
+    consumer.send(P.CRED, {"c": 0, "a": [2]})  # an older client's ack, without an epoch: counted as before
+    assert consumer.group_state()["committed"] == 3
+    consumer.send(P.CRED, {"c": 0, "a": [3], "e": "yesterday"})
+    command, header = consumer.receive()
+    assert command == P.ERR and header["c"] == "malformed" and "'e'" in header["m"], header
+    assert consumer.group_state()["committed"] == 3
+    consumer.cut()
+
+
+def test_credit_stays_within_the_members_own_after_a_rejoin(service: Any) -> None:
+    producer = Producer(service.endpoint, STREAM)
+    producer.start()
+    producer.frames(12)
+    first = WireConsumer(service.endpoint)
+    epoch = first.subscribe("session-1", credit=4)["e"]
+    assert first.offsets(4) == [0, 1, 2, 3]
+    first.cut()
+    again = WireConsumer(service.endpoint)
+    again.subscribe("session-1", credit=4, e=epoch, a=[0])  # the buffer had not seen the cut: a live takeover
+    assert again.offsets(3) == [1, 2, 3]  # taken back, within its credit of 4: one slot for 4
+    assert again.offsets(1) == [4]
+    state = again.group_state()
+    assert (state["member_credit"]["a"], state["member_inflight"]["a"]) == (0, 4)
+    again.send(P.CRED, {"c": 100, "a": [1, 2], "e": epoch})  # far more credit than it was ever sent
+    assert again.offsets(2) == [5, 6]
+    state = again.group_state()
+    assert (state["member_credit"]["a"], state["member_inflight"]["a"]) == (0, 4)  # not 98 more
+    again.cut()
+    producer.close()

@@ -12,7 +12,7 @@ from photonstream.buffer import BufferService
 from photonstream.buffer.cli import buffer_app, consume_app
 from photonstream.buffer.metrics import render, serve_metrics
 from photonstream.client import subscribe
-from tests.buffer.support import free_port, produce, remote_stats, wait_until
+from tests.buffer.support import Producer, WireConsumer, free_port, group_state, produce, remote_stats, wait_until
 
 STREAM = "exp/1/det"
 
@@ -63,3 +63,37 @@ def test_stats_and_consume_commands(service: BufferService) -> None:
     assert "photonstream_buffer_group_members" in result.stdout
     bad = runner.invoke(consume_app, [service.endpoint, STREAM, "--policy", "often"])
     assert bad.exit_code == 2 and "policy" in bad.output
+
+
+def test_held_members_and_rejoins_are_metrics(make_service: Any) -> None:
+    service = make_service(member_timeout_s=30.0)  # nothing is released by silence in this test
+    producer = Producer(service.endpoint, STREAM)
+    producer.start()
+    producer.frames(4)
+    first = WireConsumer(service.endpoint)
+    epoch = first.subscribe("session-1", credit=8)["e"]
+    assert first.offsets(4) == [0, 1, 2, 3]
+    first.cut()
+
+    def held() -> bool:  # it has credit left: new frames go to it until a send fails and the buffer sets it aside
+        producer.frames(1)
+        return group_state(service.endpoint, "workers").get("held_members") == 1
+
+    wait_until(held, what="the buffer to hold the gone member")
+    labels = '{stream="exp/1/det",group="workers",policy="lossless"}'
+    text = render(remote_stats(service.endpoint))
+    assert "# TYPE photonstream_buffer_group_held_members gauge" in text
+    assert f"photonstream_buffer_group_held_members{labels} 1.0\n" in text
+    assert f"photonstream_buffer_group_rejoins_total{labels} 0.0\n" in text
+    again = WireConsumer(service.endpoint)
+    again.subscribe("session-1", credit=8, e=epoch, a=[0, 1])
+    assert again.offsets(2) == [2, 3]  # its own frames, taken back
+    text = render(remote_stats(service.endpoint))
+    assert f"photonstream_buffer_group_held_members{labels} 0.0\n" in text
+    assert f"photonstream_buffer_group_rejoins_total{labels} 1.0\n" in text
+    another = WireConsumer(service.endpoint)  # the same member id from another session takes nothing back
+    another.subscribe("session-2", credit=1)
+    assert f"photonstream_buffer_group_rejoins_total{labels} 1.0\n" in render(remote_stats(service.endpoint))
+    for consumer in (again, another):
+        consumer.cut()
+    producer.close()

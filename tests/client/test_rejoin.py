@@ -2,7 +2,8 @@
 
 During the cut the subscription keeps heartbeating and acking into its socket's queue; after the heal that burst
 reaches the buffer on a new connection. What the application sees: it goes on where it was, one rejoin per cut, no
-frame it already had reaches the other member of its group, and nothing is lost.
+frame it already had reaches the other member of its group, and nothing is lost. A memory stream opened anew after
+a buffer restart (another epoch in START) is read from its first offset again, and acks carry the epoch.
 """
 
 from __future__ import annotations
@@ -10,9 +11,13 @@ from __future__ import annotations
 import threading
 from typing import Any
 
+import zmq
+
+from photonstream.buffer import protocol as P
 from photonstream.client import subscribe
+from photonstream.frames import EndMessage
 from photonstream.testing.wan import RelayThread, WanConfig
-from tests.buffer.support import Producer, events_of, group_state
+from tests.buffer.support import Producer, events_of, free_port, group_state, wait_until
 
 STREAM = "exp/1/det"
 
@@ -57,3 +62,53 @@ def test_a_short_cut_costs_one_rejoin_and_reaches_no_second_application(make_ser
     assert a.stats.duplicates == 0
     state = group_state(service.endpoint, "workers")
     assert (state["committed"], state["held_members"], state["redelivered"]) == (12, 0, 0)
+
+
+def test_a_stream_opened_anew_after_a_buffer_restart_is_read_from_its_first_offset(make_service: Any) -> None:
+    endpoint = f"tcp://127.0.0.1:{free_port()}"
+    before = make_service(bind=endpoint)
+    first_run = Producer(endpoint, STREAM)
+    first_run.start()
+    first_run.frames(5)
+    sub = subscribe(endpoint, STREAM, group="workers", credit=4, timeout_s=15, heartbeat_s=0.05)
+    assert events_of([next(sub) for _ in range(6)]) == [0, 1, 2, 3, 4]  # start, then offsets 0-4
+    first_run.close()
+    before.stop()  # a memory stream: gone with the buffer
+    after = make_service(bind=endpoint)
+    second_run = Producer(endpoint, STREAM)
+    second_run.events = 100  # its frames are told apart by their event numbers; their offsets are 0-5 again
+    second_run.start()
+    second_run.frames(6)
+    second_run.end()
+    second_run.close()
+    rest = list(sub)
+    assert events_of(rest) == [100, 101, 102, 103, 104, 105]  # not dropped as offsets already seen
+    assert sub.stats.rejoins == 1 and sub.stats.duplicates == 0 and isinstance(rest[-1], EndMessage)
+    wait_until(lambda: group_state(after.endpoint, "workers").get("committed") == 6, what="every new frame acked")
+
+
+def test_acks_carry_the_epoch_of_the_start_message() -> None:
+    buffer = zmq.Context.instance().socket(zmq.ROUTER)  # a bare peer in the buffer's place: it sees the wire as is
+    buffer.setsockopt(zmq.LINGER, 0)
+    port = buffer.bind_to_random_port("tcp://127.0.0.1")
+
+    def receive(command: bytes) -> tuple[bytes, dict[str, Any]]:
+        while True:
+            assert buffer.poll(5000), f"no {command!r} from the subscription"
+            peer, envelope = buffer.recv_multipart()[:2]
+            got, header = P.open_envelope(envelope)
+            if got == command:
+                return peer, header
+
+    sub = subscribe(f"tcp://127.0.0.1:{port}", STREAM, credit=4, decode=False, timeout_s=5)
+    try:
+        peer, _ = receive(P.SUB)
+        buffer.send_multipart([peer, P.envelope(P.START, {"s": STREAM, "g": "default", "z": "msgpack", "e": 7}), b""])
+        buffer.send_multipart([peer, P.envelope(P.MSG, {"o": 0, "q": 0, "k": "event", "h": 1}), b"frame"])
+        assert next(sub).kind == "start" and next(sub).offset == 0
+        sub.commit()
+        _, header = receive(P.CRED)
+        assert (header["a"], header["c"], header["e"]) == ([0], 1, 7)
+    finally:
+        sub.close()
+        buffer.close()
