@@ -60,6 +60,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 STOPPED = "stopped"
+EMBEDDED_STATS_AGE_S = 1.0  # the embedded buffer's stats() is its snapshot of the last second
 INTERRUPTED = "interrupted"  # the API stopped while the pool ran: its workers were cancelled; a restart resumes it
 
 
@@ -259,6 +260,7 @@ class PoolManager:
                 job_prefix=f"s{stream.id[:8]}",
                 environment=environment,
                 on_event=lambda event, sid=stream.id: self._record(sid, event),
+                reading_max_age_s=self._reading_max_age_s(spec),
             )
             pools[request.name] = RunningPool(elastic)
         with self._lock:
@@ -284,6 +286,11 @@ class PoolManager:
             return address, Credentials.token(user, password)
         assert self.link.server_public_key is not None
         return address, Credentials.curve(self.link.server_public_key, public, secret)
+
+    def _reading_max_age_s(self, spec: WorkerPool) -> float:
+        """How old a lag reading can be: the embedded buffer's stats are a snapshot taken once a second."""
+        embedded = self.link is not None and self.link.embedded
+        return (EMBEDDED_STATS_AGE_S if embedded else 0.0) + spec.interval_s
 
     def _lag_reader(self, address: str, group: str) -> Callable[[], LagReading | None]:
         link = self.link

@@ -212,6 +212,9 @@ class ElasticPool:
     ``endpoint`` and ``stream`` fill the command's placeholders; ``workdir`` is each worker's working directory
     (logs: ``<workdir>/<job name>.log``); ``job_prefix`` starts every job name (e.g. ``stream-1a2b3c4d``).
     ``clock`` (monotonic seconds) is injectable so that tests decide cooldowns, not the wall clock.
+    ``reading_max_age_s``: how old a lag reading may be (the embedded buffer's stats are a snapshot of the last
+    second). A worker that ends on its own has normally seen its group's end; for that long after, the pool does
+    not start workers to keep ``min_workers`` on the strength of a reading that may predate the worker's last acks.
     """
 
     def __init__(
@@ -227,6 +230,7 @@ class ElasticPool:
         environment: dict[str, str] | None = None,
         on_event: Callable[[PoolEvent], None] | None = None,
         clock: Callable[[], float] = time.monotonic,
+        reading_max_age_s: float = 0.0,
     ) -> None:
         self.pool = pool
         self.backend = backend
@@ -238,6 +242,7 @@ class ElasticPool:
         self.environment = dict(environment or {})
         self.on_event = on_event
         self.clock = clock
+        self.reading_max_age_s = reading_max_age_s
         self.workers: list[Worker] = []  # live ones, oldest first
         self.started: list[Worker] = []  # every worker the pool started (for logs, and to check on them)
         self.failures = 0
@@ -254,6 +259,7 @@ class ElasticPool:
         self._drained_at: float | None = None
         self._gave_up = False
         self._last_reading: LagReading | None = None
+        self._completed_at: float | None = None  # when a worker last ended on its own (completed)
 
     # --- what others read ------------------------------------------------------------------------------------
 
@@ -275,7 +281,12 @@ class ElasticPool:
             before = self._emitted
             now = self.clock()
             reading = self._read()
-            self._reap(reading)
+            if self._reap(reading):
+                # a worker that ended on its own has usually seen the group's end: the reading taken before may
+                # predate its last acks, and would have the minimum kept with workers that get nothing to do
+                self._completed_at = now
+                if reading is None or not reading.drained:
+                    reading = self._read()
             if reading is not None and reading.drained:
                 self._finish(reading, now)
             else:
@@ -327,8 +338,10 @@ class ElasticPool:
         self._last_reading = reading
         return reading
 
-    def _reap(self, reading: LagReading | None) -> None:
-        """Forget workers that ended; replace the ones that failed while there is work left."""
+    def _reap(self, reading: LagReading | None) -> int:
+        """Forget workers that ended; replace the ones that failed while there is work left. Returns how many ended
+        on their own (completed)."""
+        completed = 0
         for worker in list(self.workers):
             try:
                 status = self.backend.status(worker.job_id)
@@ -349,7 +362,9 @@ class ElasticPool:
                     continue
                 self._start_workers(1, "replace", reading, detail)
             else:
+                completed += status.state == JobState.COMPLETED
                 self._emit("worker-ended", reading, detail)
+        return completed
 
     def _give_up(self, reading: LagReading | None, detail: str) -> None:
         if not self._gave_up:
@@ -360,6 +375,8 @@ class ElasticPool:
         missing = self.pool.min_workers - len(self.workers)
         if missing <= 0 or self._gave_up:
             return
+        if self._completed_at is not None and now - self._completed_at < self.reading_max_age_s:
+            return  # a worker just ended on its own: wait for a reading that is newer than its end
         if self._start_workers(missing, "start-worker", reading, f"keeping at least {self.pool.min_workers}"):
             self._last_change = now
 
