@@ -12,9 +12,10 @@ skips what a slow group has not read, and more workers would not change what get
 per requested pool, on the stream's job backend, once the stream is ``streaming`` (or, should it have ended before
 the launcher looked, once it ``completed``: its data waits in the buffer). Each pool reads its group's lag with the
 API's admin access (the embedded buffer's own stats, or the control link to an external buffer). The workers read
-with a credential made for them when the pools start (granted as a consumer of the stream in the buffer, passed in
-their environment, never on a command line; withdrawn when the pools end). Every decision is stored
-(``stream_pool_events``) and served by ``GET /v1/streams/{id}/pools`` and the stream's event feed.
+with a credential made for them when the pools start (granted as a consumer of the stream in the buffer, passed as
+the job's secret ``PHOTONSTREAM_BUFFER_CREDENTIALS``: a 0600 file the job's environment names, never its command
+line, environment or stored spec, see ``photonstream.job_secrets``; withdrawn when the pools end). Every decision
+is stored (``stream_pool_events``) and served by ``GET /v1/streams/{id}/pools`` and the stream's event feed.
 
 When the stream ends: cancelled or failed → the workers are cancelled at once; completed → the pool stops on its
 own once the group drained (after ``stop_grace_s``), or after ``pool_drain_timeout_s`` whatever the buffer says.
@@ -233,8 +234,7 @@ class PoolManager:
         address = stream.data_endpoint["streams"][0]
         endpoint, credentials = self._worker_credential(stream)
         environment = {"PHOTONSTREAM_STREAM_ID": stream.id}
-        if credentials is not None:
-            environment[CREDENTIALS_ENV] = credentials.to_json()
+        secrets = {CREDENTIALS_ENV: credentials.to_json()} if credentials is not None else {}
         workdir = Path(stream.workdir or self.settings.workdirs / stream.id) / "pools"
         workdir.mkdir(parents=True, exist_ok=True)
         kinds = merged_worker_kinds(self.settings.worker_kinds)
@@ -259,6 +259,7 @@ class PoolManager:
                 workdir=workdir,
                 job_prefix=f"s{stream.id[:8]}",
                 environment=environment,
+                secrets=secrets,
                 on_event=lambda event, sid=stream.id: self._record(sid, event),
                 reading_max_age_s=self._reading_max_age_s(spec),
             )

@@ -5,8 +5,8 @@ of the built-in ones below) and fills the kind's declared options, each checked 
 catalog's argv template may use the pool placeholders ({endpoint} {stream} {group} {pool} {worker} {index}, filled
 per worker by ``photonstream.jobs.elastic``), the kind's options, and ``{photonstream}`` as a whole argument (the
 service's ``run_command``). Values go in as single argv elements (no shell), and the default pattern refuses
-anything that could read as a flag. The buffer credential reaches a worker through its environment
-(``PHOTONSTREAM_BUFFER_CREDENTIALS``), never its command line.
+anything that could read as a flag. The buffer credential reaches a worker as its job secret
+``PHOTONSTREAM_BUFFER_CREDENTIALS`` (``photonstream.job_secrets``: a 0600 file), never its command line.
 """
 
 from __future__ import annotations

@@ -228,6 +228,7 @@ class ElasticPool:
         workdir: str | Path,
         job_prefix: str = "pool",
         environment: dict[str, str] | None = None,
+        secrets: dict[str, str] | None = None,
         on_event: Callable[[PoolEvent], None] | None = None,
         clock: Callable[[], float] = time.monotonic,
         reading_max_age_s: float = 0.0,
@@ -240,6 +241,7 @@ class ElasticPool:
         self.workdir = str(workdir)
         self.job_prefix = job_prefix
         self.environment = dict(environment or {})
+        self.secrets = dict(secrets or {})  # each worker's JobSpec.secrets (a 0600 file, never its environment)
         self.on_event = on_event
         self.clock = clock
         self.reading_max_age_s = reading_max_age_s
@@ -462,6 +464,7 @@ class ElasticPool:
                     "PHOTONSTREAM_POOL": self.pool.name,
                     "PHOTONSTREAM_WORKER": name,
                 },
+                secrets=self.secrets,
                 workdir=self.workdir,
             )
             job_id = self.backend.submit(spec)

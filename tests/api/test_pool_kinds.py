@@ -1,9 +1,11 @@
 """The built-in worker kinds (``pull``, ``xtal``, ``tof``) end to end through the API: a stream request with a pool
 of each, the embedded CURVE buffer, real local jobs, the launcher stepped by hand. The workers read with the
-credential the pool hands them in $PHOTONSTREAM_BUFFER_CREDENTIALS (nothing else would let them into the buffer),
-so these tests also cover that fallback of ``photonstream consume``, ``photonstream xtal worker`` and
-``photonstream tof``. Each checks numbers against what the source made: every frame of the lossless group handled
-once across the workers, true hits indexed, m/q peaks at the configured species, results in the API."""
+credential the pool hands them as the job secret PHOTONSTREAM_BUFFER_CREDENTIALS (a 0600 file their environment
+names; nothing else would let them into the buffer), so these tests cover that fallback of ``photonstream consume``,
+``photonstream xtal worker`` and ``photonstream tof``; the pull test also runs ``consume`` with the credential in
+the environment variable itself, and without it. Each checks numbers against what the source made: every frame
+of the lossless group handled once across the workers, true hits indexed, m/q peaks at the configured species,
+results in the API."""
 
 from __future__ import annotations
 
@@ -116,6 +118,9 @@ def test_a_pull_pool_reads_every_frame_of_its_group_once(kinds_api: ApiHarness) 
     assert all(s["redelivered"] == 0 and s["duplicates_dropped"] == 0 for s in summaries), summaries  # ... once
     group = kinds_api.services().launcher.link.stats()["streams"][address]["groups"]["workers"]
     assert group["lag"] == 0, group
+    workdir = Path(kinds_api.services().streams.get(stream_id).workdir) / "pools"
+    left = [path.name for path in workdir.iterdir() if "secret_key" in path.read_text(errors="replace")]
+    assert left == [], left  # the workers' secrets file is gone with them, and no log shows the credential
 
     # the same fallback by hand: the stream's consumer credential in the environment reads the other group; without
     # it the CURVE buffer never answers and consume says so
