@@ -20,6 +20,7 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from photonstream.api import ui
+from photonstream.api.auth.ca import format_serial
 from photonstream.api.auth.certificates import CertificateVerifier
 from photonstream.api.auth.principal import Authenticator
 from photonstream.api.auth.tokens import OwnIssuerKeys, TokenVerifier
@@ -205,6 +206,13 @@ def build_services(settings: ApiSettings, backends: dict[str, JobBackend] | None
     stream_store = StreamStore(db)
     reports = ReportStore(db)
     link = BufferLink(settings, reports)
+    if certificates is not None:  # `photonstream ca revoke` writes only the CRL: its streams lose their grants too
+        verifier = certificates
+
+        def revoked_on_the_crl() -> frozenset[tuple[str, str]]:
+            return frozenset(("certificate", format_serial(n)) for n in verifier.revoked_serials())
+
+        link.revoked_elsewhere = revoked_on_the_crl
     pool = Backends(settings, backends)
     return Services(
         settings=settings,

@@ -30,7 +30,7 @@ import logging
 import threading
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import msgpack
@@ -43,7 +43,7 @@ from photonstream.errors import ConfigError, PhotonstreamError
 from photonstream.frames import Message
 from photonstream.store.ends import BufferEndStore
 from photonstream.store.models import Stream, StreamSecret, utcnow
-from photonstream.store.reports import ReportStore
+from photonstream.store.reports import ReportStore, Revoked
 
 log = logging.getLogger("photonstream.api.buffer")
 
@@ -141,6 +141,8 @@ class BufferLink:
         self.reports = reports
         self.ends = BufferEndStore(reports.db)
         self._ends_told = ""  # the buffer instance last told every recent end (sync)
+        # credentials revoked outside the database (the CA's CRL, ``photonstream ca revoke``): set by the app
+        self.revoked_elsewhere: Callable[[], Revoked] = frozenset
         self.service: Any = None  # the embedded BufferService once started
         self.keys_dir = settings.resolved_buffer_keys_dir
         self.embedded = settings.buffer == "embedded"
@@ -294,7 +296,7 @@ class BufferLink:
 
     def register(self, stream_id: str) -> None:
         """Grant a stream's credentials in the buffer now (raises BufferUnavailableError when it does not answer)."""
-        row = self.reports.access_row(stream_id)
+        row = self.reports.access_row(stream_id, self.revoked_elsewhere())
         if row is not None:
             self._apply("register", [access_entry(*row)])
 
@@ -302,7 +304,8 @@ class BufferLink:
         """Re-send every grant; to a buffer instance not told yet (restarted), also every end of the last
         ``buffer_grant_keep_s``, so that consumers subscribing there get them."""
         keep = dt.timedelta(seconds=self.settings.buffer_grant_keep_s)
-        entries = [access_entry(stream, secret) for stream, secret in self.reports.access_rows(utcnow() - keep)]
+        rows = self.reports.access_rows(utcnow() - keep, self.revoked_elsewhere())
+        entries = [access_entry(stream, secret) for stream, secret in rows]
         instance = self._apply("sync", entries)
         if self.embedded and self.service is None:
             return

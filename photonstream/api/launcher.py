@@ -60,6 +60,7 @@ log = logging.getLogger(__name__)
 JOB_LOG = "job.log"
 ENDS_RETRY_S = 10.0  # how often ends the buffer did not take are offered again
 ACTOR = "launcher"
+REVOKED_OWNER = "cancelled: the credential that created it was revoked, or its owner disabled"
 
 
 def make_backend(name: str, settings: ApiSettings) -> JobBackend:
@@ -156,7 +157,11 @@ class Launcher:
                         break
             except Exception:
                 log.exception("launcher: buffer ends")
-        for stream in self.streams.active():
+        active = self.streams.active()
+        gone = self._cancel_streams_of_revoked_owners(active)
+        for stream in active:
+            if stream.id in gone:
+                continue
             try:
                 if stream.state == StreamState.QUEUED:
                     self.launch(stream)
@@ -327,11 +332,11 @@ class Launcher:
 
     # --- user actions ---------------------------------------------------------------------------------------
 
-    def cancel(self, stream: Stream, actor: str) -> tuple[Stream, str]:
+    def cancel(self, stream: Stream, actor: str, why: str = "") -> tuple[Stream, str]:
         """Cancel a stream: its state first (so it is never launched), then its job. Returns (stream, job note)."""
         if StreamState(stream.state).finished:
             raise IllegalTransitionError(f"stream {stream.id} already ended ({stream.state})")
-        cancelled = self.streams.transition(stream.id, StreamState.CANCELLED, f"cancelled by {actor}", actor)
+        cancelled = self.streams.transition(stream.id, StreamState.CANCELLED, why or f"cancelled by {actor}", actor)
         self.pools.stop_stream(stream.id, f"stream cancelled by {actor}")
         note = ""
         if cancelled.job_id:
@@ -341,8 +346,34 @@ class Launcher:
                 note = f"the job backend could not cancel job {cancelled.job_id}: {exc}"
                 log.warning("stream %s: %s", stream.id, note)
         self._discard_secrets(cancelled)
-        self._end_in_buffer(cancelled, f"cancelled by {actor}")  # after the job: it may not write any more
+        self._end_in_buffer(cancelled, why or f"cancelled by {actor}")  # after the job: it may not write any more
         return cancelled, note
+
+    def _cancel_streams_of_revoked_owners(self, active: list[Stream]) -> set[str]:
+        """Cancel the active streams whose owner no longer holds (the credential that created the stream revoked,
+        in the database or on the CA's CRL, or the owner disabled). Their grants are withdrawn first, so consumers
+        reading them are dropped at once; the job is stopped rather than left to fail on its refused producer."""
+        try:
+            revoked_elsewhere = self.link.revoked_elsewhere() if self.link is not None else frozenset()
+        except PhotonstreamError as exc:  # a CRL that does not verify: the database's revocations still count
+            log.warning("launcher: the CA's revocation list was not read: %s", exc)
+            revoked_elsewhere = frozenset()
+        gone = self.reports.owner_gone(active, revoked_elsewhere)
+        if not gone:
+            return set()
+        if self.link is not None:
+            try:
+                self.link.sync()
+            except (PhotonstreamError, zmq.ZMQError) as exc:
+                log.warning("launcher: grants of revoked owners not withdrawn yet (the next sync will): %s", exc)
+        for stream in gone:
+            try:
+                self.cancel(stream, ACTOR, REVOKED_OWNER)
+            except IllegalTransitionError:
+                pass  # cancelled or finished meanwhile
+            except Exception:
+                log.exception("launcher: cancelling stream %s of a revoked owner", stream.id)
+        return {stream.id for stream in gone}
 
     # --- ends in the buffer ---------------------------------------------------------------------------------
 

@@ -26,6 +26,8 @@ from photonstream.store.models import (
     utcnow,
 )
 
+Revoked = frozenset[tuple[str, str]]  # (kind, credential id) pairs revoked outside the database (the CA's CRL)
+
 
 class ReportStore:
     def __init__(self, db: Database) -> None:
@@ -92,18 +94,22 @@ class ReportStore:
             )
             return result.rowcount == 1  # type: ignore[attr-defined]
 
-    def access_row(self, stream_id: str) -> tuple[Stream, StreamSecret] | None:
+    def access_row(
+        self, stream_id: str, revoked_elsewhere: Revoked = frozenset()
+    ) -> tuple[Stream, StreamSecret] | None:
         with self.db.session() as session:
             row = session.execute(
                 select(Stream, StreamSecret)
                 .join(StreamSecret, StreamSecret.stream_id == Stream.id)
                 .where(Stream.id == stream_id)
             ).first()
-            if row is None or not _owner_holds(session, [row[0]]):
+            if row is None or not _owner_holds(session, [row[0]], revoked_elsewhere):
                 return None
         return row[0], row[1]
 
-    def access_rows(self, finished_after: dt.datetime) -> list[tuple[Stream, StreamSecret]]:
+    def access_rows(
+        self, finished_after: dt.datetime, revoked_elsewhere: Revoked = frozenset()
+    ) -> list[tuple[Stream, StreamSecret]]:
         """Streams whose data the buffer may still hold (active, or finished after ``finished_after``) with their
         secrets: what the buffer's grants are made of."""
         with self.db.session() as session:
@@ -112,8 +118,14 @@ class ReportStore:
                 .join(StreamSecret, StreamSecret.stream_id == Stream.id)
                 .where((Stream.finished_at.is_(None)) | (Stream.finished_at > finished_after))
             ).all()
-            holding = _owner_holds(session, [stream for stream, _ in rows])
+            holding = _owner_holds(session, [stream for stream, _ in rows], revoked_elsewhere)
         return [(stream, secret) for stream, secret in rows if stream.id in holding]
+
+    def owner_gone(self, streams: list[Stream], revoked_elsewhere: Revoked = frozenset()) -> list[Stream]:
+        """The streams whose owner no longer holds: disabled, or the credential that created it revoked."""
+        with self.db.session() as session:
+            holding = _owner_holds(session, streams, revoked_elsewhere)
+        return [stream for stream in streams if stream.id not in holding]
 
     # -- progress ----------------------------------------------------------------------------------------------
     def save_progress(self, stream_id: str, address: str, phase: str, report: dict[str, Any]) -> StreamProgress:
@@ -191,12 +203,13 @@ class ReportStore:
         return int(value or 0)
 
 
-def _owner_holds(session: Any, streams: list[Stream]) -> set[str]:
+def _owner_holds(session: Any, streams: list[Stream], revoked_elsewhere: Revoked = frozenset()) -> set[str]:
     """Ids of the streams whose owner still holds: not disabled, and the credential that created the stream not
-    revoked. A stream of a revoked owner loses its buffer grants: its consumers read nothing more."""
+    revoked (in the database, or in ``revoked_elsewhere``: the CA's CRL). A stream of a revoked owner loses its
+    buffer grants: its consumers read nothing more."""
     if not streams:
         return set()
-    revoked = {(r.kind, r.credential_id) for r in session.scalars(select(RevokedCredential))}
+    revoked = {(r.kind, r.credential_id) for r in session.scalars(select(RevokedCredential))} | revoked_elsewhere
     disabled = set(session.scalars(select(Identity.name).where(Identity.disabled.is_(True))))
     holding = set()
     for stream in streams:
