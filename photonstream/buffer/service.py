@@ -1184,7 +1184,10 @@ class BufferService:
                 self._send_calibrations(stream, group, upto=offset)
                 try:
                     frames = log.payload(record)
-                except (OSError, KeyError):
+                except (OSError, KeyError) as exc:  # gone from memory, or its segment cannot be read
+                    logging.getLogger("photonstream.buffer").warning(  # ``log`` is the stream's here
+                        "buffer: %s offset %d lost for group %s: %s", log.address, offset, group.name, exc
+                    )
                     group.lost(member, offset)
                     continue
                 header = {"o": offset, "q": record.seq, "k": record.kind, "h": log.head, "x": group.skipped}

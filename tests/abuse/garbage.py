@@ -20,8 +20,8 @@ HOSTILE_VALUES: list[Any] = [
 ]  # fmt: skip
 HEADER_KEYS = {
     P.PUB: ["s", "k", "n", "q", "p", "d", "z"],
-    P.SUB: ["s", "g", "pol", "st", "c", "m"],
-    P.CRED: ["c", "a"],
+    P.SUB: ["s", "g", "pol", "st", "c", "m", "i", "e", "a"],
+    P.CRED: ["c", "a", "e"],
     P.RES: ["s", "t", "g", "w", "f", "n"],
     P.RESULTS: ["after", "limit"],
     P.ACL: ["op"],

@@ -112,3 +112,21 @@ def test_figures_add_up_after_a_send_to_a_gone_member_failed(make_service: Any) 
     figures = group_accounting(stream, stream["groups"]["workers"])
     assert figures["in"] == produced == figures["out"] and figures["held"] == figures["skipped"] == 0, figures
     assert figures["redelivered"] >= 4  # a's frames 0-3 (and any sent before the buffer saw it go), sent again
+
+
+@pytest.mark.parametrize("policy", ["lossless", "latest"])
+def test_a_picked_message_gone_from_the_log_counts_as_expired_not_delivered(policy: str) -> None:
+    group = group_of(policy, 3)
+    group.join(b"a1", "a", 1, now=0.0, incarnation="s1", principal="p")
+    pick = group.next_delivery(0.0, ACK_TIMEOUT)
+    assert pick is not None
+    member, offset = pick
+    group.lost(member, offset)  # what the service does when the log no longer has the payload
+    assert (group.delivered, group.expired, member.credit) == (0, 1, 1) and adds_up(group)
+    assert not group.inflight
+    if policy == "lossless":  # settled: nobody can have it, and the group does not wait for it
+        assert group.committed == 1
+        pick = group.next_delivery(0.0, ACK_TIMEOUT)
+        assert pick is not None and pick[1] == 1
+    else:  # latest had picked the newest: nothing is left to send
+        assert offset == 2 and group.next_delivery(0.0, ACK_TIMEOUT) is None
