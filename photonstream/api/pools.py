@@ -20,20 +20,29 @@ is stored (``stream_pool_events``) and served by ``GET /v1/streams/{id}/pools`` 
 When the stream ends: cancelled or failed → the workers are cancelled at once; completed → the pool stops on its
 own once the group drained (after ``stop_grace_s``), or after ``pool_drain_timeout_s`` whatever the buffer says.
 
-Across an API restart nothing of a pool survives but its events. A pool lives in one API process; when the API
-stops, its pools cancel their workers (recorded as ``interrupted``). On its first pass a (re)started API cancels
-the leftover worker jobs of every pool whose last event is not ``stopped`` (an API that was killed left them
-running), records ``stopped``, and starts fresh pools (with a fresh credential) for those streams still streaming,
-or completed within the drain timeout. In a lossless group no frame is lost by this: what a cancelled worker had
-not acked goes back to the group. One API process with the launcher on per database: two would each run pools.
+One API process runs the pools of every stream on a database: the holder of the lease ``pools``
+(``photonstream.store.leases``), which its launcher claims on every pass for ``pool_lease_s`` more. Another API
+process with the launcher on the same database runs none while the lease is held, and takes the pools over on its
+first pass after the lease expired (its holder was killed, hung, or lost the database). A holder's pool threads stop
+watching by themselves once its lease has run out unrenewed (leaving the workers: the next holder cancels them).
+
+Across a change of holder, or an API restart, nothing of a pool survives but its events. When the API stops, its
+pools cancel their workers (recorded as ``interrupted``) and it gives the lease up. On its first pass as holder an
+API cancels the leftover worker jobs of every pool whose last event is not ``stopped`` (a killed or superseded
+holder left them running), records ``stopped``, and starts fresh pools (with a fresh credential) for those streams
+still streaming, or completed within the drain timeout. In a lossless group no frame is lost by this: what a
+cancelled worker had not acked goes back to the group.
 """
 
 from __future__ import annotations
 
 import datetime as dt
 import logging
+import os
 import re
+import socket
 import threading
+import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -46,6 +55,7 @@ from photonstream.api.worker_kinds import WorkerKind, merged_worker_kinds
 from photonstream.buffer.credentials import CREDENTIALS_ENV, Credentials, new_token_secret, token_hash
 from photonstream.errors import ConfigError, PhotonstreamError
 from photonstream.jobs.elastic import ElasticPool, LagReading, PoolEvent, WorkerPool, reading_from_stats
+from photonstream.store.leases import Claim, LeaseStore
 from photonstream.store.models import Stream, utcnow
 from photonstream.store.pools import PoolEventStore
 from photonstream.store.streams import StreamState, StreamStore
@@ -62,6 +72,8 @@ log = logging.getLogger(__name__)
 
 STOPPED = "stopped"
 EMBEDDED_STATS_AGE_S = 1.0  # the embedded buffer's stats() is its snapshot of the last second
+LEASE = "pools"
+LEASE_MARGIN = 0.1  # a holder's pools stop watching this fraction of pool_lease_s before the lease runs out
 INTERRUPTED = "interrupted"  # the API stopped while the pool ran: its workers were cancelled; a restart resumes it
 
 
@@ -174,7 +186,10 @@ class PoolManager:
         self.link = link
         self.reports = reports
         self.events = PoolEventStore(streams.db)
+        self.leases = LeaseStore(streams.db)
+        self.owner = f"{socket.gethostname()[:64]}:{os.getpid()}:{uuid.uuid4().hex[:12]}"
         self.clock = clock
+        self._lease_until: dt.datetime | None = None  # while this process holds the lease (its watch ends sooner)
         self._running: dict[str, dict[str, RunningPool]] = {}  # stream id → pool name → pool
         self._watch: set[str] = set()  # streams with pools seen active (or left over): start them if they end early
         self._finished: set[str] = set()  # streams whose pools ran and ended here
@@ -185,6 +200,8 @@ class PoolManager:
     # --- the pass ------------------------------------------------------------------------------------------
 
     def reconcile(self) -> None:
+        if not self._hold_lease():
+            return
         if not self._leftovers_done:
             self._cancel_leftovers()
             self._leftovers_done = True
@@ -196,6 +213,41 @@ class PoolManager:
                 self._follow(stream_id)
             except Exception:
                 log.exception("pools of stream %s", stream_id)
+
+    def _hold_lease(self) -> bool:
+        """Claim (or renew) the lease; a new tenure starts with the restart rule. False while another holds it."""
+        now = self.clock()
+        try:
+            claim = self.leases.claim(LEASE, self.owner, self.settings.pool_lease_s, now)
+        except Exception:  # the database away: the lease runs out, and the pools with it
+            log.exception("pools: cannot claim the lease")
+            return self.holds_lease()
+        lapsed = self._lease_until is None or now >= self._lease_until
+        if claim is None:
+            if self._lease_until is not None:
+                holder = self.leases.holder(LEASE)
+                log.warning("pools: the lease went to %s; leaving the pools to it", holder.owner if holder else "?")
+                self._end_tenure()
+            return False
+        if lapsed or not claim.renewed:
+            self._begin_tenure(claim)
+        self._lease_until = claim.expires_at - dt.timedelta(seconds=LEASE_MARGIN * self.settings.pool_lease_s)
+        return True
+
+    def _begin_tenure(self, claim: Claim) -> None:
+        self._end_tenure()  # whatever this process still watched from a lapsed tenure is a leftover now
+        self._leftovers_done = False
+        log.info("pools: %s holds the lease%s", self.owner,
+                 f" (taken over from {claim.previous_owner})" if claim.previous_owner else "")  # fmt: skip
+
+    def _end_tenure(self) -> None:
+        self._lease_until = None
+        self.halt_without_cancelling()
+
+    def holds_lease(self) -> bool:
+        """Whether this process still holds the pools' lease (as of its last renewal)."""
+        until = self._lease_until
+        return until is not None and self.clock() < until
 
     def _follow(self, stream_id: str) -> None:
         stream = self.streams.get(stream_id)
@@ -306,6 +358,9 @@ class PoolManager:
     def _run(self, running: RunningPool) -> None:
         pool = running.elastic
         while not running.halt.is_set() and not pool.done:
+            if not self.holds_lease():  # not renewed in time: another API process may be running the pools now
+                log.warning("pool %s: the lease ran out; no longer watching its workers", pool.pool.name)
+                return
             try:
                 pool.tick()
             except Exception as error:  # one bad decision must not end the watch over the workers
@@ -369,6 +424,12 @@ class PoolManager:
             threads = [r.thread for pools in self._running.values() for r in pools.values() if r.thread is not None]
         for thread in threads:
             thread.join(timeout=10)
+        if self._lease_until is not None:
+            self._lease_until = None
+            try:
+                self.leases.release(LEASE, self.owner)
+            except Exception:  # it runs out by itself
+                log.exception("pools: cannot give the lease up")
 
     def halt_without_cancelling(self) -> None:
         """Stop watching every pool and leave its workers running: what a killed API process leaves behind."""

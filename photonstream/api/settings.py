@@ -129,6 +129,12 @@ class ApiSettings(BaseModel):
     pool_drain_timeout_s: float = Field(
         3600.0, gt=0, description="pools of a completed stream whose group has not drained this long are stopped"
     )
+    pool_lease_s: float = Field(
+        30.0,
+        gt=0,
+        description="the lease of the API process running the pools, renewed by its launcher's passes: another "
+        "API process on the database takes the pools over once it expired (longer than launcher_interval_s)",
+    )
 
     max_body_bytes: int = Field(1 << 20, ge=1024, description="larger request bodies are refused (413)")
     max_active_streams_per_user: int | None = Field(
@@ -148,6 +154,11 @@ class ApiSettings(BaseModel):
             raise ValueError(f"job_backend {self.job_backend!r} must be one of job_backends {self.job_backends}")
         if self.oidc_jwks_url and not self.oidc_issuer:
             raise ValueError("oidc_issuer is needed with oidc_jwks_url")
+        if self.pool_lease_s <= 2 * self.launcher_interval_s:
+            raise ValueError(
+                f"pool_lease_s ({self.pool_lease_s:g}) must exceed two launcher passes "
+                f"(launcher_interval_s {self.launcher_interval_s:g}): the owner renews it on each pass"
+            )
         if self.client_certificates == "off" and not self.tokens:
             raise ValueError("client_certificates is off and tokens are off: nobody could authenticate")
         if "buffer_endpoint" in self.model_fields_set and "buffer" not in self.model_fields_set:

@@ -266,3 +266,15 @@ class StreamBufferEnd(Base):
     addresses: Mapped[list[str]] = mapped_column(JSON)
     recorded_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, index=True)
     delivered_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime, nullable=True, index=True)
+
+
+class PoolLease(Base):
+    """Which API process runs the elastic worker pools of every stream on this database, until when: renewed by its
+    launcher's passes, taken over by another once it expired (``photonstream.store.leases``)."""
+
+    __tablename__ = "pool_leases"
+
+    name: Mapped[str] = mapped_column(String(32), primary_key=True)  # "pools": one lease for all of them
+    owner: Mapped[str] = mapped_column(String(128))  # host:pid:random of the API process holding it
+    acquired_at: Mapped[dt.datetime] = mapped_column(UTCDateTime)  # when this owner took it
+    expires_at: Mapped[dt.datetime] = mapped_column(UTCDateTime)

@@ -23,6 +23,7 @@ from tests.store.databases import DatabaseSpec
 
 WORKER = Path(__file__).parents[1] / "jobs" / "elastic_worker.py"
 PATIENCE_S = 60.0
+LEASE_S = 2.0  # short, so that a second API takes the pools over soon after the first stopped renewing
 __all__ = ["slurm_cluster"]
 
 
@@ -46,7 +47,7 @@ def make_api(pki: Pki, tmp_path: Path, **settings: Any) -> ApiHarness:
         local_max_concurrent=8,
         run_command=[sys.executable, "-m", "photonstream"],
         worker_kinds={"slow": slow_kind(tmp_path / "out")},
-        **settings,
+        **{"launcher_interval_s": 0.2, "pool_lease_s": LEASE_S, **settings},
     )
     harness.services().launcher.link.start()
     harness._spec = spec  # type: ignore[attr-defined]
@@ -225,6 +226,76 @@ def test_a_restarted_api_cancels_the_workers_a_killed_one_left_and_starts_the_po
     finally:
         restarted.launcher.stop()
         restarted.launcher.link.stop()
+
+
+def test_two_apis_on_one_database_run_a_pool_once_and_the_second_takes_it_over_when_the_lease_lapses(
+    pool_api: ApiHarness,
+) -> None:
+    first = pool_api.services()
+    second_app = pool_api.new_app()  # a second API process on the same database and state, the launcher on
+    second = pool_api.services(second_app)
+    second.launcher.link = second.launcher.pools.link = first.launcher.link  # and the same (embedded) buffer
+    managers = {"first": first.launcher.pools, "second": second.launcher.pools}
+    launchers = {"first": first.launcher, "second": second.launcher}
+    backend = first.backends.get("local")
+    try:
+        stream_id = create(pool_api, 100_000, 5.0, min_workers=1, max_workers=2)
+
+        def step_while(condition: Callable[[], bool], what: str, stepping: tuple[str, ...]) -> None:
+            deadline = time.monotonic() + PATIENCE_S
+            while condition():
+                for name in stepping:
+                    launchers[name].step()
+                assert time.monotonic() < deadline, f"still waiting for {what}"
+                time.sleep(0.1)
+
+        def running_worker(name: str) -> str | None:
+            jobs = managers[name].live_workers(stream_id).get("slow", [])
+            return next((job for job in jobs if backend.status(job).state == JobState.RUNNING), None)
+
+        step_while(lambda: running_worker("first") is None, "the first API's worker", ("first", "second"))
+        until = time.monotonic() + 2 * LEASE_S  # both keep stepping, past a whole lease: the second stays out
+        step_while(lambda: time.monotonic() < until, "two leases' time", ("first", "second"))
+        assert managers["second"].live_workers(stream_id) == {} and not managers["second"].holds_lease()
+        (old_job,) = worker_jobs = {job for event in pools_of(pool_api, stream_id)["events"] for job in event["jobs"]}
+        assert worker_jobs == set(managers["first"].live_workers(stream_id)["slow"])
+        holder = managers["first"].leases.holder("pools")
+        assert holder is not None and holder.owner == managers["first"].owner
+        old_group = backend.process_group(old_job)
+        assert old_group is not None
+
+        # the first API stops renewing (its launcher hangs): its pool stops watching by itself once the lease runs
+        # out, and the second takes over: cancels the worker it left and starts the pool again
+        step_while(lambda: running_worker("second") is None, "the second API's worker", ("second",))
+        assert not managers["first"].holds_lease()
+        threads = [r.thread for r in managers["first"]._running.get(stream_id, {}).values()]
+        assert threads and not any(thread is not None and thread.is_alive() for thread in threads)
+        assert backend.status(old_job).state == JobState.CANCELLED
+        step_while(lambda: not group_gone(old_group), "the first API's worker processes to be gone", ())
+        events = pools_of(pool_api, stream_id)["events"]
+        takeover = next(event for event in events if "earlier API process" in event["detail"])
+        assert takeover["action"] == "stopped" and takeover["jobs"] == [old_job]
+        new_job = running_worker("second")
+        assert events[-1]["action"] == "start-worker" and events[-1]["jobs"] == [new_job] and new_job != old_job
+        holder = managers["first"].leases.holder("pools")
+        assert holder is not None and holder.owner == managers["second"].owner
+
+        # the first API comes back: the pools are the second's now, it starts nothing
+        until = time.monotonic() + LEASE_S
+        step_while(lambda: time.monotonic() < until, "a lease's time", ("first", "second"))
+        assert managers["first"].live_workers(stream_id) == {} and not managers["first"].holds_lease()
+        jobs = {job for event in pools_of(pool_api, stream_id)["events"] for job in event["jobs"]}
+        assert jobs == {old_job, new_job}
+        assert set(managers["second"].live_workers(stream_id)["slow"]) == {new_job}
+
+        new_group = backend.process_group(new_job)
+        cancelled = pool_api.client(cert="alice", app=second_app).delete(f"/v1/streams/{stream_id}")
+        assert cancelled.status_code == 200
+        assert new_group is not None and group_gone(new_group)  # the holder's cancel ended its worker
+    finally:
+        second.launcher.stop()
+        second.backends.close()
+        second.db.dispose()
 
 
 # --- refused requests -----------------------------------------------------------------------------------------
