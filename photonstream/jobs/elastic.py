@@ -31,6 +31,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -45,6 +46,7 @@ log = logging.getLogger(__name__)
 PLACEHOLDERS = ("endpoint", "stream", "group", "pool", "worker", "index")
 NAME = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
 EVENTS_KEPT = 2000
+CANCEL_THREADS = 8  # workers of one pool cancelled at once when it stops
 ACTIONS = (
     "start-worker",  # fewer than min_workers were live
     "scale-up",
@@ -480,20 +482,32 @@ class ElasticPool:
         return worker
 
     def _cancel(self, worker: Worker, reading: LagReading | None) -> bool:
+        return self._cancelled(worker, self._cancel_job(worker), reading)
+
+    def _cancel_job(self, worker: Worker) -> Exception | None:
         try:
             self.backend.cancel(worker.job_id)
         except (PhotonstreamError, LookupError) as error:
+            return error
+        return None
+
+    def _cancelled(self, worker: Worker, error: Exception | None, reading: LagReading | None) -> bool:
+        if error is not None:
             self._emit("error", reading, f"could not cancel {worker.name} ({worker.job_id}): {error}")
             return False
         self.workers.remove(worker)
         return True
 
     def _cancel_all(self) -> int:
-        cancelled = 0
-        for worker in reversed(list(self.workers)):
-            if self._cancel(worker, self._last_reading):
-                cancelled += 1
-        return cancelled
+        """Cancel every live worker at once (a cancel waits until the worker's processes are gone: one after the
+        other, N workers would take N grace periods), at most ``CANCEL_THREADS`` at a time."""
+        workers = list(reversed(self.workers))
+        if len(workers) <= 1:
+            errors = [self._cancel_job(worker) for worker in workers]
+        else:
+            with ThreadPoolExecutor(min(CANCEL_THREADS, len(workers)), thread_name_prefix="pool-cancel") as threads:
+                errors = list(threads.map(self._cancel_job, workers))
+        return sum(self._cancelled(w, e, self._last_reading) for w, e in zip(workers, errors, strict=True))
 
     def _emit(self, action: str, reading: LagReading | None, detail: str = "", jobs: tuple[str, ...] = ()) -> None:
         event = PoolEvent(

@@ -44,10 +44,9 @@ def make_api(pki: Pki, tmp_path: Path, **settings: Any) -> ApiHarness:
         tmp_path / "state",
         buffer_bind="tcp://127.0.0.1:*",
         buffer_token_bind=None,
-        local_max_concurrent=8,
         run_command=[sys.executable, "-m", "photonstream"],
-        worker_kinds={"slow": slow_kind(tmp_path / "out")},
-        **{"launcher_interval_s": 0.2, "pool_lease_s": LEASE_S, **settings},
+        worker_kinds={"slow": slow_kind(tmp_path / "out"), **settings.pop("worker_kinds", {})},
+        **{"launcher_interval_s": 0.2, "pool_lease_s": LEASE_S, "local_max_concurrent": 8, **settings},
     )
     harness.services().launcher.link.start()
     harness._spec = spec  # type: ignore[attr-defined]
@@ -194,6 +193,53 @@ def test_cancelling_the_stream_ends_its_workers_processes(pool_api: ApiHarness) 
     assert "stream cancelled by alice" in shown["events"][-1]["detail"]
     pool_api.services().launcher.step()  # a finished stream's pool is not started again
     assert pool_api.services().launcher.pools.live_workers(stream_id) == {}
+
+
+STUBBORN = Path(__file__).with_name("stubborn_worker.py")
+
+
+def test_stopping_pools_cancels_all_their_workers_at_once(pki: Pki, tmp_path: Path) -> None:
+    """Four workers in two pools of a stream, four in another stream's; each holds on after SIGTERM until all of
+    its stream's workers got theirs (a cancel waits for the worker's processes to end: one after the other, the
+    first would wait in vain and be killed after its grace). Cancelling the stream, and stopping the API, cancel
+    them all at once: every worker saw all SIGTERMs of its stream and ended on its own."""
+    out = tmp_path / "stubborn"
+    kind = {"command": [sys.executable, str(STUBBORN), str(out) + "/{stream_tag}", "{worker}", "4"],
+            "options": {"stream_tag": {"pattern": r"^[a-z]+$"}}}  # fmt: skip
+    harness = make_api(pki, tmp_path, worker_kinds={"stubborn": kind}, local_max_concurrent=12)
+    try:
+        streams = {}
+        for tag in ("cancelled", "stopped"):
+            pools = [pool_request(name=f"{group}-pool", group=group, kind="stubborn", min_workers=2, max_workers=2,
+                                  options={"stream_tag": tag}) for group in ("workers", "more")]  # fmt: skip
+            body = stream_request(pipeline={"source": source(100_000, 5.0)}, worker_pools=pools,
+                                  consumers=[{"name": "workers"}, {"name": "more"}])  # fmt: skip
+            created = harness.client(cert="alice").post("/v1/streams", json=body)
+            assert created.status_code == 201, created.text
+            streams[tag] = created.json()["id"]
+
+        def not_all_ready() -> bool:
+            return len(list(out.glob("*/*.ready"))) < 8
+
+        step_while(harness, not_all_ready, "eight running workers")
+        manager = harness.services().launcher.pools
+        jobs = {tag: [job for ids in manager.live_workers(sid).values() for job in ids] for tag, sid in streams.items()}
+        assert [len(ids) for ids in jobs.values()] == [4, 4]
+
+        assert harness.client(cert="alice").delete(f"/v1/streams/{streams['cancelled']}").status_code == 200
+        signed = set((out / "cancelled" / "terms").read_text().split())
+        assert signed == {path.stem for path in (out / "cancelled").glob("*.ready")} and len(signed) == 4
+        assert len(list((out / "cancelled").glob("*.saw-all"))) == 4  # none was killed waiting for the others
+        assert not (out / "stopped" / "terms").exists()
+
+        manager.close()  # the API stops: the other stream's four, at once too (recorded as interrupted)
+        assert len(list((out / "stopped").glob("*.saw-all"))) == 4
+        backend = harness.services().backends.get("local")
+        assert {backend.status(job).state for ids in jobs.values() for job in ids} == {JobState.CANCELLED}
+        last = {event["pool"]: event["action"] for event in pools_of(harness, streams["stopped"])["events"]}
+        assert last == {"workers-pool": "interrupted", "more-pool": "interrupted"}
+    finally:
+        close_api(harness)
 
 
 def test_a_restarted_api_cancels_the_workers_a_killed_one_left_and_starts_the_pool_again(
