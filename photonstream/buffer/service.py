@@ -1110,21 +1110,32 @@ class BufferService:
                 self._refuse(identity, "forbidden", f"{address}: this credential may no longer read this stream")
 
     def _on_credit(self, identity: bytes, header: dict[str, Any]) -> None:
+        epoch = header.get("e")
+        if epoch is not None and (not isinstance(epoch, int) or isinstance(epoch, bool)):
+            raise P.ProtocolError("malformed", "CRED field 'e' must be the stream epoch (an integer) or absent")
         entry = self._members.get(identity)
         if entry is None or identity not in entry[1].members:
+            held = self._held_by(identity)
+            if held is not None:  # set aside (a send to it failed) while its acks were on their way: they count
+                self._settle_acks(*held, header, epoch)
+                self._dispatch(held[0])
             self._ask_to_rejoin(identity)
             return
         stream, group = entry
         member = group.members[identity]
         member.last_seen = monotonic()
-        epoch = header.get("e")
-        if epoch is not None and (not isinstance(epoch, int) or isinstance(epoch, bool)):
-            raise P.ProtocolError("malformed", "CRED field 'e' must be the stream epoch (an integer) or absent")
+        self._settle_acks(stream, group, header, epoch)
+        member.give_credit(int(header.get("c", 0)))  # after the acks: what they settle no longer counts against it
+        self._dispatch(stream)
+
+    def _settle_acks(self, stream: Stream, group: Group, header: dict[str, Any], epoch: int | None) -> None:
         acked = header.get("a")
         if acked and group.policy.lossless and (epoch is None or epoch == stream.epoch):
             self._settle(stream, group, [int(o) for o in acked])  # acks of another opening name other messages
-        member.give_credit(int(header.get("c", 0)))  # after the acks: what they settle no longer counts against it
-        self._dispatch(stream)
+
+    def _held_by(self, identity: bytes) -> tuple[Stream, Group] | None:
+        """The stream and group where this connection's member is set aside (its connection seemed gone)."""
+        return next(((s, g) for s in self.streams.values() for g in s.groups.values() if identity in g.held), None)
 
     def _on_heartbeat(self, identity: bytes) -> None:
         entry = self._members.get(identity)
@@ -1146,6 +1157,10 @@ class BufferService:
 
     def _on_bye(self, identity: bytes) -> None:
         entry = self._forget_member(identity)
+        if entry is None:  # set aside already: a send to it failed while its goodbye was on its way
+            entry = self._held_by(identity)
+            if entry is not None:
+                entry[1].leave(identity)  # it left: its messages go to the group now, not at the member timeout
         if entry is not None:
             self._dispatch(entry[0])
 

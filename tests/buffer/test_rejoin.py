@@ -128,7 +128,9 @@ def test_plain_acks_of_another_epoch_settle_nothing_after_a_buffer_restart(make_
     before.stop()  # a memory stream: gone with the buffer
     make_service(bind=endpoint)
     produce(endpoint, STREAM, 4, end=False)  # opened anew: offsets 0-3 are other messages now
-    new_epoch = consumer.subscribe("session-1", credit=8)["e"]  # the same socket, reconnected
+    consumer.cut()  # (a SUB on the old socket could go into its dead connection before it notices the restart)
+    consumer = WireConsumer(endpoint)  # the same session, over a new connection
+    new_epoch = consumer.subscribe("session-1", credit=8)["e"]
     assert new_epoch != old_epoch
     assert consumer.offsets(4) == [0, 1, 2, 3]
     consumer.send(P.CRED, {"c": 0, "a": [0, 1], "e": old_epoch})  # queued before the restart, say
@@ -164,3 +166,25 @@ def test_credit_stays_within_the_members_own_after_a_rejoin(service: Any) -> Non
     assert (state["member_credit"]["a"], state["member_inflight"]["a"]) == (0, 4)  # not 98 more
     again.cut()
     producer.close()
+
+
+def test_acks_and_goodbye_that_arrive_after_the_member_was_set_aside_still_count(make_service: Any) -> None:
+    service = make_service(member_timeout_s=60.0)  # nothing is released by silence in this test
+    produce(service.endpoint, STREAM, 6, end=False)
+    consumer = WireConsumer(service.endpoint)
+    consumer.subscribe("session-1", credit=4)
+    assert consumer.offsets(4) == [0, 1, 2, 3]
+    (identity,) = service._members
+
+    def send_failed() -> int:  # what a send that failed does (EHOSTUNREACH) while this peer's messages are queued
+        service._member_gone(identity)
+        return 0
+
+    service._in_loop(send_failed, 5.0)
+    assert consumer.group_state()["held_members"] == 1
+    consumer.send(P.CRED, {"c": 2, "a": [0, 1]})  # sent before the peer went: the acks settle 0 and 1
+    consumer.send(P.BYE, {})  # ... and it left: 2 and 3 go back to the group now, not at the member timeout
+    wait_until(lambda: group_state(service.endpoint, "workers").get("held_members") == 0, what="the goodbye")
+    state = group_state(service.endpoint, "workers")
+    assert (state["committed"], state["inflight"], state["members"]) == (2, 0, 0)
+    consumer.cut()
