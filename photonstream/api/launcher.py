@@ -145,12 +145,16 @@ class Launcher:
         self.ends = BufferEndStore(streams.db)  # buffer ends owed, pending until delivered (survive restarts)
         self._ends_retry_at = 0.0
         self._ends_warned: set[str] = set()
+        self._ends_owed_checked = False
 
     # --- one pass (tests call this directly) ------------------------------------------------------------------
 
     def step(self) -> None:
         if self.link is not None and time.monotonic() >= self._ends_retry_at:
             try:
+                if not self._ends_owed_checked:
+                    self._record_ends_owed()
+                    self._ends_owed_checked = True
                 for end in self.ends.pending():  # also those an earlier API process could not deliver
                     if not self._deliver_end(end):  # still no buffer: the others would wait as long
                         self._ends_retry_at = time.monotonic() + ENDS_RETRY_S
@@ -383,6 +387,15 @@ class Launcher:
         self._discard_secrets(finished)
         self._end_in_buffer(finished, reason)
         return finished
+
+    def _record_ends_owed(self) -> None:
+        """Streams that an earlier API process recorded failed or cancelled but died before it recorded their end
+        in the buffer: record it now (pending), so the next delivery round sends it."""
+        after = utcnow() - dt.timedelta(seconds=self.settings.buffer_grant_keep_s)
+        for stream in self.streams.finished_since(after, (StreamState.FAILED.value, StreamState.CANCELLED.value)):
+            if uses_buffer(stream) and self.ends.get(stream.id) is None:
+                addresses = list(stream.data_endpoint.get("streams", []))
+                self.ends.record(stream.id, addresses, stream.state, stream.reason or stream.state)
 
     def _discard_secrets(self, stream: Stream) -> None:
         """The stream finished: its job's secrets file is deleted (its log is kept)."""

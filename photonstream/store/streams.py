@@ -129,6 +129,12 @@ class StreamStore:
             ).all()
         return StreamPage(list(rows), total, offset, limit)
 
+    def finished_since(self, after: dt.datetime, states: Sequence[str]) -> list[Stream]:
+        """Streams that ended in one of ``states`` after ``after``, oldest first."""
+        query = select(Stream).where(Stream.state.in_(list(states)), Stream.finished_at > after)
+        with self.db.session() as session:
+            return list(session.scalars(query.order_by(Stream.finished_at)).all())
+
     def active(self) -> list[Stream]:
         with self.db.session() as session:
             rows = session.scalars(select(Stream).where(Stream.state.in_(ACTIVE)).order_by(Stream.created_at)).all()

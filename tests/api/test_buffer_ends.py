@@ -21,6 +21,7 @@ import pytest
 
 from photonstream.client import subscribe_stream
 from photonstream.frames import EndMessage
+from photonstream.store.streams import StreamState
 from tests.api.harness import ApiHarness, Pki
 from tests.api.test_launcher import create, listening, small_source
 from tests.buffer.support import free_port, wait_until
@@ -118,3 +119,27 @@ def test_a_restarted_buffer_is_told_the_end_again_for_late_subscribers(api: ApiH
     assert isinstance(end, EndMessage) and (end.reason, end.error) == ("cancelled", "cancelled by alice")
     link.sync()  # the same instance again: the ends are not re-sent (nothing changes)
     assert link.stats()["streams"][address]["ended_by"] == ["cancelled", "cancelled by alice"]
+
+
+def test_an_end_never_recorded_because_the_api_died_is_recorded_by_the_next_one(
+    api: ApiHarness, buffer: ExternalBuffer
+) -> None:
+    created = create(api, small_source())
+    streams = api.services().streams
+    # the API recorded the failure and died before it recorded the end it owes the buffer
+    streams.transition(created["id"], StreamState.FAILED, "node lost", "launcher")
+    api.services().launcher.stop()
+    assert api.services().launcher.ends.get(created["id"]) is None
+    restarted = api.new_app()
+    try:
+        new_launcher = api.services(restarted).launcher
+        new_launcher.step()
+        owed = new_launcher.ends.get(created["id"])
+        assert owed is not None and (owed.state, owed.reason) == ("failed", "node lost")
+        assert owed.delivered_at is not None
+        new_launcher.link.sync()
+        end = first_message(created)
+    finally:
+        api.services(restarted).launcher.stop()
+        api.services(restarted).db.dispose()
+    assert isinstance(end, EndMessage) and (end.reason, end.error) == ("failed", "node lost")
