@@ -8,6 +8,7 @@ the pipeline is the one the API bound for it (so its buffer address is the strea
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -27,12 +28,17 @@ from tests.store.databases import DatabaseSpec
 CONSUMER_GROUP = "analysis"
 
 
-def diffraction_request(rate_hz: float, events: int) -> dict[str, Any]:
-    """Two 96×96 modules with Bragg spots on half the frames, and the hit finder marking them."""
+def diffraction_request(
+    rate_hz: float, events: int, worker_pools: list[dict[str, Any]] | None = None
+) -> dict[str, Any]:
+    """Two 96×96 modules with Bragg spots on half the frames, and the hit finder marking them; with
+    ``worker_pools``, a lossless group for each pool's ``group`` too."""
     source = {"type": "synthetic-diffraction", "detector": "custom", "shape": [2, 96, 96], "module_grid": [1, 2],
               "events": events, "rate_hz": rate_hz, "hit_fraction": 0.5, "spot_photons": 400.0, "seed": 3}  # fmt: skip
     steps = [{"type": "hitfinder", "algorithm": "numpy", "min_peaks": 3}]
-    return stream_request(pipeline={"source": source, "steps": steps}, consumers=[{"name": CONSUMER_GROUP}])
+    consumers = [{"name": CONSUMER_GROUP}, *({"name": pool["group"]} for pool in worker_pools or [])]
+    extra = {"worker_pools": worker_pools} if worker_pools else {}
+    return stream_request(pipeline={"source": source, "steps": steps}, consumers=consumers, **extra)
 
 
 @dataclass
@@ -69,14 +75,30 @@ def _consume(live: LiveStream) -> None:
             live.consumed.append(event)
 
 
+def _run_pools(live: LiveStream, running: threading.Event) -> None:
+    """The launcher's pool passes (its other work -- launching, following jobs -- this stream does without)."""
+    while running.is_set():
+        live.api.services().launcher.pools.reconcile()
+        time.sleep(0.3)
+
+
 @contextmanager
-def live_stream(pki: Pki, tmp_path: Path, rate_hz: float = 40.0, events: int = 100_000) -> Iterator[LiveStream]:
+def live_stream(
+    pki: Pki,
+    tmp_path: Path,
+    rate_hz: float = 40.0,
+    events: int = 100_000,
+    worker_pools: list[dict[str, Any]] | None = None,
+) -> Iterator[LiveStream]:
+    """With ``worker_pools``, the launcher's pool manager runs them (real worker jobs on the local backend)."""
     buffer = start_service()
     database = DatabaseSpec("sqlite", tmp_path)
     api = ApiHarness(database, pki, tmp_path / "state", buffer_endpoint=buffer.endpoint)
     token = pki.token("alice", (EXPERIMENT,))
+    pools_running = threading.Event()
     try:
-        response = api.client(token=token).post("/v1/streams", json=diffraction_request(rate_hz, events))
+        body = diffraction_request(rate_hz, events, worker_pools)
+        response = api.client(token=token).post("/v1/streams", json=body)
         assert response.status_code == 201, response.text
         created = response.json()
         store = api.services().streams
@@ -90,11 +112,16 @@ def live_stream(pki: Pki, tmp_path: Path, rate_hz: float = 40.0, events: int = 1
             threading.Thread(target=_produce, args=(live,), name="test-pipeline", daemon=True),
             threading.Thread(target=_consume, args=(live,), name="test-consumer", daemon=True),
         ]
+        if worker_pools:
+            pools_running.set()
+            live.threads.append(threading.Thread(target=_run_pools, args=(live, pools_running), name="test-pools",
+                                                 daemon=True))  # fmt: skip
         for thread in live.threads:
             thread.start()
         wait_until(lambda: len(live.consumed) >= 3, 20, "the consumer group to receive frames")
         yield live
         live.pipeline.cancel()
+        pools_running.clear()
         for thread in live.threads:
             thread.join(20)
     finally:

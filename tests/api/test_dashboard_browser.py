@@ -62,7 +62,12 @@ def eventually(check: Callable[[], Any], timeout: float = 15.0, what: str = "the
 @pytest.fixture(scope="module")
 def site(pki: Pki, tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, LiveStream]]:
     _need_browser()
-    with live_stream(pki, tmp_path_factory.mktemp("dashboard")) as live, running_server(live.api.app, pki) as url:
+    pools = [{"name": "readers", "group": "readers", "kind": "pull", "min_workers": 1, "max_workers": 1,
+              "interval_s": 0.5}]  # fmt: skip
+    with (
+        live_stream(pki, tmp_path_factory.mktemp("dashboard"), worker_pools=pools) as live,
+        running_server(live.api.app, pki) as url,
+    ):
         yield url, live
 
 
@@ -150,6 +155,35 @@ def test_stream_page_shows_the_frame_and_live_charts(session: tuple[str, LiveStr
     assert browser.save_screenshot(str(artifacts / "dashboard.png"))
     if os.environ.get("PHOTONSTREAM_DOCS_SCREENSHOT") == "1":
         shutil.copyfile(artifacts / "dashboard.png", REPO / "docs" / "dashboard.png")
+
+
+def test_stream_page_shows_its_worker_pools(session: tuple[str, LiveStream, Any]) -> None:
+    from selenium.webdriver.common.by import By
+
+    url, live, browser = session
+    browser.get(f"{url}/ui/streams/{live.stream_id}")
+
+    def pool_row() -> dict[str, str]:
+        row = browser.find_element(By.CSS_SELECTOR, '#pools tr[data-pool="readers"]')
+        cells = [td.text for td in row.find_elements(By.TAG_NAME, "td")]
+        return dict(zip(["pool", "kind", "group", "state", "workers", "bounds", "lag", "target", "last"], cells,
+                        strict=True))  # fmt: skip
+
+    shown = eventually(lambda: (row := pool_row())["state"] == "running" and row, 30, "the running pool's row")
+    assert (shown["kind"], shown["group"], shown["workers"], shown["bounds"]) == ("pull", "readers", "1", "1–1")
+    assert browser.find_element(By.ID, "pools-card").is_displayed()
+    api = live.api.client(token=live.token).get(f"/v1/streams/{live.stream_id}/pools").json()["pools"][0]
+    assert (api["state"], api["workers"], len(api["live_jobs"])) == ("running", 1, 1)  # the real worker's job
+
+    def hop_lag() -> str:
+        row = browser.find_element(By.CSS_SELECTOR, '#hops tr[data-group="readers"]')
+        return str(row.find_elements(By.TAG_NAME, "td")[8].text)
+
+    # the pool's lag is its group's, as the buffer shows it now (the same number the hops table has)
+    eventually(lambda: pool_row()["lag"].replace(",", "").isdigit() and pool_row()["lag"] == hop_lag(), 15,
+               "the pool's lag to be its group's")  # fmt: skip
+    (REPO / "artifacts").mkdir(exist_ok=True)
+    assert browser.find_element(By.ID, "pools-card").screenshot(str(REPO / "artifacts" / "dashboard-pools.png"))
 
 
 def test_another_users_stream_is_refused(session: tuple[str, LiveStream, Any], pki: Pki) -> None:

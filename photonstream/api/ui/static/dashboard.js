@@ -272,6 +272,38 @@
       document.querySelector("#hops tbody").replaceChildren(...rows);
     }
 
+    // the stream's elastic worker pools (GET /v1/streams/{id}/pools, every few seconds): workers as of each pool's
+    // newest decision; lag as the buffer shows it now for the pool's group (else as of that decision)
+    let pools = [];
+    let poolsAsked = 0;
+    const POOLS_EVERY_MS = 2000;
+
+    async function fetchPools() {
+      if (Date.now() - poolsAsked < POOLS_EVERY_MS) return;
+      poolsAsked = Date.now();
+      const response = await fetch(`/v1/streams/${encodeURIComponent(id)}/pools?limit=1`, { credentials: "same-origin" })
+        .catch(() => null);
+      if (!response || !response.ok) return;
+      const body = await response.json().catch(() => null);
+      if (body && Array.isArray(body.pools)) pools = body.pools;
+    }
+
+    function poolsTable(hops) {
+      $("pools-card").hidden = pools.length === 0;
+      const lagNow = groupTotals(hops.filter((h) => h.present), "lag");
+      const rows = pools.map((p) => {
+        const tr = document.createElement("tr");
+        tr.dataset.pool = p.name;
+        const state = cell(p.state, "pool-state");
+        const lag = p.state === "running" && p.group in lagNow ? lagNow[p.group] : p.lag;
+        tr.append(cell(p.name), cell(p.kind), cell(p.group), state, cell(p.workers, "num workers"),
+          cell(`${p.min_workers}–${p.max_workers}`, "num"), cell(number(lag, 0), "num lag"),
+          cell(number(p.target_lag, 0), "num"), cell(p.last_action));
+        return tr;
+      });
+      document.querySelector("#pools tbody").replaceChildren(...rows);
+    }
+
     function showFrame(frame) {
       if (!frame) return;
       $("frame-caption").textContent = `event ${frame.event} · ${frame.shape.join("×")} · ${frame.peaks} peaks`
@@ -313,6 +345,7 @@
       for (const [name, n] of Object.entries(groupTotals(data.hops, "redelivered"))) losses[`${name} redelivered`] = n;
       charts.losses.push(t, losses);
       hopsTable(data.hops);
+      fetchPools().then(() => poolsTable(data.hops));
 
       const m = data.monitor;
       if (m) {
