@@ -239,6 +239,38 @@ def test_failures_beyond_the_limit_stop_replacements(tmp_path: Path) -> None:
         backend.close()
 
 
+def test_workers_that_ended_on_their_own_are_not_restarted_on_a_reading_older_than_their_end(tmp_path: Path) -> None:
+    """Workers leave (exit 0) when the buffer ends the stream for their group; a lag reading taken before their last
+    acks (the embedded buffer's stats are up to a second old) still shows work left. Within ``reading_max_age_s``
+    of their end the pool does not start new ones for the minimum; after it, a reading that still shows work does."""
+    backend = LocalBackend(state_dir=tmp_path / "state", max_concurrent=4, poll_interval_s=0.05)
+    pool_spec = WorkerPool(name="leavers", group="g", command=["sh", "-c", "exit 0"], min_workers=2, max_workers=2)
+    lag, clock = ScriptedLag(), Clock()
+    lag.set(1, members=2, stream_ended=True)  # stale: the workers have since acked the last message
+    pool = ElasticPool(pool_spec, backend, lag, endpoint="e", stream="x/1/y", workdir=tmp_path, clock=clock,
+                       reading_max_age_s=2.0)  # fmt: skip
+    try:
+        pool.tick()
+        for worker in list(pool.workers):
+            wait_until(lambda job=worker.job_id: backend.status(job).state.finished, PATIENCE_S, "the workers' exit")
+        clock.now = 1.0
+        pool.tick()  # both ended: no new workers on the old reading
+        clock.now = 2.5
+        pool.tick()
+        assert pool.workers == [] and actions(pool) == ["start-worker", "worker-ended", "worker-ended"]
+        clock.now = 3.5  # a reading newer than their end still shows work: the minimum again
+        pool.tick()
+        assert len(pool.workers) == 2 and actions(pool)[-1] == "start-worker"
+        lag.set(0, members=0, stream_ended=True, drained=True)
+        for worker in list(pool.workers):
+            wait_until(lambda job=worker.job_id: backend.status(job).state.finished, PATIENCE_S, "the workers' exit")
+        pool.tick()
+        assert pool.done and actions(pool)[-1] == "stopped"
+    finally:
+        pool.stop()
+        backend.close()
+
+
 def test_pool_spec_refuses_what_cannot_run() -> None:
     with pytest.raises(ValueError, match="unknown placeholder"):
         WorkerPool(name="p", group="g", command=["worker", "--out={outdir}"])
