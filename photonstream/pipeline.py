@@ -241,7 +241,6 @@ class Pipeline:
             raise close_error
         return end
 
-
     def _emit_start_of_ranks(self, start: StartMessage) -> None:
         """Rank 0's start message goes out before any rank's events.
 

@@ -368,7 +368,8 @@ def test_bad_pool_requests_are_refused_with_the_field_and_reason(api: ApiHarness
     assert status == 422 and "only lossless" in field_error(detail)[1]
     status, detail = refused(api, [pull, {**pull, "name": "q"}])
     assert status == 422 and field_error(detail) == (
-        "worker_pools[1].group", "group 'workers' has a pool already (one pool per group)"
+        "worker_pools[1].group",
+        "group 'workers' has a pool already (one pool per group)",
     )
     status, detail = refused(api, [{**pull, "kind": "rm-rf"}])
     assert status == 422 and field_error(detail)[0] == "worker_pools[0].kind" and "xtal" in field_error(detail)[1]
