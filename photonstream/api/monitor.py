@@ -4,9 +4,15 @@
   rates computed here from the counters' differences;
 - per stream that someone is looking at, a ``StreamWatch``: a thread in the buffer group ``_monitor`` with policy
   ``latest`` and credit 1 (it never holds the producer back and sees the newest message each time it asks), at most
-  ``sample_hz`` messages a second. From those samples: the latest frame (rendered to a PNG on request), a virtual
-  powder pattern, TOF histograms (frames with a ``waveform``), the hit fraction, and the creation → monitor latency;
+  ``sample_hz`` messages a second. From those samples: the latest full detector image (rendered to a PNG on
+  request), the latest thumbnails (a strip), a virtual powder pattern, TOF histograms (frames with a ``waveform``),
+  the hit fraction, and the creation → monitor latency;
 - the results channel through a ``ResultsReader`` (any callable; none until the service has one).
+
+Streams that veto misses (``thumbnail`` + ``veto`` steps) send most frames as metadata and a small ``thumbnail``
+only: those never take the frame view's place (it would flip between the detector image and 64 × 64 pixels). The
+frame view keeps the newest full image, a hit's in preference: a full miss (the monitor sample the veto keeps)
+replaces a hit only once that hit is ``HIT_KEPT_S`` old. Every sampled frame's thumbnail goes to the strip.
 
 A watch nobody asked about for ``idle_s`` is stopped (its ZeroMQ context is terminated, which wakes the thread).
 """
@@ -19,12 +25,13 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 import numpy as np
 import zmq
 
-from photonstream.api.ui.render import FramePicture, PowderProfile, frame_picture, layout_of
+from photonstream.api.ui.render import FramePicture, PowderProfile, frame_picture, layout_of, thumbnail_strip
 from photonstream.errors import PhotonstreamError
 from photonstream.frames import EndMessage, Frame, FrameBatch, Message, StartMessage
 from photonstream.metrics import CONSUMER_LABELS, LatencyHistogram, Registry, group_accounting, split_address
@@ -34,6 +41,9 @@ from photonstream.store.streams import StreamState
 log = logging.getLogger("photonstream.api.monitor")
 
 MONITOR_GROUP = "_monitor"
+THUMBNAIL = "thumbnail"  # the thumbnail step's array (its default output name)
+THUMBNAILS_KEPT = 8  # thumbnails in the strip
+HIT_KEPT_S = 30.0  # how long a hit's image stays in view against newer full misses
 StatsSource = Callable[[], dict[str, Any]]
 Subscriber = Callable[[str, zmq.Context], Iterator[Message]]
 
@@ -67,15 +77,52 @@ def _rounded(values: np.ndarray, digits: int = 4) -> list[float]:
     return [float(f"{v:.{digits}g}") for v in np.asarray(values, dtype=np.float64)]
 
 
-def image_array(frame: Frame) -> np.ndarray | None:
-    """The frame's detector image: ``data`` if it has one, else its first array of two or more dimensions."""
+def image_array(frame: Frame, detector_shape: tuple[int, ...] = ()) -> np.ndarray | None:
+    """The frame's full detector image: ``data`` if it has one, else its first array of two or more dimensions
+    that is not a thumbnail or waveform; with ``detector_shape`` (the start message's), only one of that many
+    pixels (a frame the veto stripped carries none)."""
     names = ["data", *(n for n in frame.arrays if n != "data")]
     for name in names:
-        if name in frame.arrays:
+        if name in frame.arrays and name not in (THUMBNAIL, "waveform"):
             value = frame.array(name)
-            if value.ndim >= 2 and name != "waveform":
+            if value.ndim >= 2 and (not detector_shape or value.size == int(np.prod(detector_shape))):
                 return value
     return None
+
+
+def hit_of(frame: Frame) -> bool | None:
+    """The hit finder's verdict on the frame (None without one)."""
+    hit = frame.metadata.get("hit")
+    return None if hit is None else bool(hit)
+
+
+def thumbnail_array(frame: Frame) -> np.ndarray | None:
+    """The frame's ``thumbnail`` (two-dimensional), if it has one."""
+    if THUMBNAIL not in frame.arrays:
+        return None
+    value = frame.array(THUMBNAIL)
+    return value if value.ndim == 2 and value.size else None
+
+
+@dataclass(frozen=True)
+class ShownFrame:
+    """The frame in the frame view: ``version`` counts changes (the page's cache key)."""
+
+    version: int
+    frame: Frame
+    image: np.ndarray
+    seen_at: float  # time.monotonic() when the monitor got it
+
+    @property
+    def hit(self) -> bool | None:
+        return hit_of(self.frame)
+
+
+@dataclass(frozen=True)
+class Thumbnail:
+    event: int
+    hit: bool | None
+    image: np.ndarray
 
 
 def result_fields(item: dict[str, Any]) -> dict[str, Any]:
@@ -130,11 +177,14 @@ class StreamWatch:
         self.events_sampled = 0
         self.hits = 0
         self.hit_known = 0
-        self.frame: tuple[int, Frame, np.ndarray] | None = None  # (version, frame, image)
+        self.frame: ShownFrame | None = None  # the newest full image (a hit's in preference)
+        self.thumbnails: deque[Thumbnail] = deque(maxlen=THUMBNAILS_KEPT)
+        self.thumbnails_version = 0
         self.powder: PowderProfile | None = None
         self.tof: Any = None  # TofAnalyzer
         self.tof_disabled = False
         self._picture: tuple[int, FramePicture] | None = None
+        self._strip: tuple[int, FramePicture] | None = None
         self.finished_at: float | None = None
         self._lock = threading.Lock()
         self._stop = threading.Event()
@@ -205,22 +255,31 @@ class StreamWatch:
             if hit is not None:
                 self.hit_known += 1
                 self.hits += bool(hit)
-        frame = frames[-1]
-        image = image_array(frame)
+        shape = tuple(self.start.geometry.detector_shape) if self.start is not None else ()
+        full = [(frame, image) for frame in frames if (image := image_array(frame, shape)) is not None]
+        thumbnails = [Thumbnail(frame.event, hit_of(frame), thumb)
+                      for frame in frames if (thumb := thumbnail_array(frame)) is not None]  # fmt: skip
         with self._lock:
-            if image is not None:
-                version = self.frame[0] + 1 if self.frame else 1
-                self.frame = (version, frame, image)
+            if full:
+                # of a batch: its newest hit, else its newest full image
+                frame, image = next((f for f in reversed(full) if hit_of(f[0])), full[-1])
+                self._show(frame, image)
                 self._add_powder(image)
-            if "waveform" in frame.arrays:
+            if thumbnails:
+                self.thumbnails.extend(thumbnails[-THUMBNAILS_KEPT:])
+                self.thumbnails_version += 1
+            if "waveform" in frames[-1].arrays:
                 self._add_tof(frames)
 
+    def _show(self, frame: Frame, image: np.ndarray) -> None:
+        now = time.monotonic()
+        shown = self.frame
+        if shown is not None and shown.hit and not hit_of(frame) and now - shown.seen_at < HIT_KEPT_S:
+            return  # a recent hit stays in view
+        self.frame = ShownFrame(shown.version + 1 if shown else 1, frame, image, now)
+
     def _add_powder(self, image: np.ndarray) -> None:
-        # Only full detector images make a powder pattern: a stream whose misses carry just a thumbnail (the veto
-        # pattern) would otherwise rebuild the whole-detector profile at every change of size.
-        shape = tuple(self.start.geometry.detector_shape) if self.start is not None else ()
-        if shape and int(np.prod(shape)) != image.size:
-            return
+        # image_array took only full detector images: thumbnails never rebuild the whole-detector profile
         if self.powder is None or self.powder.index.size != image.size:
             self.powder = PowderProfile(layout_of(self.start, image.shape))
         self.powder.add(image)
@@ -240,33 +299,51 @@ class StreamWatch:
 
     # -- what the dashboard reads --------------------------------------------------------------------------
     def picture(self, max_size: int = 512) -> FramePicture | None:
+        """The frame view: the newest full image (see ``_show``), never a thumbnail."""
         with self._lock:
             if self.frame is None:
                 return None
-            version, frame, image = self.frame
+            shown = self.frame
             cached = self._picture
             start = self.start
+        if cached is not None and cached[0] == shown.version:
+            return cached[1]
+        peaks = shown.frame.metadata.get("peaks")
+        peaks_array = np.asarray(peaks) if peaks is not None and np.size(peaks) else None
+        picture = frame_picture(shown.image, peaks_array, layout_of(start, shown.image.shape), max_size)
+        self._picture = (shown.version, picture)
+        return picture
+
+    def strip(self) -> FramePicture | None:
+        """The newest thumbnails side by side (oldest left), each marked hit or miss below."""
+        with self._lock:
+            if not self.thumbnails:
+                return None
+            version, kept, cached = self.thumbnails_version, list(self.thumbnails), self._strip
         if cached is not None and cached[0] == version:
             return cached[1]
-        peaks = frame.metadata.get("peaks")
-        peaks_array = np.asarray(peaks) if peaks is not None and np.size(peaks) else None
-        picture = frame_picture(image, peaks_array, layout_of(start, image.shape), max_size)
-        self._picture = (version, picture)
-        return picture
+        strip = thumbnail_strip([t.image for t in kept], [t.hit for t in kept], THUMBNAILS_KEPT)
+        self._strip = (version, strip)
+        return strip
 
     def snapshot(self) -> dict[str, Any]:
         with self._lock:
             frame_info = None
             if self.frame is not None:
-                version, frame, image = self.frame
-                peaks = frame.metadata.get("peaks")
+                shown = self.frame
+                peaks = shown.frame.metadata.get("peaks")
                 frame_info = {
-                    "version": version,
-                    "event": frame.event,
-                    "shape": list(image.shape),
+                    "version": shown.version,
+                    "event": shown.frame.event,
+                    "shape": list(shown.image.shape),
                     "peaks": len(peaks) if peaks is not None else 0,
-                    "hit": frame.metadata.get("hit"),
+                    "hit": shown.hit,
+                    "age_s": round(time.monotonic() - shown.seen_at, 1),
                 }
+            thumbnails = None
+            if self.thumbnails:
+                thumbnails = {"version": self.thumbnails_version, "events": [t.event for t in self.thumbnails],
+                              "hits": [t.hit for t in self.thumbnails], "kept": THUMBNAILS_KEPT}  # fmt: skip
             powder = None
             if self.powder is not None and self.powder.frames:
                 powder = {"q": _rounded(self.powder.q), "intensity": _rounded(self.powder.intensity()),
@@ -281,6 +358,7 @@ class StreamWatch:
             "address": self.address,
             "sampled": self.sampled,
             "frame": frame_info,
+            "thumbnails": thumbnails,
             "powder": powder,
             "tof": tof,
             "hit_fraction": self.hits / self.hit_known if self.hit_known else None,

@@ -29,13 +29,16 @@ CONSUMER_GROUP = "analysis"
 
 
 def diffraction_request(
-    rate_hz: float, events: int, worker_pools: list[dict[str, Any]] | None = None
+    rate_hz: float,
+    events: int,
+    worker_pools: list[dict[str, Any]] | None = None,
+    more_steps: list[dict[str, Any]] | None = None,
 ) -> dict[str, Any]:
-    """Two 96×96 modules with Bragg spots on half the frames, and the hit finder marking them; with
-    ``worker_pools``, a lossless group for each pool's ``group`` too."""
+    """Two 96×96 modules with Bragg spots on half the frames, and the hit finder marking them (then ``more_steps``);
+    with ``worker_pools``, a lossless group for each pool's ``group`` too."""
     source = {"type": "synthetic-diffraction", "detector": "custom", "shape": [2, 96, 96], "module_grid": [1, 2],
               "events": events, "rate_hz": rate_hz, "hit_fraction": 0.5, "spot_photons": 400.0, "seed": 3}  # fmt: skip
-    steps = [{"type": "hitfinder", "algorithm": "numpy", "min_peaks": 3}]
+    steps = [{"type": "hitfinder", "algorithm": "numpy", "min_peaks": 3}, *(more_steps or [])]
     consumers = [{"name": CONSUMER_GROUP}, *({"name": pool["group"]} for pool in worker_pools or [])]
     extra = {"worker_pools": worker_pools} if worker_pools else {}
     return stream_request(pipeline={"source": source, "steps": steps}, consumers=consumers, **extra)
@@ -89,15 +92,17 @@ def live_stream(
     rate_hz: float = 40.0,
     events: int = 100_000,
     worker_pools: list[dict[str, Any]] | None = None,
+    more_steps: list[dict[str, Any]] | None = None,
 ) -> Iterator[LiveStream]:
-    """With ``worker_pools``, the launcher's pool manager runs them (real worker jobs on the local backend)."""
+    """With ``worker_pools``, the launcher's pool manager runs them (real worker jobs on the local backend);
+    ``more_steps`` follow the hit finder (a thumbnail and a veto, say)."""
     buffer = start_service()
     database = DatabaseSpec("sqlite", tmp_path)
     api = ApiHarness(database, pki, tmp_path / "state", buffer_endpoint=buffer.endpoint)
     token = pki.token("alice", (EXPERIMENT,))
     pools_running = threading.Event()
     try:
-        body = diffraction_request(rate_hz, events, worker_pools)
+        body = diffraction_request(rate_hz, events, worker_pools, more_steps)
         response = api.client(token=token).post("/v1/streams", json=body)
         assert response.status_code == 201, response.text
         created = response.json()

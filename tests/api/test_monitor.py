@@ -124,6 +124,9 @@ def test_stream_page_data_and_frame_picture(live: LiveStream) -> None:
     assert response.status_code == 200 and response.headers["content-type"] == "image/png"
     picture = Image.open(io.BytesIO(response.content))
     assert picture.size == (192, 96)  # the two modules side by side (module_grid 1×2)
+    assert monitor["frame"]["hit"] in (True, False) and monitor["thumbnails"] is None  # no thumbnail step here
+    strip = client.get(f"/ui/api/streams/{live.stream_id}/thumbnails.png")
+    assert strip.status_code == 404 and "no thumbnails" in strip.json()["detail"]
 
 
 def test_visibility_of_pages_data_and_metrics(live: LiveStream, pki: Pki) -> None:
@@ -232,21 +235,95 @@ def test_results_channel_feeds_rates_tof_and_the_results_list(live: LiveStream) 
     assert again["monitor"]["tof"] == {"mq": [0.5, 1.5, 2.5], "counts": [1, 5, 2]}
 
 
-def test_powder_takes_only_full_images_when_misses_carry_a_thumbnail() -> None:
-    """The veto pattern: most samples are misses with a thumbnail only; they are shown but not added to the powder
-    pattern (which is made for the detector's own shape, and is not rebuilt at each change of size)."""
+def _vetoed_run(messages: list, monkeypatch: pytest.MonkeyPatch | None = None, hit_kept_s: float | None = None):
+    from photonstream.api import monitor
+
+    if monkeypatch is not None and hit_kept_s is not None:
+        monkeypatch.setattr(monitor, "HIT_KEPT_S", hit_kept_s)
+    watch = monitor.StreamWatch("v" * 8, ["a/1/s"], lambda address, context: iter(messages), sample_hz=1000.0)
+    wait_until(lambda: watch.finished_at is not None, 10)
+    assert watch.error == ""
+    return watch
+
+
+def _veto_frames():
     import numpy as np
 
-    from photonstream.api.monitor import StreamWatch
-    from photonstream.frames import EndMessage, Frame, Geometry, StartMessage
+    from photonstream.frames import Frame, Geometry, StartMessage
 
     shape = (2, 16, 24)
     start = StartMessage("v", geometry=Geometry(pixel_size_m=1e-4, distance_m=0.1, detector_shape=shape))
-    full = [Frame(event=e, arrays={"data": np.full(shape, e + 1, np.uint16)}) for e in (0, 2)]
-    thumb = Frame(event=1, arrays={"thumbnail": np.ones((4, 4), np.uint16)}, metadata={"vetoed": True})
-    messages = [start, full[0], thumb, full[1], thumb, EndMessage("v", events_sent=4)]
-    watch = StreamWatch("v" * 8, ["a/1/s"], lambda address, context: iter(messages), sample_hz=1000.0)
-    wait_until(lambda: watch.finished_at is not None, 10)
-    assert watch.error == "" and watch.sampled == 4
+
+    def full(event: int, hit: bool) -> Frame:
+        return Frame(event=event, arrays={"data": np.full(shape, event + 1, np.uint16),
+                                          "thumbnail": np.full((8, 6), event, np.uint16)},
+                     metadata={"hit": hit, "vetoed": False})  # fmt: skip
+
+    def vetoed(event: int) -> Frame:
+        return Frame(event=event, arrays={"thumbnail": np.full((8, 6), event, np.uint16)},
+                     metadata={"hit": False, "vetoed": True})  # fmt: skip
+
+    return shape, start, full, vetoed
+
+
+def test_powder_takes_only_full_images_when_misses_carry_a_thumbnail() -> None:
+    """The veto pattern: most samples are misses with a thumbnail only; they go to the thumbnail strip, never to
+    the frame view or the powder pattern (made for the detector's own shape)."""
+    from photonstream.frames import EndMessage
+
+    shape, start, full, vetoed = _veto_frames()
+    watch = _vetoed_run([start, full(0, True), vetoed(1), full(2, True), vetoed(3), EndMessage("v", events_sent=4)])
+    assert watch.sampled == 4
     assert watch.powder is not None and watch.powder.frames == 2  # the two full images, none of the thumbnails
-    assert watch.frame is not None and watch.frame[1].event == 1 and watch.frame[2].shape == (4, 4)
+    assert watch.frame is not None and watch.frame.frame.event == 2 and watch.frame.image.shape == shape
+    assert [t.event for t in watch.thumbnails] == [0, 1, 2, 3]
+    assert [t.hit for t in watch.thumbnails] == [True, False, True, False]
+
+
+def test_frame_view_keeps_a_recent_hit_against_a_newer_full_miss(monkeypatch: pytest.MonkeyPatch) -> None:
+    from photonstream.frames import EndMessage, FrameBatch
+
+    _shape, start, full, vetoed = _veto_frames()
+    end = EndMessage("v", events_sent=4)
+    kept = _vetoed_run([start, full(0, False), full(1, True), vetoed(2), full(3, False), end], monkeypatch, 3600.0)
+    assert kept.frame is not None and (kept.frame.frame.event, kept.frame.hit, kept.frame.version) == (1, True, 2)
+    # once the hit is older than HIT_KEPT_S, the newest full miss takes its place
+    replaced = _vetoed_run([start, full(0, False), full(1, True), vetoed(2), full(3, False), end], monkeypatch, 0.0)
+    assert replaced.frame is not None and (replaced.frame.frame.event, replaced.frame.hit) == (3, False)
+    # of a batch, the newest hit is shown, though a full miss comes after it
+    batch = FrameBatch(frames=[full(4, True), full(5, True), vetoed(6), full(7, False)])
+    batched = _vetoed_run([start, batch, end], monkeypatch, 3600.0)
+    assert batched.frame is not None and batched.frame.frame.event == 5
+    assert [t.event for t in batched.thumbnails] == [4, 5, 6, 7] and batched.thumbnails_version == 1
+
+
+def test_frame_and_thumbnail_pictures_of_a_vetoed_stream(pki: Pki, tmp_path: Path) -> None:
+    """A live stream whose misses travel as a thumbnail only: the frame endpoint gives the full detector image
+    (never the thumbnail), the thumbnails endpoint the strip of the latest thumbnails, hits and vetoed misses."""
+    from photonstream.api.monitor import THUMBNAILS_KEPT
+
+    steps = [{"type": "thumbnail", "size": 32}, {"type": "veto", "arrays": ["data"], "keep_every": 50}]
+    with live_stream(pki, tmp_path, more_steps=steps) as live:
+        client = live.api.client(token=live.token)
+        path = f"/ui/api/streams/{live.stream_id}"
+
+        def both_kinds() -> dict | None:
+            detail = client.get(path).json()
+            thumbs = (detail.get("monitor") or {}).get("thumbnails") or {}
+            return detail if True in thumbs.get("hits", []) and False in thumbs.get("hits", []) else None
+
+        detail = wait_until(both_kinds, 30, "thumbnails of a hit and of a vetoed miss")
+        frame, thumbs = detail["monitor"]["frame"], detail["monitor"]["thumbnails"]
+        assert frame["shape"] == [2, 96, 96] and frame["hit"] is True and frame["age_s"] >= 0
+        assert thumbs["events"] == sorted(thumbs["events"]) and 2 <= len(thumbs["events"]) <= THUMBNAILS_KEPT
+        picture = client.get(f"{path}/frame.png", params={"v": frame["version"]})
+        assert picture.status_code == 200 and picture.headers["content-type"] == "image/png"
+        assert Image.open(io.BytesIO(picture.content)).size == (192, 96)  # the full image, modules side by side
+        strip = client.get(f"{path}/thumbnails.png", params={"v": thumbs["version"]})
+        assert strip.status_code == 200 and strip.headers["content-type"] == "image/png"
+        # 8 slots of 32×32 (192×96 max-pooled by 6×3) with 2-pixel gaps, a verdict bar below, however many came
+        width, height = Image.open(io.BytesIO(strip.content)).size
+        assert (width, height) == (THUMBNAILS_KEPT * 32 + (THUMBNAILS_KEPT - 1) * 2, 32 + 2 + 4)
+        later = wait_until(lambda: (d := client.get(path).json())["monitor"]["sampled"] > detail["monitor"]["sampled"]
+                           + 4 and d, 20, "more samples")  # fmt: skip
+        assert later["monitor"]["frame"]["shape"] == [2, 96, 96]  # still the full image, among vetoed misses

@@ -12,7 +12,15 @@ import pytest
 from PIL import Image
 
 from photonstream.api.monitor import StreamWatch
-from photonstream.api.ui.render import COLORMAP, PEAK_COLOR, PowderProfile, frame_picture, layout_of
+from photonstream.api.ui.render import (
+    COLORMAP,
+    PEAK_COLOR,
+    VERDICT_COLORS,
+    PowderProfile,
+    frame_picture,
+    layout_of,
+    thumbnail_strip,
+)
 from photonstream.frames import EndMessage, Frame, Geometry, Message, StartMessage
 from photonstream.sources.base import registry as source_registry
 
@@ -105,3 +113,18 @@ def test_watch_histograms_tof_waveforms() -> None:
     counts = snapshot["tof"]["counts"]
     assert len(counts) == len(snapshot["tof"]["mq"]) and sum(counts) > 0
     assert watch.picture() is None
+
+
+def test_thumbnail_strip_keeps_its_size_puts_the_newest_right_and_marks_verdicts() -> None:
+    spot = np.zeros((6, 4), np.uint16)
+    spot[2, 1] = 500
+    one = Image.open(io.BytesIO(thumbnail_strip([spot], [True], slots=3).png)).convert("RGB")
+    three = thumbnail_strip([spot, np.ones((6, 4), np.uint16), spot], [None, False, True], slots=3)
+    assert one.size == (three.width, three.height) == (3 * 4 + 2 * 2, 6 + 2 + 4)  # same size however many came
+    assert one.getpixel((2 * 6 + 1, 2)) == tuple(COLORMAP[255])  # the one thumbnail in the rightmost slot
+    assert one.getpixel((1, 2)) != tuple(COLORMAP[255])  # the empty slots hold no picture
+    assert one.getpixel((2 * 6, 10)) == VERDICT_COLORS[True]
+    strip = Image.open(io.BytesIO(three.png)).convert("RGB")
+    assert [strip.getpixel((slot * 6, 10)) for slot in range(3)] == [VERDICT_COLORS[v] for v in (None, False, True)]
+    with pytest.raises(ValueError, match="as many of each"):
+        thumbnail_strip([spot], [True, False], slots=3)

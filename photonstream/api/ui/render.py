@@ -1,4 +1,5 @@
-"""Pictures of a stream for the dashboard: the latest frame as a small PNG with its peaks, and a powder profile.
+"""Pictures of a stream for the dashboard: the latest frame as a small PNG with its peaks, a strip of the latest
+thumbnails, and a powder profile.
 
 Frames come as ``(rows, cols)`` or ``(modules, rows, cols)``; peak lists (``frame.metadata["peaks"]``, N×3 slow,
 fast, intensity) use the flattened frame (slow = module·rows + row). Where the start message describes the module
@@ -23,6 +24,9 @@ COLORMAP = np.stack(
     [np.interp(np.linspace(0, 1, 256), np.linspace(0, 1, len(_ANCHORS)), _ANCHORS[:, c]) for c in range(3)], axis=1
 ).astype(np.uint8)
 PEAK_COLOR = (0, 230, 255)
+STRIP_BACKGROUND = (29, 35, 48)
+VERDICT_COLORS = {True: (76, 175, 80), False: (110, 117, 135), None: STRIP_BACKGROUND}  # hit, miss, unknown
+STRIP_GAP, MARK_HEIGHT = 2, 4
 
 
 def layout_of(start: StartMessage | None, shape: tuple[int, ...]) -> DetectorModel:
@@ -84,6 +88,36 @@ def frame_picture(
     out = io.BytesIO()
     picture.save(out, format="PNG", compress_level=3)
     return FramePicture(out.getvalue(), picture.width, picture.height, factor, drawn)
+
+
+def _png(pixels: np.ndarray) -> bytes:
+    from PIL import Image
+
+    out = io.BytesIO()
+    Image.fromarray(pixels, mode="RGB").save(out, format="PNG", compress_level=3)
+    return out.getvalue()
+
+
+def thumbnail_strip(images: list[np.ndarray], hits: list[bool | None], slots: int) -> FramePicture:
+    """``slots`` places side by side, the newest of ``images`` (2-D thumbnails) rightmost, each log-scaled on its own
+    with a bar below: green for a hit, grey for a miss. Always ``slots`` wide, so the strip never changes size."""
+    try:
+        import PIL  # noqa: F401
+    except ImportError:
+        raise MissingDependencyError.for_package("pillow", "the dashboard's thumbnail strip") from None
+    if not images or len(images) != len(hits):
+        raise ValueError(f"{len(images)} thumbnails and {len(hits)} verdicts: need as many of each, at least one")
+    rows = max(image.shape[0] for image in images)
+    cols = max(image.shape[1] for image in images)
+    width = slots * cols + (slots - 1) * STRIP_GAP
+    pixels = np.empty((rows + STRIP_GAP + MARK_HEIGHT, width, 3), dtype=np.uint8)
+    pixels[:] = STRIP_BACKGROUND
+    kept = list(zip(images, hits, strict=True))[-slots:]
+    for slot, (image, hit) in enumerate(kept, start=slots - len(kept)):
+        left = slot * (cols + STRIP_GAP)
+        pixels[: image.shape[0], left : left + image.shape[1]] = COLORMAP[log_scaled(image)]
+        pixels[rows + STRIP_GAP :, left : left + cols] = VERDICT_COLORS[hit]
+    return FramePicture(_png(pixels), width, pixels.shape[0], 1, 0)
 
 
 class PowderProfile:

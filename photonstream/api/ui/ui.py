@@ -238,12 +238,29 @@ def frame_png(
     ctx: Context = Depends(context),
     v: Annotated[int | None, Query(ge=0, description="frame version (the page's cache key)")] = None,
 ) -> Response:
+    """The newest full detector image (a hit's in preference), never a thumbnail: see ``StreamWatch._show``."""
     stream = quiet_visible(ctx, stream_id, "ui.frame")
     watch = monitor_of(request).watch(stream)
     picture = watch.picture() if watch is not None else None
     if picture is None:
-        raise NotFoundError(f"stream {stream_id} has no frame to show yet")
+        raise NotFoundError(f"stream {stream_id} has no full frame to show yet")
     return Response(picture.png, media_type="image/png", headers={"Cache-Control": "private, max-age=300"})
+
+
+@router.get("/ui/api/streams/{stream_id}/thumbnails.png")
+def thumbnails_png(
+    stream_id: uuid.UUID,
+    request: Request,
+    ctx: Context = Depends(context),
+    v: Annotated[int | None, Query(ge=0, description="thumbnails version (the page's cache key)")] = None,
+) -> Response:
+    """The newest thumbnails side by side (frames that carry a ``thumbnail`` array, vetoed misses included)."""
+    stream = quiet_visible(ctx, stream_id, "ui.frame")
+    watch = monitor_of(request).watch(stream)
+    strip = watch.strip() if watch is not None else None
+    if strip is None:
+        raise NotFoundError(f"stream {stream_id} has no thumbnails to show yet")
+    return Response(strip.png, media_type="image/png", headers={"Cache-Control": "private, max-age=300"})
 
 
 @router.get("/metrics/streams")

@@ -304,15 +304,43 @@
       document.querySelector("#pools tbody").replaceChildren(...rows);
     }
 
+    function age(seconds) {
+      if (seconds < 1) return "just now";
+      if (seconds < 120) return `${Math.round(seconds)} s ago`;
+      return `${Math.round(seconds / 60)} min ago`;
+    }
+
+    function verdict(hit) {
+      return hit === null || hit === undefined ? "" : hit ? "hit" : "miss";
+    }
+
+    // swap the image only once the new one has loaded (no flicker); the server sends only full images here
+    function load(img, path, version, onLoad) {
+      const next = new Image();
+      next.onload = () => { img.src = next.src; img.hidden = false; if (onLoad) onLoad(); };
+      next.src = `/ui/api/streams/${encodeURIComponent(id)}/${path}?v=${version}`;
+    }
+
     function showFrame(frame) {
       if (!frame) return;
-      $("frame-caption").textContent = `event ${frame.event} · ${frame.shape.join("×")} · ${frame.peaks} peaks`
-        + (frame.hit === null || frame.hit === undefined ? "" : frame.hit ? " · hit" : " · miss");
+      $("frame-caption").textContent = [`event ${frame.event}`, verdict(frame.hit), `${frame.peaks} peaks`,
+        frame.shape.join("×"), age(frame.age_s)].filter(Boolean).join(" · ");
       if (frame.version === frameVersion) return;
       frameVersion = frame.version;
-      const next = new Image(); // load off-screen, then swap: no flicker
-      next.onload = () => { $("frame").src = next.src; };
-      next.src = `/ui/api/streams/${encodeURIComponent(id)}/frame.png?v=${frame.version}`;
+      load($("frame"), "frame.png", frame.version, () => { $("frame-none").hidden = true; });
+    }
+
+    let thumbsVersion = 0;
+    function showThumbnails(thumbs) {
+      $("thumbs-box").hidden = !thumbs;
+      if (!thumbs) return;
+      const events = thumbs.events;
+      const hits = thumbs.hits.filter((h) => h === true).length;
+      $("thumbs-caption").textContent = `events ${events[0]}–${events[events.length - 1]}, newest right`
+        + (thumbs.hits.some((h) => h !== null) ? ` · ${hits} of ${events.length} hits (green)` : "");
+      if (thumbs.version === thumbsVersion) return;
+      thumbsVersion = thumbs.version;
+      load($("thumbs"), "thumbnails.png", thumbs.version);
     }
 
     follow(`/ui/api/streams/${encodeURIComponent(id)}/events`, (data) => {
@@ -351,6 +379,7 @@
       if (m) {
         charts.latency.push(t, { p50: m.latency.p50_ms, p99: m.latency.p99_ms });
         showFrame(m.frame);
+        showThumbnails(m.thumbnails);
         if (m.powder) {
           charts.powder.set(m.powder.q, { intensity: m.powder.intensity });
           $("powder-caption").textContent = `${m.powder.frames} frames sampled`;
@@ -362,6 +391,8 @@
       if (data.hit_rate !== null) hits["hit rate"] = 100 * data.hit_rate;
       if (data.indexing_rate !== null) hits["indexing rate"] = 100 * data.indexing_rate;
       charts.hits.push(t, hits);
+      $("hits-now").textContent = Object.entries(hits).map(([label, value]) => `${label} ${number(value)}%`)
+        .join(" · ");
       $("results-caption").textContent = data.results.length ? `latest ${data.results.length}` : "no results channel yet";
       $("results").textContent = data.results.map((r) => JSON.stringify(r)).join("\n");
     }, () => showMessage("This stream is gone, or no longer yours to see."));
