@@ -1,6 +1,8 @@
 """The dashboard in a real headless Chromium (Debian's ``chromium`` and ``chromium-driver``, driven by Selenium)
 against the API over HTTPS with a stream running: log in with a token, watch the list and the stream page update
-live, see the frame picture load, be refused another user's stream, cancel a stream from its page.
+live, see the frame picture load (the full image only: the stream vetoes misses to a thumbnail, as the demo's does)
+with the strip of thumbnails, see the hit rate appear once frames flow, be refused another user's stream, cancel a
+stream from its page.
 
 Skipped (with the reason) where Chromium, its driver or selenium is missing; PHOTONSTREAM_REQUIRE_BROWSER=1 turns
 the skip into a failure (CI). The stream page's screenshot goes to ``artifacts/dashboard.png``; with
@@ -10,6 +12,7 @@ PHOTONSTREAM_DOCS_SCREENSHOT=1 also to ``docs/dashboard.png`` (the README's).
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import time
 from collections.abc import Callable, Iterator
@@ -64,8 +67,9 @@ def site(pki: Pki, tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[s
     _need_browser()
     pools = [{"name": "readers", "group": "readers", "kind": "pull", "min_workers": 1, "max_workers": 1,
               "interval_s": 0.5}]  # fmt: skip
+    veto = [{"type": "thumbnail", "size": 32}, {"type": "veto", "arrays": ["data"], "keep_every": 50}]
     with (
-        live_stream(pki, tmp_path_factory.mktemp("dashboard"), worker_pools=pools) as live,
+        live_stream(pki, tmp_path_factory.mktemp("dashboard"), worker_pools=pools, more_steps=veto) as live,
         running_server(live.api.app, pki) as url,
     ):
         yield url, live
@@ -133,7 +137,14 @@ def test_stream_page_shows_the_frame_and_live_charts(session: tuple[str, LiveStr
     from selenium.webdriver.common.by import By
 
     url, live, browser = session
+    opened = time.monotonic()
     browser.get(f"{url}/ui/streams/{live.stream_id}")
+    # the first visit starts the monitor: the hit rate is there within seconds, as a number and as a chart series
+    now = eventually(lambda: re.fullmatch(r"hit rate \d+(\.\d)?%", browser.find_element(By.ID, "hits-now").text),
+                     10, "the hit rate readout")  # fmt: skip
+    print(f"hit rate shown {time.monotonic() - opened:.1f} s after the page was asked for: {now.group(0)}")
+    legend = eventually(lambda: browser.find_element(By.CSS_SELECTOR, "#chart-hits .u-legend").text, 5, "the legend")
+    assert "hit rate" in legend
     width = eventually(
         lambda: browser.execute_script(
             "const i = document.getElementById('frame'); return i.complete && i.naturalWidth"
@@ -142,7 +153,20 @@ def test_stream_page_shows_the_frame_and_live_charts(session: tuple[str, LiveStr
         "the frame picture to load",
     )
     assert width == 192 and browser.execute_script("return document.getElementById('frame').naturalHeight") == 96
-    eventually(lambda: "peaks" in browser.find_element(By.ID, "frame-caption").text, what="the frame caption")
+    # misses come whole only one in 50 (then a hit soon takes the view back): the view shows hits, never thumbnails
+    caption = r"event \d+ · hit · \d+ peaks · 2×96×96 · (just now|\d+ s ago)"
+    eventually(lambda: re.search(caption, browser.find_element(By.ID, "frame-caption").text), what="the caption")
+    assert not browser.find_element(By.ID, "frame-none").is_displayed()
+    strip = eventually(
+        lambda: browser.execute_script(
+            "const i = document.getElementById('thumbs'); return i.complete && i.naturalWidth"
+        ),
+        10,
+        "the thumbnail strip",
+    )
+    assert strip == 8 * 32 + 7 * 2 and browser.find_element(By.ID, "thumbs-box").is_displayed()
+    thumbs_caption = browser.find_element(By.ID, "thumbs-caption").text
+    assert re.match(r"events \d+–\d+, newest right · \d+ of \d+ hits", thumbs_caption)
     eventually(lambda: browser.find_elements(By.CSS_SELECTOR, '#hops tr[data-group="analysis"]'), what="hop rows")
     for chart in ("rates", "lag", "losses", "latency", "hits", "powder"):
         eventually(lambda c=chart: browser.find_elements(By.CSS_SELECTOR, f"#chart-{c} canvas"), what=f"{chart} chart")
@@ -150,6 +174,8 @@ def test_stream_page_shows_the_frame_and_live_charts(session: tuple[str, LiveStr
     assert sums and not browser.find_elements(By.CSS_SELECTOR, "#hops tbody td.bad")
     assert browser.find_element(By.ID, "state").text == "streaming"
     time.sleep(2.5)  # a few more seconds of chart history for the picture
+    # seconds of vetoed misses later the frame view still holds a full image: it never flips to a thumbnail's size
+    assert browser.execute_script("return document.getElementById('frame').naturalWidth") == 192
     artifacts = REPO / "artifacts"
     artifacts.mkdir(exist_ok=True)
     assert browser.save_screenshot(str(artifacts / "dashboard.png"))
