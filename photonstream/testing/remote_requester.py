@@ -1,13 +1,16 @@
-"""A user at another site: asks the API for a stream with her certificate and follows it to its end (for tests).
+"""A user at another site: asks the API for a stream with her certificate and follows it to its end.
 
-    python -m tests.remote_requester URL REQUEST.json --cert U.crt --key U.key --ca CA.crt [--wait-s 60]
+Used by the cross-facility test and ``photonstream bench wan``::
+
+    python -m photonstream.testing.remote_requester URL REQUEST.json --cert U.crt --key U.key --ca CA.crt [--wait-s 60]
 
 Uses the typed client (``photonstream.client.api.PhotonstreamClient``) over HTTPS with mutual TLS. Waits until
 ``/v1/health`` answers (the service may still be starting), then prints one JSON line
 ``{"requested_at": T0, "answered_at": T1, "stream_id": ..., "data_endpoint": {...}}`` (times are ``time.time()``,
 comparable across processes and network namespaces; ``data_endpoint`` holds the consumer's secret key, shown once),
-follows the stream's events to its end and prints ``{"final": <the stream as the API shows it>}``. Exit status
-0 when the stream finished (whatever its state), 2 when the service never answered, 3 when it refused.
+follows the stream's events to its end and prints ``{"final": <the stream as the API shows it>, "seen_at": T2}``
+(T2: when the user learnt of the end). Exit status 0 when the stream finished (whatever its state), 2 when the
+service never answered, 3 when it refused.
 """
 
 from __future__ import annotations
@@ -56,7 +59,7 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps({"requested_at": requested_at, "answered_at": answered_at, "stream_id": str(created.id),
                           "data_endpoint": created.data_endpoint.model_dump(mode="json")}), flush=True)  # fmt: skip
         final = client.wait(created.id)
-        print(json.dumps({"final": final.model_dump(mode="json")}), flush=True)
+        print(json.dumps({"final": final.model_dump(mode="json"), "seen_at": time.time()}), flush=True)
     return 0
 
 
