@@ -247,6 +247,28 @@ def bench_e2e(
     bench_main(json_only=as_json, duration_s=duration, rate_hz=rate, detectors=tuple(detectors))
 
 
+@bench_app.command("wan")
+@friendly
+def bench_wan(
+    as_json: bool = typer.Option(False, "--json", help="only the JSON line"),
+    frames: int = typer.Option(600, min=4, help="frames of 192 KiB per case"),
+    delay_ms: float = typer.Option(25.0, "--delay-ms", min=0.0, help="the link's one-way delay, each direction (ms)"),
+    rate_mbps: float = typer.Option(200.0, "--rate-mbps", min=0.001, help="the link's cap per direction (Mb/s)"),
+    securities: list[str] = typer.Option(
+        ["curve", "none"], "--security", help="buffer security per photonstream case: curve | none (repeatable)"
+    ),
+) -> None:
+    """Across a simulated WAN (two network namespaces, our relay): goodput and request → first frame / completed,
+    with CURVE and without, against raw TCP over the same link. Needs root and iproute2."""
+    from benchmarks.wan import main as bench_main
+
+    unknown = [s for s in securities if s not in ("curve", "none")]
+    if unknown:
+        err_console.print(f"[bold red]error:[/] --security must be curve or none, not {unknown[0]!r}")
+        raise typer.Exit(2)
+    bench_main(json_only=as_json, frames=frames, delay_ms=delay_ms, rate_mbps=rate_mbps, securities=tuple(securities))
+
+
 @app.command(
     "xtal",
     context_settings={"allow_extra_args": True, "ignore_unknown_options": True, "help_option_names": []},
