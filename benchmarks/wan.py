@@ -14,8 +14,10 @@ them through the relay. Cases:
 Figures per case: goodput (image bytes the applications got per second, from the first ``2 × credit`` frames on:
 those may have been in flight before the first arrived; the baseline is measured the same way), as a fraction of
 the cap and against the raw TCP goodput; request → first frame (alice's ``POST /v1/streams`` until a worker has
-the first frame), request → last frame, request → completed (until the API told alice the stream completed);
-whether every frame arrived exactly once. Needs root and iproute2 (network namespaces).
+the first frame), request → last frame (the last one reached a worker), request → completed (until the API told
+alice the stream completed: the job's end, once the producer handed its last frame to the buffer; across a slow
+link the workers are still reading then, so it can come before the last frame); whether every frame arrived
+exactly once. Needs root and iproute2 (network namespaces).
 
     python -m benchmarks.wan [--json]
 """
