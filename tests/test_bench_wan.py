@@ -1,12 +1,13 @@
 """``photonstream bench wan`` runs end to end with tiny settings and reports what it says it does.
 
-Only properties that hold on any machine are asserted (no speeds): every key is there, the figures are positive,
-goodput is at most the cap (with the token bucket's burst as tolerance), the order of events holds (the create
-answer before the first frame, which the workers could only ask for with it; first frame before last), every
-frame arrived once and every case completed. The figures themselves are the benchmark's output, not a test's.
-Without network namespaces the command refuses with one line (tested here with ``ip`` off the PATH, which works
-on any machine); with them it needs root, like the other netns tests (skipped, or failed under
-``PHOTONSTREAM_REQUIRE_NETNS=1`` as in CI).
+No speed is asserted (the figures are the benchmark's output, not a test's): every key is there, the figures are
+positive and consistent (fractions and ratios match the rates), goodput is at most the cap with 10 % tolerance
+(the token bucket's burst, 128 KiB of the 4.7 MB measured, and a receiver descheduled as the measured window
+began that then read what its socket held; a slow machine only lowers goodput), the create answer came before
+the first frame (the workers could only ask for frames with it), the first frame before the last, every frame
+arrived once and every case completed. Without network namespaces the command refuses with one line (tested
+with ``ip`` off the PATH, which works on any machine); with them it needs root, like the other netns tests
+(skipped, or failed under ``PHOTONSTREAM_REQUIRE_NETNS=1`` as in CI).
 """
 
 from __future__ import annotations
@@ -22,8 +23,8 @@ import pytest
 from photonstream.testing.netns import unavailable_reason
 
 REPO = Path(__file__).resolve().parents[1]
-FRAMES = 24
-CAP_MBPS = 200.0
+FRAMES = 40
+CAP_MBPS = 40.0  # a slow link: the goodput is measured over ~1 s (24 frames), not a few scheduling slices
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -57,14 +58,14 @@ def test_a_tiny_run_reports_every_case_with_sane_figures() -> None:
 
     raw = summary["raw_tcp_goodput_mbps"]
     assert 0 < raw <= CAP_MBPS * 1.1
-    assert summary["raw_tcp_goodput_of_cap"] == pytest.approx(raw / CAP_MBPS, abs=1e-3)
+    assert summary["raw_tcp_goodput_of_cap"] == pytest.approx(raw / CAP_MBPS, abs=5e-3)  # both sides rounded
     assert summary["raw_tcp_connect_to_first_frame_ms"] > 0
     for case in ("curve", "none"):
         figures = {key.removeprefix(f"{case}_"): value for key, value in summary.items() if key.startswith(case)}
         assert 0 < figures["goodput_mbps"] <= CAP_MBPS * 1.1, figures
         assert 0 < figures["goodput_of_cap"] <= 1.1
-        assert figures["goodput_of_cap"] == pytest.approx(figures["goodput_mbps"] / CAP_MBPS, abs=1e-3)
-        assert figures["vs_raw"] == pytest.approx(figures["goodput_mbps"] / raw, abs=1e-3)
+        assert figures["goodput_of_cap"] == pytest.approx(figures["goodput_mbps"] / CAP_MBPS, abs=5e-3)
+        assert figures["vs_raw"] == pytest.approx(figures["goodput_mbps"] / raw, abs=5e-3)
         assert 0 < figures["create_round_trip_ms"] < figures["request_to_first_frame_ms"]
         assert figures["request_to_first_frame_ms"] <= figures["request_to_last_frame_ms"]
         assert (figures["lost"], figures["duplicated"], figures["completed"]) == (0, 0, True), figures
