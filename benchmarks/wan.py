@@ -11,13 +11,17 @@ them through the relay. Cases:
 - ``photonstream curve``: the buffer with CURVE (authenticated, encrypted), as a facility runs it;
 - ``photonstream none``: the buffer without security, to see what CURVE costs.
 
-Figures per case: goodput (image bytes the applications got per second, from the first ``2 × credit`` frames on:
+Figures per case: goodput (image bytes the applications got per second, after the first ``workers × credit`` frames:
 those may have been in flight before the first arrived; the baseline is measured the same way), as a fraction of
 the cap and against the raw TCP goodput; request → first frame (alice's ``POST /v1/streams`` until a worker has
 the first frame), request → last frame (the last one reached a worker), request → completed (until the API told
 alice the stream completed: the job's end, once the producer handed its last frame to the buffer; across a slow
 link the workers are still reading then, so it can come before the last frame); whether every frame arrived
 exactly once. Needs root and iproute2 (network namespaces).
+
+Each worker has at most ``credit`` frames in flight, so a group moves at most ``workers × credit × frame`` bytes
+per round trip: with the defaults 2 × 8 × 192 KiB per 50 ms, about 500 Mb/s. Below that the link's cap decides;
+above it (``--rate-mbps 1000``) the credit does, and ``--credit`` shows how much a larger window gives back.
 
     python -m benchmarks.wan [--json]
 """
@@ -45,7 +49,7 @@ from photonstream.testing.netns import NamespacePair, unavailable_reason
 
 SHAPE = (384, 256)  # uint16: 192 KiB frames
 WORKERS = 2
-CREDIT = 8
+CREDIT = 8  # frames each worker may have in flight (the default of the test; see --credit)
 
 
 class BenchUnavailable(PhotonstreamError):
@@ -63,10 +67,10 @@ def _exactly_once(frames: list[dict[str, Any]], expected: int) -> tuple[int, int
     return lost, sum(n - 1 for n in seen.values() if n > 1)
 
 
-def raw_case(pair: NamespacePair, link: Link, root: Path, frames: int, frame_bytes: int) -> dict[str, Any]:
+def raw_case(pair: NamespacePair, link: Link, root: Path, frames: int, frame_bytes: int, credit: int) -> dict[str, Any]:
     outcome = raw_tcp_transfer(pair, link, root, frames, frame_bytes, connections=WORKERS)
     received = outcome.frames()  # numbered per connection: TCP delivers each byte once, in order
-    mbps = goodput_mbps(received, skip=2 * CREDIT)
+    mbps = goodput_mbps(received, skip=WORKERS * credit)  # skipped as in the streams, to compare alike
     return {
         "case": "raw tcp",
         "frames": len(received),
@@ -91,7 +95,7 @@ def stream_case(site: ApiSite, frames: int) -> dict[str, Any]:
     lost, duplicated = _exactly_once(received, frames)
     summaries = [s or {} for s in outcome.summaries]
     final = outcome.final["final"]
-    mbps = goodput_mbps(received, skip=2 * CREDIT)
+    mbps = goodput_mbps(received, skip=WORKERS * site.credit)
     streaming_at = final.get("streaming_at")
     return {
         "case": f"photonstream {site.security}",
@@ -120,22 +124,23 @@ def main(
     delay_ms: float = 25.0,
     rate_mbps: float = 200.0,
     securities: tuple[str, ...] = ("curve", "none"),
+    credit: int = CREDIT,
 ) -> dict[str, Any]:
     reason = unavailable_reason()
     if reason is not None:
         raise BenchUnavailable(f"bench wan needs network namespaces (root and iproute2): {reason}")
-    if frames < 4 or delay_ms < 0 or rate_mbps <= 0:
-        raise BenchUnavailable("bench wan needs --frames >= 4, --delay-ms >= 0 and --rate-mbps > 0")
+    if frames < 4 or delay_ms < 0 or rate_mbps <= 0 or credit < 1:
+        raise BenchUnavailable("bench wan needs --frames >= 4, --delay-ms >= 0, --rate-mbps > 0 and --credit >= 1")
     link = Link(delay_ms=delay_ms, rate_mbps=rate_mbps)
     frame_bytes = SHAPE[0] * SHAPE[1] * 2
     rows: list[dict[str, Any]] = []
     with NamespacePair() as pair, tempfile.TemporaryDirectory(prefix="photonstream-bench-wan-") as tmp:
         root = Path(tmp)
         (root / "raw").mkdir()
-        rows.append(raw_case(pair, link, root / "raw", frames, frame_bytes))
+        rows.append(raw_case(pair, link, root / "raw", frames, frame_bytes, credit))
         for security in securities:
             (root / security).mkdir()
-            site = ApiSite(pair, root / security, security, link, credit=CREDIT)
+            site = ApiSite(pair, root / security, security, link, credit=credit)
             try:
                 rows.append(stream_case(site, frames))
             finally:
@@ -154,7 +159,7 @@ def main(
         "frames": frames,
         "frame_kib": frame_bytes // 1024,
         "workers": WORKERS,
-        "credit": CREDIT,
+        "credit": credit,
         "machine": machine(),
         "raw_tcp_goodput_mbps": raw,
         "raw_tcp_goodput_of_cap": rows[0]["goodput_of_cap"],

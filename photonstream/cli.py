@@ -257,6 +257,7 @@ def bench_wan(
     securities: list[str] = typer.Option(
         ["curve", "none"], "--security", help="buffer security per photonstream case: curve | none (repeatable)"
     ),
+    credit: int = typer.Option(8, min=1, help="frames each worker may have in flight"),
 ) -> None:
     """Across a simulated WAN (two network namespaces, our relay): goodput and request → first frame / completed,
     with CURVE and without, against raw TCP over the same link. Needs root and iproute2."""
@@ -266,7 +267,14 @@ def bench_wan(
     if unknown:
         err_console.print(f"[bold red]error:[/] --security must be curve or none, not {unknown[0]!r}")
         raise typer.Exit(2)
-    bench_main(json_only=as_json, frames=frames, delay_ms=delay_ms, rate_mbps=rate_mbps, securities=tuple(securities))
+    bench_main(
+        json_only=as_json,
+        frames=frames,
+        delay_ms=delay_ms,
+        rate_mbps=rate_mbps,
+        securities=tuple(securities),
+        credit=credit,
+    )
 
 
 @app.command(
