@@ -83,7 +83,7 @@ class PoolRequest(Strict):
         if self.min_workers > self.max_workers:
             raise ValueError(f"min_workers ({self.min_workers}) exceeds max_workers ({self.max_workers})")
         if self.resources.array is not None:
-            raise ValueError("resources.array: a pool starts one job per worker; leave array unset")
+            raise ValueError("resources.array: the pool forms its own arrays (one task per worker); leave array unset")
         return self
 
 

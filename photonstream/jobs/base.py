@@ -5,11 +5,18 @@ secrets (written to a file only the job's owner reads, see ``photonstream.job_se
 Backends ``submit`` it and return their own job id; ``status`` maps the backend's view onto one ``JobState``; ``cancel``
 really stops the work (a process group, ``scancel``, the SF API's DELETE); ``logs`` returns what the job printed.
 Backends that take ``secrets`` also have ``discard_secrets(job_id)``, which deletes the job's secrets file (the API
-calls it when the stream finishes). The API records every state change it observes."""
+calls it when the stream finishes). The API records every state change it observes.
+
+Backends that can start several jobs as one scheduler job array (Slurm) also implement ``ArrayJobBackend``:
+``submit_array(specs, name)`` starts every spec as one task of a single array job and returns one id per task
+(``JOBID_TASK``), which ``status``, ``cancel`` and ``logs`` take like any job id, one task at a time.
+``submits_arrays(backend)`` says whether a backend can; elastic worker pools use it to start a batch of workers
+with one submission, and one job per worker elsewhere (local, sfapi)."""
 
 from __future__ import annotations
 
 import enum
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
@@ -80,3 +87,15 @@ class JobBackend(Protocol):
     def cancel(self, job_id: str) -> None: ...
 
     def logs(self, job_id: str, tail_lines: int | None = None, max_bytes: int = 1_000_000) -> str: ...
+
+
+@runtime_checkable
+class ArrayJobBackend(JobBackend, Protocol):
+    """A backend that starts a batch of jobs as one array job; each task is then a job of its own to the caller."""
+
+    def submit_array(self, specs: Sequence[JobSpec], name: str) -> list[str]: ...
+
+
+def submits_arrays(backend: object) -> bool:
+    """Whether ``backend`` can start several jobs as one array job (``ArrayJobBackend.submit_array``)."""
+    return callable(getattr(backend, "submit_array", None))

@@ -3,8 +3,13 @@
 A ``WorkerPool`` (part of a stream request) describes one worker -- an argv template with ``{endpoint}``,
 ``{stream}``, ``{group}``, ``{pool}``, ``{worker}`` and ``{index}`` placeholders, and its resources -- and the
 bounds of the pool: ``min_workers`` .. ``max_workers`` and the lag (messages of the group not yet finished) it
-aims at. An ``ElasticPool`` runs it through any ``JobBackend``, one job per worker; each ``tick()`` is one
-decision:
+aims at. An ``ElasticPool`` runs it through any ``JobBackend``. Each worker is one backend job to the pool, but a
+batch of new workers (``min_workers`` at the start, each scale-up step) is submitted as ONE array job where the
+backend can (``submits_arrays``: Slurm, ``sbatch --array=0-N`` with one task per worker, each with its own
+command, ``PHOTONSTREAM_WORKER`` and log); its tasks' ids (``JOBID_TASK``) are the workers' job ids, so every
+task is watched, cancelled (``scancel JOBID_TASK``: scale-down removes one task, the others keep running) and
+replaced on its own, and events list task ids. A single new worker (one more, a replacement) is a plain job;
+backends without arrays (local, sfapi) get one job per worker. Each ``tick()`` is one decision:
 
 - workers that ended FAILED or LOST while there is still work are replaced at once (up to ``max_failures``);
 - fewer than ``min_workers`` live: start workers up to the minimum;
@@ -34,12 +39,12 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from photonstream.errors import PhotonstreamError
-from photonstream.jobs.base import JobBackend, JobSpec, JobState, Resources
+from photonstream.jobs.base import ArrayJobBackend, JobBackend, JobSpec, JobState, Resources, submits_arrays
 
 log = logging.getLogger(__name__)
 
@@ -118,7 +123,7 @@ class WorkerPool(BaseModel):
         if self.min_workers > self.max_workers:
             raise ValueError(f"min_workers ({self.min_workers}) exceeds max_workers ({self.max_workers})")
         if self.resources.array is not None:
-            raise ValueError("resources.array: a pool starts one job per worker; leave array unset")
+            raise ValueError("resources.array: the pool forms its own arrays (one task per worker); leave array unset")
         return self
 
     def argv(self, **values: Any) -> list[str]:
@@ -430,20 +435,25 @@ class ElasticPool:
             self._emit("stopped", reading, f"cancelled {cancelled} worker(s) still running after the grace")
 
     def _start_workers(self, count: int, action: str, reading: LagReading | None, detail: str) -> int:
-        started: list[Worker] = []
-        for _ in range(count):
-            if len(self.workers) >= self.pool.max_workers:
-                break
-            worker = self._submit(reading)
-            if worker is None:
-                break
-            started.append(worker)
+        count = min(count, self.pool.max_workers - len(self.workers))
+        if count <= 0:
+            return 0
+        if count > 1 and submits_arrays(self.backend):
+            started = self._submit_array(count, reading)
+        else:
+            started = []
+            for _ in range(count):
+                worker = self._submit(reading)
+                if worker is None:
+                    break
+                started.append(worker)
         if started:
             names = ", ".join(worker.name for worker in started)
             self._emit(action, reading, f"{detail}; started {names}", tuple(worker.job_id for worker in started))
         return len(started)
 
-    def _submit(self, reading: LagReading | None) -> Worker | None:
+    def _worker_spec(self) -> tuple[int, JobSpec]:
+        """The next worker's index and job (ValueError where its command or name does not make a valid job)."""
         index = self._next_index
         self._next_index += 1
         name = f"{self.job_prefix}-{self.pool.name}-{index}"
@@ -455,27 +465,51 @@ class ElasticPool:
             "worker": name,
             "index": index,
         }
+        spec = JobSpec(
+            name=name,
+            command=self.pool.argv(**values),
+            resources=self.pool.resources,
+            environment={
+                **self.environment,
+                **self.pool.environment,
+                "PHOTONSTREAM_POOL": self.pool.name,
+                "PHOTONSTREAM_WORKER": name,
+            },
+            secrets=self.secrets,
+            workdir=self.workdir,
+        )
+        return index, spec
+
+    def _submit(self, reading: LagReading | None) -> Worker | None:
+        name = f"{self.job_prefix}-{self.pool.name}-{self._next_index}"
         try:
-            spec = JobSpec(
-                name=name,
-                command=self.pool.argv(**values),
-                resources=self.pool.resources,
-                environment={
-                    **self.environment,
-                    **self.pool.environment,
-                    "PHOTONSTREAM_POOL": self.pool.name,
-                    "PHOTONSTREAM_WORKER": name,
-                },
-                secrets=self.secrets,
-                workdir=self.workdir,
-            )
+            index, spec = self._worker_spec()
             job_id = self.backend.submit(spec)
         except (PhotonstreamError, OSError, ValueError) as error:
-            self.failures += 1
-            self._emit("error", reading, f"could not submit {name}: {error}")
-            if self.failures > self.pool.max_failures:
-                self._give_up(reading, f"submitting {name} failed")
+            self._submit_failed(reading, name, error)
             return None
+        return self._track(index, spec.name, job_id)
+
+    def _submit_array(self, count: int, reading: LagReading | None) -> list[Worker]:
+        """``count`` workers as one array job; each task is then a worker of its own (status, cancel, replace)."""
+        name = f"{self.job_prefix}-{self.pool.name}-array{self._next_index}"
+        try:
+            batch = [self._worker_spec() for _ in range(count)]
+            task_ids = cast(ArrayJobBackend, self.backend).submit_array([spec for _, spec in batch], name)
+            if len(task_ids) != count:
+                raise PhotonstreamError(f"the backend answered {len(task_ids)} task ids for {count} tasks")
+        except (PhotonstreamError, OSError, ValueError) as error:
+            self._submit_failed(reading, name, error)
+            return []
+        return [self._track(index, spec.name, job_id) for (index, spec), job_id in zip(batch, task_ids, strict=True)]
+
+    def _submit_failed(self, reading: LagReading | None, name: str, error: Exception) -> None:
+        self.failures += 1
+        self._emit("error", reading, f"could not submit {name}: {error}")
+        if self.failures > self.pool.max_failures:
+            self._give_up(reading, f"submitting {name} failed")
+
+    def _track(self, index: int, name: str, job_id: str) -> Worker:
         worker = Worker(index=index, name=name, job_id=job_id, submitted_at=time.time())
         self.workers.append(worker)
         self.started.append(worker)

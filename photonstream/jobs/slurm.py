@@ -19,11 +19,12 @@ import re
 import shlex
 import subprocess
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 from photonstream.errors import ConfigError
-from photonstream.job_secrets import remove_secrets_file
+from photonstream.job_secrets import SECRETS_FILE_ENV, remove_secrets_file
 from photonstream.jobs.base import JobSpec, JobState, JobStatus
 from photonstream.jobs.common import (
     REASON_TAIL_BYTES,
@@ -86,13 +87,52 @@ def batch_script(spec: JobSpec, log_path: str | None = None) -> str:
 
     It never holds ``spec.secrets`` (Slurm keeps the script): the backend writes them to a file first
     (``common.place_secrets``) and the script names only that file."""
-    if spec.secrets:
-        raise ConfigError(f"job {spec.name}: its secrets must go to a secrets file, never into the batch script")
-    resources = spec.resources
+    _refuse_secrets(spec)
     # '%' starts a Slurm filename pattern (%j, %a): a literal one is written '%%'
     output = _path_option("log path", log_path or log_path_of(spec), spec).replace("%", "%%")
-    if resources.array is not None:
+    if spec.resources.array is not None:
         output = array_log_path(output)
+    return "\n".join([*_script_head(spec, output), *_run_lines(spec)]) + "\n"
+
+
+def array_batch_script(name: str, specs: Sequence[JobSpec], log_paths: Sequence[str]) -> str:
+    """One ``sbatch`` script that runs ``specs`` as the tasks ``0..n-1`` of one array job named ``name``.
+
+    The specs may differ in command, environment and log path (task ``i`` writes to ``log_paths[i]``, truncated
+    like a single job's ``--output``); they share resources and workdir, which the array asks for once per task.
+    What Slurm itself writes before a task's shell redirects goes to ``<workdir>/<name>-%a.log``."""
+    if not specs or len(specs) != len(log_paths):
+        raise ConfigError(f"array job {name}: needs one log path per spec and at least one spec")
+    first = specs[0]
+    for spec in specs:
+        _refuse_secrets(spec)
+        if spec.resources != first.resources or spec.workdir != first.workdir:
+            raise ConfigError(f"array job {name}: job {spec.name} differs from {first.name} in resources or workdir")
+        if spec.resources.array is not None:
+            raise ConfigError(f"array job {name}: job {spec.name} is itself an array (resources.array)")
+    head_spec = first.model_copy(
+        update={"name": name, "resources": first.resources.model_copy(update={"array": len(specs)})}
+    )
+    own_log = str(Path(first.workdir) / f"{name}.log")
+    output = array_log_path(_path_option("log path", own_log, head_spec).replace("%", "%%"))
+    lines = [*_script_head(head_spec, output), 'case "$SLURM_ARRAY_TASK_ID" in']
+    for task, (spec, log_path) in enumerate(zip(specs, log_paths, strict=True)):
+        lines.append(f"{task})")
+        lines.append(f"    exec >{shlex.quote(log_path)} 2>&1")
+        lines.extend(f"    {line}" for line in _run_lines(spec))
+        lines.append("    ;;")
+    lines += ["*)", '    echo "no task $SLURM_ARRAY_TASK_ID in this array" >&2', "    exit 2", "    ;;", "esac"]
+    return "\n".join(lines) + "\n"
+
+
+def _refuse_secrets(spec: JobSpec) -> None:
+    if spec.secrets:
+        raise ConfigError(f"job {spec.name}: its secrets must go to a secrets file, never into the batch script")
+
+
+def _script_head(spec: JobSpec, output: str) -> list[str]:
+    """The shebang and the ``#SBATCH`` lines (``output`` already a Slurm filename pattern)."""
+    resources = spec.resources
     lines = [
         "#!/bin/bash",
         f"#SBATCH --job-name={spec.name}",
@@ -114,6 +154,13 @@ def batch_script(spec: JobSpec, log_path: str | None = None) -> str:
         lines.append(f"#SBATCH --array=0-{resources.array - 1}")
     lines.append(f"#SBATCH --output={output}")
     lines.append(f"#SBATCH --chdir={_path_option('workdir', spec.workdir, spec)}")
+    return lines
+
+
+def _run_lines(spec: JobSpec) -> list[str]:
+    """The environment and the ``exec`` of the command (under ``srun`` for several ranks)."""
+    resources = spec.resources
+    lines = []
     for name, value in spec.environment.items():
         if not _ENVIRONMENT_NAME.match(name):
             raise ConfigError(f"job {spec.name}: environment variable name {name!r} is not valid")
@@ -126,7 +173,7 @@ def batch_script(spec: JobSpec, log_path: str | None = None) -> str:
         lines.append(f"exec {srun} {command}")
     else:
         lines.append(f"exec {command}")
-    return "\n".join(lines) + "\n"
+    return lines
 
 
 # --- states --------------------------------------------------------------------------------------------------------
@@ -248,18 +295,51 @@ class SlurmBackend:
             raise ConfigError(f"job {spec.name}: cannot create {error.filename}: {error.strerror}") from error
         spec, secrets_file = place_secrets(spec)  # the workdir is shared with the nodes, as the log is
         try:
-            result = self._run("sbatch", "--parsable", stdin=batch_script(spec, log_path))
-            if result.returncode != 0:
-                raise JobBackendError(f"sbatch refused job {spec.name}: {_last_line(result.stderr)}")
-            job_id = result.stdout.strip().split(";")[0]
-            if not job_id.isdigit():
-                raise JobBackendError(f"sbatch answered {result.stdout.strip()!r}, not a job id")
+            job_id = self._sbatch(spec.name, batch_script(spec, log_path))
         except BaseException:
             remove_secrets_file(secrets_file)
             raise
         record = {"name": spec.name, "log_path": log_path, "array": spec.resources.array, "submitted": time.time()}
         self.records.save(job_id, {**record, "secrets_file": secrets_file})
         return job_id
+
+    def submit_array(self, specs: Sequence[JobSpec], name: str) -> list[str]:
+        """Start ``specs`` as the tasks of one array job ``name`` (one ``sbatch --array=0-N``); returns the task ids
+        ``JOBID_0`` .. ``JOBID_N``, which ``status``, ``cancel`` (``scancel JOBID_TASK``) and ``logs`` take.
+
+        The specs share resources, workdir and secrets (one secrets file for the array, deleted once every task
+        ended); each task writes to its own spec's log."""
+        specs = list(specs)
+        if not specs:
+            raise ConfigError(f"array job {name}: no jobs to start")
+        if any(spec.secrets != specs[0].secrets for spec in specs):
+            raise ConfigError(f"array job {name}: its jobs must share their secrets (one secrets file)")
+        log_paths = [log_path_of(spec) for spec in specs]
+        plain = [spec.model_copy(update={"secrets": {}}) for spec in specs]
+        array_batch_script(name, plain, log_paths)  # a bad spec fails before anything is written
+        try:
+            for path in {specs[0].workdir, *(str(Path(log).parent) for log in log_paths)}:
+                Path(path).mkdir(parents=True, exist_ok=True)
+        except OSError as error:
+            raise ConfigError(f"array job {name}: cannot create {error.filename}: {error.strerror}") from error
+        first, secrets_file = place_secrets(specs[0])  # the workdir is shared with the nodes, as the logs are
+        if secrets_file is not None:
+            named = {SECRETS_FILE_ENV: first.environment[SECRETS_FILE_ENV]}
+            plain = [spec.model_copy(update={"environment": {**spec.environment, **named}}) for spec in plain]
+        try:
+            job_id = self._sbatch(name, array_batch_script(name, plain, log_paths))
+        except BaseException:
+            remove_secrets_file(secrets_file)
+            raise
+        now = time.time()
+        task_ids = [f"{job_id}_{task}" for task in range(len(specs))]
+        self.records.save(
+            job_id,
+            {"name": name, "task_logs": log_paths, "submitted": now, "secrets_file": secrets_file},
+        )
+        for task_id, spec, log_path in zip(task_ids, specs, log_paths, strict=True):
+            self.records.save(task_id, {"name": spec.name, "log_path": log_path, "array_job": job_id, "submitted": now})
+        return task_ids
 
     def status(self, job_id: str) -> JobStatus:
         rows = self._current_rows(job_id)
@@ -279,9 +359,20 @@ class SlurmBackend:
         return status
 
     def discard_secrets(self, job_id: str) -> None:
+        """Delete the job's secrets file; a task of an array shares its array's, deleted once every task ended."""
         record = self.records.load(job_id)
-        if record is not None:
+        if record is None:
+            return
+        array_job = record.get("array_job")
+        if array_job is None:
             remove_secrets_file(record.get("secrets_file"))
+            return
+        array_record = self.records.load(array_job)
+        if array_record is None or not array_record.get("secrets_file"):
+            return
+        rows = self._current_rows(array_job)
+        if rows and all(job_state_of(row.state).finished for row in rows):
+            remove_secrets_file(array_record["secrets_file"])
 
     def cancel(self, job_id: str) -> None:
         """``scancel`` (Slurm sends SIGTERM, then SIGKILL after its ``KillWait``), then wait until Slurm reports the
@@ -304,6 +395,13 @@ class SlurmBackend:
             if log_path is None:
                 raise JobNotFoundError(f"slurm backend: no record of job {job_id} and Slurm does not know it")
             return read_tail(log_path, tail_lines, max_bytes)
+        if record.get("task_logs"):  # an array started by submit_array: each task wrote its own log
+            parts = []
+            for task, log_path in enumerate(record["task_logs"]):
+                text = read_tail(log_path, tail_lines, max_bytes)
+                if text:
+                    parts.append(f"==> task {task} <==\n{text}")
+            return "".join(parts)[-max_bytes:]
         if not record.get("array"):
             return read_tail(record["log_path"], tail_lines, max_bytes)
         pattern = array_log_path(record["log_path"])
@@ -338,6 +436,15 @@ class SlurmBackend:
             ) from error
         except subprocess.TimeoutExpired as error:
             raise JobBackendError(f"slurm backend: {tool} did not answer in {self.command_timeout_s:g} s") from error
+
+    def _sbatch(self, name: str, script: str) -> str:
+        result = self._run("sbatch", "--parsable", stdin=script)
+        if result.returncode != 0:
+            raise JobBackendError(f"sbatch refused job {name}: {_last_line(result.stderr)}")
+        job_id = result.stdout.strip().split(";")[0]
+        if not job_id.isdigit():
+            raise JobBackendError(f"sbatch answered {result.stdout.strip()!r}, not a job id")
+        return job_id
 
     def _current_rows(self, job_id: str) -> list[SlurmJobRow]:
         """The freshest view: squeue (slurmctld itself) while the job is active; sacct (the accounting database,
