@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -11,6 +12,7 @@ from photonstream.jobs.base import JobSpec, JobState, Resources
 from photonstream.jobs.slurm import (
     SlurmBackend,
     SlurmJobRow,
+    array_batch_script,
     batch_script,
     exit_code_of,
     job_state_of,
@@ -81,6 +83,27 @@ def test_single_rank_runs_without_srun_and_arrays_get_per_task_logs() -> None:
     assert options["array"] == "0-3"
     assert options["output"] == "/w/logs/w%%1-%a.log"  # a literal % doubled, %a the task index
     assert script.endswith("exec worker\n")
+
+
+def test_an_array_script_gives_each_task_its_own_command_environment_and_log() -> None:
+    specs = [
+        JobSpec(name=f"pool-w-{i}", command=["worker", f"w {i}"], environment={"WORKER": f"w-{i}"}, workdir="/w")
+        for i in range(2)
+    ]
+    script = array_batch_script("pool-w-array0", specs, ["/w/pool-w-0.log", "/w/pool-w-1.log"])
+    options = sbatch_options(script)
+    assert (options["array"], options["job-name"]) == ("0-1", "pool-w-array0")
+    assert options["output"] == "/w/pool-w-array0-%a.log"  # what Slurm says before a task redirects
+    cases = script.split('case "$SLURM_ARRAY_TASK_ID" in\n')[1].split("    ;;\n")
+    for task, case in enumerate(cases[:2]):
+        lines = case.splitlines()
+        assert lines[:3] == [f"{task})", f"    exec >/w/pool-w-{task}.log 2>&1", f"    export WORKER=w-{task}"]
+        assert lines[-1] == f"    exec worker 'w {task}'"
+    assert cases[2].startswith("*)\n")  # an unknown task index fails, it does not run another task's command
+    assert script.endswith("esac\n")
+    with pytest.raises(ConfigError, match="differs from pool-w-0 in resources"):
+        other = specs[1].model_copy(update={"resources": Resources(cores_per_rank=2)})
+        array_batch_script("pool-w-array0", [specs[0], other], ["/w/a.log", "/w/b.log"])
 
 
 @pytest.mark.parametrize(
@@ -193,3 +216,48 @@ def test_without_accounting_squeue_and_scontrol_give_state_and_exit_code(slurm_c
     assert status.state == JobState.FAILED
     assert status.exit_code == 5
     assert "gone-wrong" in status.reason
+
+
+def squeue_state(job_id: str) -> str:
+    result = subprocess.run(["squeue", "-h", "-j", job_id, "-o", "%T"], capture_output=True, text=True, check=False)
+    return result.stdout.strip()
+
+
+@pytest.mark.slurm
+def test_each_task_of_an_array_is_watched_and_cancelled_on_its_own(slurm_cluster: None, tmp_path: Path) -> None:
+    backend = SlurmBackend(state_dir=tmp_path / "state")
+    workdir = tmp_path / "work"
+    specs = [
+        JobSpec(
+            name=f"sleeper-{i}",
+            command=["sh", "-c", "echo $WORKER $(cat $PHOTONSTREAM_JOB_SECRETS_FILE); exec sleep 300"],
+            environment={"WORKER": f"w{i}"},
+            secrets={"TOKEN": "t0p"},
+            workdir=str(workdir),
+        )
+        for i in range(2)
+    ]
+    task_ids = backend.submit_array(specs, "sleepers-array0")
+    try:
+        array_id = task_ids[0].split("_")[0]
+        assert array_id.isdigit() and task_ids == [f"{array_id}_0", f"{array_id}_1"]
+        for task_id in task_ids:
+            wait_until(lambda t=task_id: backend.status(t).state == JobState.RUNNING, 30, f"task {task_id} to run")
+        wait_until(lambda: all(backend.logs(t) for t in task_ids), 30, "both tasks to write their logs")
+        assert [backend.logs(t) for t in task_ids] == ['w0 {"TOKEN": "t0p"}\n', 'w1 {"TOKEN": "t0p"}\n']
+        secrets_files = list(workdir.glob("job-secrets-*.json"))
+        assert len(secrets_files) == 1  # one for the array
+
+        backend.cancel(task_ids[1])
+        assert backend.status(task_ids[1]).state == JobState.CANCELLED
+        assert backend.status(task_ids[0]).state == JobState.RUNNING
+        assert squeue_state(task_ids[0]) == "RUNNING"  # Slurm itself: the other task runs on
+        assert secrets_files[0].exists()  # the running task may still read it
+
+        backend.cancel(task_ids[0])
+        assert backend.status(task_ids[0]).state == JobState.CANCELLED
+        assert not secrets_files[0].exists()  # every task ended: gone
+        assert backend.status(array_id).state == JobState.CANCELLED
+    finally:
+        for task_id in task_ids:
+            subprocess.run(["scancel", task_id], check=False)
