@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import subprocess
 import sys
 import threading
 from collections.abc import Iterator
@@ -477,3 +478,103 @@ def _figures(history: list, events: int, rate_hz: float, work_s: float) -> dict[
         "peak_lag": max(e.lag or 0 for e in history),
         "decisions": [(round(e.time - start, 2), e.action, e.workers, e.lag, e.members) for e in history],
     }
+
+
+# --- Slurm: a batch of new workers is one array job, each task a worker of its own -------------------------------
+
+
+def recording_sbatch(tmp_path: Path) -> tuple[Path, Path]:
+    """An ``sbatch`` that keeps every script it is handed (``<scripts>/*.sh``) and hands it on to the real one."""
+    scripts = tmp_path / "sbatch-scripts"
+    scripts.mkdir()
+    wrapper = tmp_path / "sbatch"
+    wrapper.write_text(
+        f'#!/bin/sh\nscript=$(mktemp {scripts}/XXXXXX.sh)\ncat > "$script"\nexec sbatch "$@" < "$script"\n'
+    )
+    wrapper.chmod(0o755)
+    return wrapper, scripts
+
+
+def squeue_state(job_id: str) -> str:
+    result = subprocess.run(["squeue", "-h", "-j", job_id, "-o", "%T"], capture_output=True, text=True, check=False)
+    return result.stdout.strip()
+
+
+@pytest.mark.slurm
+def test_a_slurm_pool_scales_up_by_one_array_and_down_by_one_task(slurm_cluster: None, tmp_path: Path) -> None:
+    """Scaling up by 2 is one sbatch --array=0-1; both tasks consume (every frame once in the lossless group);
+    scaling down cancels exactly one task while Slurm runs the other on."""
+    from photonstream.jobs.slurm import SlurmBackend
+
+    wrapper, scripts = recording_sbatch(tmp_path)
+    backend = SlurmBackend(state_dir=tmp_path / "state", sbatch=str(wrapper))
+    events, stream, out, patience_s = 40, "elastic/3/det", tmp_path / "out", 60
+    service = start_service(member_timeout_s=2.0)
+    command = [sys.executable, str(WORKER), "{endpoint}", "{stream}", "{group}", str(out), "{worker}",
+               "--work-s", "0.1", "--credit", "4"]  # fmt: skip
+    pool_spec = WorkerPool(
+        name="arr", group="workers", command=command, min_workers=1, max_workers=3, target_lag=5, max_step=2,
+        scale_up_cooldown_s=0.0, scale_down_cooldown_s=0.0, stop_grace_s=20.0,
+    )  # fmt: skip
+    lag = ScriptedLag()
+    pool = ElasticPool(pool_spec, backend, lag, endpoint=service.endpoint, stream=stream, workdir=tmp_path / "work")
+    producer = Producer(service.endpoint, stream)
+    try:
+        producer.start()
+        pool.tick()  # the minimum: one worker, a plain job
+        first = pool.workers[0]
+        wait_until(lambda: backend.status(first.job_id).state == JobState.RUNNING, patience_s, "the first worker")
+        wait_until(lambda: group_stats(service.endpoint, stream, "workers").get("members") == 1, patience_s, "a join")
+        lag.set(50, members=1)
+        pool.tick()  # ceil(1 * (50/5 - 1)) = 9, capped by max_step: 2 more
+        scale_up = pool.events()[-1]
+        assert scale_up.action == "scale-up" and len(scale_up.jobs) == 2
+        array_id = scale_up.jobs[0].split("_")[0]
+        assert scale_up.jobs == (f"{array_id}_0", f"{array_id}_1")
+        submitted = sorted(scripts.glob("*.sh"), key=lambda path: path.stat().st_mtime)
+        assert len(submitted) == 2  # the first worker, then ONE submission for both new ones
+        assert "#SBATCH --array" not in submitted[0].read_text()
+        assert "#SBATCH --array=0-1\n" in submitted[1].read_text()
+
+        # the test cluster has two cores: the first worker makes room for the array's second task
+        backend.cancel(first.job_id)
+        pool.tick()
+        assert pool.events()[-1].action == "worker-ended"
+        tasks = list(pool.workers)
+        assert [worker.job_id for worker in tasks] == list(scale_up.jobs)
+        wait_until(lambda: group_stats(service.endpoint, stream, "workers").get("members") == 2, patience_s, "2 joins")
+        lag.set(3, members=2)  # inside the band: no decision
+        producer.frames(events)
+
+        def both_hold_frames() -> bool:
+            group = group_stats(service.endpoint, stream, "workers")
+            return group.get("members") == 2 and all(n >= 2 for n in group["member_inflight"].values())
+
+        wait_until(both_hold_frames, patience_s, "both tasks to hold frames")
+        lag.set(0, members=2)
+        pool.tick()
+        scale_down = pool.events()[-1]
+        assert scale_down.action == "scale-down" and scale_down.jobs == (tasks[1].job_id,)
+        assert backend.status(tasks[1].job_id).state == JobState.CANCELLED
+        assert backend.status(tasks[0].job_id).state == JobState.RUNNING
+        assert squeue_state(tasks[0].job_id) == "RUNNING"  # Slurm itself: the other task runs on
+        assert pool.workers == [tasks[0]]
+
+        producer.end()
+        wait_until(lambda: group_stats(service.endpoint, stream, "workers").get("ended"), patience_s, "the drain")
+        lag.set(0, members=1, stream_ended=True, drained=True)
+        wait_until(lambda: pool.tick() is not None and pool.done, patience_s, "the last task to end")
+        assert pool.events()[-1].action == "stopped"
+        assert backend.status(tasks[0].job_id).state == JobState.COMPLETED
+    finally:
+        pool.stop()
+        producer.close()
+        service.stop()
+
+    processed, left = read_processed(out)
+    assert sorted(processed) == list(range(events)), "a frame was lost or processed twice"
+    for task, how in zip(tasks, ["end", "sigterm"], strict=True):  # both tasks consumed; the removed one left
+        records = [json.loads(line) for line in (out / f"{task.name}.jsonl").read_text().splitlines()]
+        assert any("event" in record for record in records), f"{task.name} ({task.job_id}) processed no frame"
+        assert records[-1] == {"summary": True, "left": how, "frames": len(records) - 1}
+    assert sorted(left) == ["end", "sigterm", "sigterm"]  # the first worker left (cancelled) before any frame
