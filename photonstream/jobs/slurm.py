@@ -10,6 +10,12 @@ back to ``squeue`` + ``scontrol`` where no slurmdbd runs. ``cancel`` is ``scance
 ``KillWait`` seconds later, SIGKILL; it returns once Slurm reports the job ended (or after ``cancel_wait_s``). ``logs``
 reads the job's output file, so the API must see the filesystem the job writes to (as login nodes do).
 
+``submit_array(specs, name)`` starts several jobs as ONE array job (``sbatch --array=0-N``; elastic worker pools
+start each batch of new workers so): task ``i`` runs ``specs[i]`` (its own command, environment and log, chosen by
+``$SLURM_ARRAY_TASK_ID``), and the ids returned are the task ids ``JOBID_i``, which ``status`` (squeue/sacct
+``-j JOBID_i``), ``cancel`` (``scancel JOBID_i``: that task alone) and ``logs`` take like job ids. The tasks share
+one secrets file, deleted once every task of the array ended.
+
 ``batch_script`` and ``job_status_from_slurm`` are shared with the SF API backend, which submits the same scripts.
 """
 
