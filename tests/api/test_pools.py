@@ -421,11 +421,13 @@ def test_pool_quotas_and_role_restricted_kinds(pki: Pki, tmp_path: Path) -> None
 
 
 @pytest.mark.slurm
-def test_a_pool_on_slurm_processes_every_frame_once(slurm_cluster: None, pki: Pki, tmp_path: Path) -> None:
+def test_a_pool_on_slurm_starts_its_workers_as_one_array_and_processes_every_frame_once(
+    slurm_cluster: None, pki: Pki, tmp_path: Path
+) -> None:
     harness = make_api(pki, tmp_path, job_backend="slurm", job_backends=["slurm", "local"])
     try:
         events = 40
-        stream_id = create(harness, events, 10.0, min_workers=1, max_workers=1, stop_grace_s=20.0)
+        stream_id = create(harness, events, 10.0, min_workers=2, max_workers=2, stop_grace_s=20.0)
         alice = harness.client(cert="alice")
 
         def running() -> bool:
@@ -437,8 +439,11 @@ def test_a_pool_on_slurm_processes_every_frame_once(slurm_cluster: None, pki: Pk
         shown = alice.get(f"/v1/streams/{stream_id}").json()
         assert (shown["state"], shown["job_backend"]) == ("completed", "slurm"), shown["reason"]
         history = pools_of(harness, stream_id)["events"]
+        started = [event["jobs"] for event in history if event["action"] == "start-worker"]
+        assert len(started) == 1 and len(started[0]) == 2  # the two workers: one array job, two tasks
+        array_id = started[0][0].split("_")[0]
+        assert array_id.isdigit() and started[0] == [f"{array_id}_0", f"{array_id}_1"]
         jobs = {job for event in history for job in event["jobs"]}
-        assert jobs and all(job.isdigit() for job in jobs)  # Slurm job ids
         backend = harness.services().backends.get("slurm")
         assert all(backend.status(job).state.finished for job in jobs)
         processed, _ = read_processed(tmp_path / "out")
