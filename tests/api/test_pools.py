@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator
@@ -449,4 +450,47 @@ def test_a_pool_on_slurm_starts_its_workers_as_one_array_and_processes_every_fra
         processed, _ = read_processed(tmp_path / "out")
         assert sorted(processed) == list(range(events))
     finally:
+        close_api(harness)
+
+
+@pytest.mark.slurm
+def test_a_restarted_api_cancels_the_array_tasks_a_killed_one_left_on_slurm(
+    slurm_cluster: None, pki: Pki, tmp_path: Path
+) -> None:
+    harness = make_api(pki, tmp_path, job_backend="slurm", job_backends=["slurm", "local"])
+    old_tasks: list[str] = []
+    try:
+        stream_id = create(harness, 100_000, 5.0, min_workers=2, max_workers=2)
+        step_until(harness, stream_id, {"streaming"})
+        manager = harness.services().launcher.pools
+        step_while(harness, lambda: len(manager.live_workers(stream_id).get("slow", [])) < 2, "the two workers")
+        old_tasks = manager.live_workers(stream_id)["slow"]
+        array_id = old_tasks[0].split("_")[0]
+        assert sorted(old_tasks) == [f"{array_id}_0", f"{array_id}_1"]  # one array, two tasks
+        manager.halt_without_cancelling()  # the API process dies; its workers run on in Slurm
+        old_backend = harness.services().backends.get("slurm")
+        assert not any(old_backend.status(task).state.finished for task in old_tasks)
+
+        harness.app = harness.new_app()  # a new API on the same database, state and buffer
+        restarted = harness.services()
+        restarted.launcher.pools.link = restarted.launcher.link
+        restarted.launcher.link.start()
+        try:
+
+            def no_leftover_event() -> bool:
+                return not any("earlier API process" in e["detail"] for e in pools_of(harness, stream_id)["events"])
+
+            step_while(harness, no_leftover_event, "the leftover tasks to be cancelled", 60)
+            events = pools_of(harness, stream_id)["events"]
+            leftover = next(event for event in events if "earlier API process" in event["detail"])
+            assert leftover["action"] == "stopped" and sorted(leftover["jobs"]) == sorted(old_tasks)
+            backend = restarted.backends.get("slurm")
+            assert [backend.status(task).state for task in old_tasks] == [JobState.CANCELLED] * 2
+            harness.client(cert="alice").delete(f"/v1/streams/{stream_id}")
+        finally:
+            restarted.launcher.stop()
+            restarted.launcher.link.stop()
+    finally:
+        for task in old_tasks:
+            subprocess.run(["scancel", task], check=False)
         close_api(harness)
