@@ -126,5 +126,11 @@ def test_thumbnail_strip_keeps_its_size_puts_the_newest_right_and_marks_verdicts
     assert one.getpixel((2 * 6, 10)) == VERDICT_COLORS[True]
     strip = Image.open(io.BytesIO(three.png)).convert("RGB")
     assert [strip.getpixel((slot * 6, 10)) for slot in range(3)] == [VERDICT_COLORS[v] for v in (None, False, True)]
+    # one scale for the strip: a faint thumbnail stays faint next to a bright one
+    faint = np.zeros((6, 4), np.uint16)
+    faint[1, 1] = 5
+    shared = Image.open(io.BytesIO(thumbnail_strip([faint, spot], [False, True], slots=2).png)).convert("RGB")
+    alone = Image.open(io.BytesIO(thumbnail_strip([faint], [False], slots=1).png)).convert("RGB")
+    assert alone.getpixel((1, 1)) == tuple(COLORMAP[255]) and sum(shared.getpixel((1, 1))) < sum(alone.getpixel((1, 1)))
     with pytest.raises(ValueError, match="as many of each"):
         thumbnail_strip([spot], [True, False], slots=3)

@@ -44,12 +44,18 @@ def block_max(image: np.ndarray, factor: int) -> np.ndarray:
     return padded.reshape(padded.shape[0] // factor, factor, padded.shape[1] // factor, factor).max(axis=(1, 3))
 
 
-def log_scaled(image: np.ndarray) -> np.ndarray:
-    """0..255: log of the signal above the median (the background), the brightest pixel at 255 (so a lone photon
-    on an empty frame stays dim next to a Bragg spot)."""
+def log_signal(image: np.ndarray) -> np.ndarray:
+    """log(1 + the signal above the median, the background)."""
     finite = np.nan_to_num(image.astype(np.float32), nan=0.0, posinf=0.0, neginf=0.0)
-    signal = np.log1p(np.clip(finite - np.median(finite), 0.0, None))
-    top = float(signal.max()) if signal.size else 0.0
+    return np.log1p(np.clip(finite - np.median(finite), 0.0, None))
+
+
+def log_scaled(image: np.ndarray, top: float | None = None) -> np.ndarray:
+    """0..255: ``log_signal``, ``top`` (default: the brightest pixel's) at 255 (so a lone photon on an empty frame
+    stays dim next to a Bragg spot)."""
+    signal = log_signal(image)
+    if top is None:
+        top = float(signal.max()) if signal.size else 0.0
     return (np.clip(signal / (top or 1.0), 0.0, 1.0) * 255).astype(np.uint8)
 
 
@@ -99,8 +105,9 @@ def _png(pixels: np.ndarray) -> bytes:
 
 
 def thumbnail_strip(images: list[np.ndarray], hits: list[bool | None], slots: int) -> FramePicture:
-    """``slots`` places side by side, the newest of ``images`` (2-D thumbnails) rightmost, each log-scaled on its own
-    with a bar below: green for a hit, grey for a miss. Always ``slots`` wide, so the strip never changes size."""
+    """``slots`` places side by side, the newest of ``images`` (2-D thumbnails) rightmost, with a bar below: green
+    for a hit, grey for a miss. Always ``slots`` wide, so the strip never changes size. One log scale for all (the
+    brightest pixel of any at 255): a miss's background stays dim next to a hit's spots."""
     try:
         import PIL  # noqa: F401
     except ImportError:
@@ -113,9 +120,10 @@ def thumbnail_strip(images: list[np.ndarray], hits: list[bool | None], slots: in
     pixels = np.empty((rows + STRIP_GAP + MARK_HEIGHT, width, 3), dtype=np.uint8)
     pixels[:] = STRIP_BACKGROUND
     kept = list(zip(images, hits, strict=True))[-slots:]
+    top = max(float(log_signal(image).max()) for image, _ in kept)
     for slot, (image, hit) in enumerate(kept, start=slots - len(kept)):
         left = slot * (cols + STRIP_GAP)
-        pixels[: image.shape[0], left : left + image.shape[1]] = COLORMAP[log_scaled(image)]
+        pixels[: image.shape[0], left : left + image.shape[1]] = COLORMAP[log_scaled(image, top)]
         pixels[rows + STRIP_GAP :, left : left + cols] = VERDICT_COLORS[hit]
     return FramePicture(_png(pixels), width, pixels.shape[0], 1, 0)
 
