@@ -307,12 +307,21 @@ def test_frame_and_thumbnail_pictures_of_a_vetoed_stream(pki: Pki, tmp_path: Pat
         client = live.api.client(token=live.token)
         path = f"/ui/api/streams/{live.stream_id}"
 
-        def both_kinds() -> dict | None:
-            detail = client.get(path).json()
-            thumbs = (detail.get("monitor") or {}).get("thumbnails") or {}
-            return detail if True in thumbs.get("hits", []) and False in thumbs.get("hits", []) else None
+        seen: list[dict] = []
+        verdicts: set[bool | None] = set()  # of the thumbnails seen over all polls
 
-        detail = wait_until(both_kinds, 30, "thumbnails of a hit and of a vetoed miss")
+        def both_kinds() -> dict | None:
+            seen[:] = [client.get(path).json()]
+            monitor = seen[0].get("monitor") or {}
+            verdicts.update((monitor.get("thumbnails") or {}).get("hits", []))
+            shown = monitor.get("frame") or {}
+            return seen[0] if {True, False} <= verdicts and shown.get("hit") and monitor.get("thumbnails") else None
+
+        try:
+            detail = wait_until(both_kinds, 30, "thumbnails of a hit and of a vetoed miss")
+        except AssertionError as exc:
+            monitor = (seen[0] if seen else {}).get("monitor")
+            raise AssertionError(f"{exc}; verdicts seen {verdicts}, the monitor showed {monitor}") from None
         frame, thumbs = detail["monitor"]["frame"], detail["monitor"]["thumbnails"]
         assert frame["shape"] == [2, 96, 96] and frame["hit"] is True and frame["age_s"] >= 0
         assert thumbs["events"] == sorted(thumbs["events"]) and 2 <= len(thumbs["events"]) <= THUMBNAILS_KEPT
