@@ -55,6 +55,7 @@ SPILL_DIR = "_spill"
 MULTI_PRODUCER_FILE = "producers.json"  # a durable stream written by several producers (see _recover)
 ENDED_FILE = "ended.json"  # a durable stream the buffer ended (FIN, disk full): reason and message
 MAX_END_MESSAGE = 500
+READ_WARN_EVERY_S = 10.0  # an unreadable segment is retried every tick; say so at most this often
 MAX_RESULT_BYTES = 1 << 20
 MAX_ASKED_TO_REJOIN = 10_000  # unknown connections remembered as told to subscribe again
 MAX_REJOIN_OFFSETS = 4 * P.MAX_CREDIT  # acks a rejoining subscription may re-send (it keeps about 2x its credit)
@@ -145,6 +146,7 @@ class Stream:
     refuse_producers: str = ""  # why no producer may write (a recovered stream that had several)
     blocked: str = ""  # why producer acks are held ("" when not)
     wait_sent_at: float = 0.0
+    read_warned_at: float = -1e9  # when an unreadable segment was last reported
     errors: int = 0
     groups_dirty: bool = False
     ended_by: tuple[str, str] | None = None  # (reason, message) when the buffer ended it, not its producer
@@ -1199,12 +1201,21 @@ class BufferService:
                 self._send_calibrations(stream, group, upto=offset)
                 try:
                     frames = log.payload(record)
-                except (OSError, KeyError) as exc:  # gone from memory, or its segment cannot be read
+                except KeyError as exc:  # released from memory with nowhere to go: nobody can have it now
                     logging.getLogger("photonstream.buffer").warning(  # ``log`` is the stream's here
                         "buffer: %s offset %d lost for group %s: %s", log.address, offset, group.name, exc
                     )
                     group.lost(member, offset)
                     continue
+                except OSError as exc:  # its segment cannot be read now: keep it, the next tick tries again
+                    if now - stream.read_warned_at > READ_WARN_EVERY_S:
+                        stream.read_warned_at = now
+                        logging.getLogger("photonstream.buffer").warning(
+                            "buffer: %s offset %d not readable for group %s (will retry): %s",
+                            log.address, offset, group.name, exc,
+                        )  # fmt: skip
+                    group.unsent(member, offset)
+                    break
                 header = {"o": offset, "q": record.seq, "k": record.kind, "h": log.head, "x": group.skipped}
                 if self._reply(member.identity, P.MSG, header, frames):
                     group.bytes_out += record.nbytes

@@ -149,6 +149,7 @@ def test_memory_spills_to_disk_instead_of_slowing_the_producer(make_service: Any
     sub = subscribe(service.endpoint, STREAM, group="archive", credit=4, timeout_s=10)
     producer = Producer(service.endpoint, STREAM, send_timeout_s=5)
     producer.start()
+    next(sub)  # the start message: the group holds the log from here (a group that joins later starts later)
     producer.frames(100, shape=(32, 32))  # 2 KiB each
     producer.end()
     producer.close()  # all acked although nobody has read anything yet
@@ -175,3 +176,33 @@ def test_retention_by_age_and_size_never_takes_what_a_lossless_group_needs(make_
     assert events_of(list(late)) == list(range(10, 20))
     assert events_of(list(holder)) == list(range(10, 20))
     assert group_state(service.endpoint, "late")["expired"] == 0  # it started at the oldest offset still held
+
+
+def test_a_spilled_frame_that_cannot_be_read_for_a_while_is_retried_not_lost(
+    make_service: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from photonstream.buffer import log as buffer_log
+
+    failures = {"left": 5}
+    read = buffer_log.RecordFile.read
+
+    def flaky_read(self: Any, record: Any) -> list[Any]:
+        if failures["left"] > 0:  # the disk answers with an I/O error a few times (a loaded NFS server, say)
+            failures["left"] -= 1
+            raise OSError(5, "Input/output error")
+        return read(self, record)
+
+    monkeypatch.setattr(buffer_log.RecordFile, "read", flaky_read)
+    service = make_service(data_dir=tmp_path, memory_per_stream=16 * 1024, segment_bytes=16 * 1024)
+    sub = subscribe(service.endpoint, STREAM, group="archive", credit=4, timeout_s=10)
+    producer = Producer(service.endpoint, STREAM, send_timeout_s=5)
+    producer.start()
+    next(sub)
+    producer.frames(40, shape=(32, 32))  # 2 KiB each: most are spilled before anyone reads them
+    producer.end()
+    producer.close()
+    events = events_of(list(sub))
+    assert failures["left"] == 0  # the failing reads happened
+    assert sorted(events) == list(range(40)) and len(events) == 40
+    group = group_state(service.endpoint, "archive", STREAM)
+    assert group["expired"] == 0
