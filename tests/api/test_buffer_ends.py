@@ -23,8 +23,8 @@ from photonstream.client import subscribe_stream
 from photonstream.frames import EndMessage
 from photonstream.store.streams import StreamState
 from tests.api.harness import ApiHarness, Pki
-from tests.api.test_launcher import create, listening, small_source
-from tests.buffer.support import free_port, wait_until
+from tests.api.test_launcher import create, small_source
+from tests.buffer.support import free_port, listening, wait_until
 from tests.store.databases import DatabaseSpec
 
 

@@ -9,7 +9,6 @@ progress to the API (``reporter_from_env``).
 from __future__ import annotations
 
 import json
-import socket
 import subprocess
 import sys
 import time
@@ -29,6 +28,7 @@ from photonstream.store.streams import StreamState
 from tests.api.harness import ApiHarness, Pki, stream_request
 from tests.api.servers import free_port
 from tests.api.system import DEADLINE_S, System, make_system
+from tests.buffer.support import listening
 from tests.store.databases import DatabaseSpec
 
 
@@ -180,7 +180,7 @@ def test_an_external_buffer_gets_grants_and_gives_results_over_its_control_link(
     command = [sys.executable, "-m", "photonstream.buffer.cli", "serve", "--bind", endpoint, "--keys-dir", str(keys)]
     process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     deadline = time.monotonic() + 30
-    while not (keys / "buffer.key").exists() or not _listening(endpoint):
+    while not (keys / "buffer.key").exists() or not listening(endpoint):
         assert process.poll() is None and time.monotonic() < deadline, process.stderr and process.stderr.read()
         time.sleep(0.05)
     api = ApiHarness(spec, pki, tmp_path / "state", buffer_endpoint=endpoint, buffer_keys_dir=keys,
@@ -206,12 +206,6 @@ def test_an_external_buffer_gets_grants_and_gives_results_over_its_control_link(
         process.terminate()
         process.wait(10)
         spec.close()
-
-
-def _listening(endpoint: str) -> bool:
-    host, port = endpoint.removeprefix("tcp://").rsplit(":", 1)
-    with socket.socket() as probe:
-        return probe.connect_ex((host, int(port))) == 0
 
 
 def system_create(api: ApiHarness) -> dict[str, Any]:

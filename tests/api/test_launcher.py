@@ -6,7 +6,6 @@ timer except for the job itself.
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import sys
 import threading
@@ -21,7 +20,7 @@ from photonstream.client import subscribe_stream
 from photonstream.frames import EndMessage
 from photonstream.jobs.base import JobState
 from tests.api.harness import ApiHarness, Pki, step_until, stream_request
-from tests.buffer.support import events_of, free_port, wait_until
+from tests.buffer.support import events_of, free_port, listening, wait_until
 from tests.store.databases import DatabaseSpec
 
 
@@ -217,9 +216,3 @@ def test_an_external_buffer_is_told_over_its_control_link(pki: Pki, tmp_path: Pa
         process.terminate()
         process.wait(10)
         spec.close()
-
-
-def listening(endpoint: str) -> bool:
-    host, port = endpoint.removeprefix("tcp://").rsplit(":", 1)
-    with socket.socket() as probe:
-        return probe.connect_ex((host, int(port))) == 0

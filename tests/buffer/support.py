@@ -31,6 +31,13 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+def listening(endpoint: str) -> bool:
+    """Whether something accepts TCP connections at ``tcp://host:port`` (a buffer process that has bound)."""
+    host, port = endpoint.removeprefix("tcp://").rsplit(":", 1)
+    with socket.socket() as probe:
+        return probe.connect_ex((host, int(port))) == 0
+
+
 def wait_until(predicate: Callable[[], Any], timeout: float = 10.0, what: str = "condition") -> Any:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
