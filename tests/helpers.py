@@ -1,10 +1,13 @@
-"""Builders of messages for tests, and comparison of decoded messages with what was sent."""
+"""Builders of messages for tests, comparison of decoded messages with what was sent, and the rule for cases that
+need privileges."""
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 import numpy as np
+import pytest
 
 from photonstream.frames import (
     Calibration,
@@ -108,3 +111,13 @@ def assert_same(a: Any, b: Any, path: str = "") -> None:
 def assert_same_message(sent: Any, got: Any) -> None:
     assert type(got) is type(sent)
     assert_same(sent.to_dict(), got.to_dict(), sent.kind)
+
+
+def require_privileges(reason: str | None, what: str = "network namespaces") -> None:
+    """Nothing when ``reason`` (why ``what`` cannot be used here) is None; else skip the case with it, or fail it
+    where ``PHOTONSTREAM_REQUIRE_NETNS=1`` (CI, where the privileged cases must run)."""
+    if reason is None:
+        return
+    if os.environ.get("PHOTONSTREAM_REQUIRE_NETNS") == "1":
+        pytest.fail(f"{what} are required here (PHOTONSTREAM_REQUIRE_NETNS=1): {reason}")
+    pytest.skip(f"{what} unavailable: {reason}")

@@ -21,6 +21,7 @@ from pathlib import Path
 import pytest
 
 from photonstream.testing.netns import unavailable_reason
+from tests.helpers import require_privileges
 
 REPO = Path(__file__).resolve().parents[1]
 FRAMES = 40
@@ -46,11 +47,7 @@ def test_without_network_namespaces_it_refuses_in_one_line() -> None:
 
 
 def test_a_tiny_run_reports_every_case_with_sane_figures() -> None:
-    reason = unavailable_reason()
-    if reason is not None:
-        if os.environ.get("PHOTONSTREAM_REQUIRE_NETNS") == "1":
-            pytest.fail(f"network namespaces are required here (PHOTONSTREAM_REQUIRE_NETNS=1): {reason}")
-        pytest.skip(f"network namespaces unavailable: {reason}")
+    require_privileges(unavailable_reason())
     result = bench("--json", "--frames", str(FRAMES), "--delay-ms", "5", "--rate-mbps", str(CAP_MBPS))
     assert result.returncode == 0, result.stderr[-3000:]
     summary = json.loads(result.stdout.splitlines()[-1])

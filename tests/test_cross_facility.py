@@ -23,7 +23,6 @@ Figures: ``tests/faults/support.report`` (printed with ``-s``, kept in ``artifac
 
 from __future__ import annotations
 
-import os
 import signal
 import subprocess
 import time
@@ -51,6 +50,7 @@ from photonstream.testing.cross_facility import (
 )
 from photonstream.testing.netns import NamespacePair, unavailable_reason
 from tests.faults.support import report, summary_of, tally
+from tests.helpers import require_privileges
 from tests.stream_worker import read_records
 
 LINK = Link(delay_ms=25.0, rate_mbps=200.0)
@@ -62,11 +62,7 @@ pytestmark = pytest.mark.timeout(180)
 
 @pytest.fixture(scope="module")
 def pair() -> Iterator[NamespacePair]:
-    reason = unavailable_reason()
-    if reason is not None:
-        if os.environ.get("PHOTONSTREAM_REQUIRE_NETNS") == "1":
-            pytest.fail(f"network namespaces are required here (PHOTONSTREAM_REQUIRE_NETNS=1): {reason}")
-        pytest.skip(f"network namespaces unavailable: {reason}")
+    require_privileges(unavailable_reason())
     with NamespacePair() as namespaces:
         yield namespaces
 

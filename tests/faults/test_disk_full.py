@@ -33,6 +33,7 @@ from tests.faults.support import (
     tally,
     wait_for,
 )
+from tests.helpers import require_privileges
 from tests.stream_worker import read_records
 
 pytestmark = [pytest.mark.faults, pytest.mark.timeout(90)]
@@ -67,10 +68,7 @@ def outcome(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Outcome]:
     data = root / "data"
     data.mkdir()
     reason = mount_tmpfs(data, "4m")
-    if reason is not None:
-        if os.environ.get("PHOTONSTREAM_REQUIRE_NETNS") == "1":
-            pytest.fail(f"privileged fault cases are required here (PHOTONSTREAM_REQUIRE_NETNS=1): {reason}")
-        pytest.skip(reason)
+    require_privileges(reason, "privileged fault cases")
     service = worker = None
     try:
         service = ServiceProcess(data, free_port(), "--segment-mb", "0.5", "--member-timeout-s", "2")

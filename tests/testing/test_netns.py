@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 
 import pytest
 
 from photonstream.testing.netns import NamespacePair, unavailable_reason
+from tests.helpers import require_privileges
 
 ECHO_SERVER = """
 import socket, sys
@@ -21,11 +21,7 @@ conn.sendall(conn.recv(64).upper())
 
 @pytest.fixture
 def pair() -> NamespacePair:
-    reason = unavailable_reason()
-    if reason is not None:
-        if os.environ.get("PHOTONSTREAM_REQUIRE_NETNS") == "1":
-            pytest.fail(f"network namespaces are required here (PHOTONSTREAM_REQUIRE_NETNS=1): {reason}")
-        pytest.skip(f"network namespaces unavailable: {reason}")
+    require_privileges(unavailable_reason())
     return NamespacePair()
 
 
