@@ -452,11 +452,14 @@ class ElasticPool:
             self._emit(action, reading, f"{detail}; started {names}", tuple(worker.job_id for worker in started))
         return len(started)
 
+    def _job_name(self, suffix: int | str) -> str:
+        return f"{self.job_prefix}-{self.pool.name}-{suffix}"
+
     def _worker_spec(self) -> tuple[int, JobSpec]:
         """The next worker's index and job (ValueError where its command or name does not make a valid job)."""
         index = self._next_index
         self._next_index += 1
-        name = f"{self.job_prefix}-{self.pool.name}-{index}"
+        name = self._job_name(index)
         values = {
             "endpoint": self.endpoint,
             "stream": self.stream,
@@ -481,7 +484,7 @@ class ElasticPool:
         return index, spec
 
     def _submit(self, reading: LagReading | None) -> Worker | None:
-        name = f"{self.job_prefix}-{self.pool.name}-{self._next_index}"
+        name = self._job_name(self._next_index)
         try:
             index, spec = self._worker_spec()
             job_id = self.backend.submit(spec)
@@ -492,7 +495,7 @@ class ElasticPool:
 
     def _submit_array(self, count: int, reading: LagReading | None) -> list[Worker]:
         """``count`` workers as one array job; each task is then a worker of its own (status, cancel, replace)."""
-        name = f"{self.job_prefix}-{self.pool.name}-array{self._next_index}"
+        name = self._job_name(f"array{self._next_index}")
         try:
             batch = [self._worker_spec() for _ in range(count)]
             task_ids = cast(ArrayJobBackend, self.backend).submit_array([spec for _, spec in batch], name)
