@@ -49,9 +49,9 @@ from photonstream.testing.cross_facility import (
     stop,
 )
 from photonstream.testing.netns import NamespacePair, unavailable_reason
+from photonstream.testing.stream_worker import read_records
 from tests.faults.support import report, summary_of, tally
 from tests.helpers import require_privileges
-from tests.stream_worker import read_records
 
 LINK = Link(delay_ms=25.0, rate_mbps=200.0)
 SHAPE = [384, 256]  # 192 KiB frames
@@ -155,7 +155,7 @@ class Site:
         out = self.tmp_path / f"run{run}-{name}.jsonl"
         process = self.pair.popen(
             self.pair.hpc,
-            python("-m", "tests.stream_worker", self.endpoint_hpc, f"{EXPERIMENT}/{run}/det", str(out),
+            python("-m", "photonstream.testing.stream_worker", self.endpoint_hpc, f"{EXPERIMENT}/{run}/det", str(out),
                    "--group", GROUP, "--credit", str(CREDIT), "--timeout-s", "30"),
             cwd=REPO, env=environment(), stderr=subprocess.PIPE, text=True,
         )  # fmt: skip

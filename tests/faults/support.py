@@ -15,7 +15,7 @@ from typing import Any
 
 import yaml
 
-from tests.stream_worker import read_records
+from photonstream.testing.stream_worker import read_records
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -69,9 +69,9 @@ def api_consumer(created: dict[str, Any], directory: Path) -> tuple[str, str, tu
 
 
 def start_worker(endpoint: str, stream: str, out: Path, *options: str) -> subprocess.Popen[str]:
-    """``tests.stream_worker``: records each frame its application finished (see that module)."""
+    """``photonstream.testing.stream_worker``: records each frame its application finished (see that module)."""
     return subprocess.Popen(
-        [sys.executable, "-m", "tests.stream_worker", endpoint, stream, str(out), *options],
+        [sys.executable, "-m", "photonstream.testing.stream_worker", endpoint, stream, str(out), *options],
         cwd=REPO, env=environment(), stderr=subprocess.PIPE, text=True,
     )  # fmt: skip
 

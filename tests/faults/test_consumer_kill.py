@@ -16,6 +16,7 @@ from typing import Any
 
 import pytest
 
+from photonstream.testing.stream_worker import last_line
 from tests.buffer.support import group_state, start_service
 from tests.faults.support import (
     finish,
@@ -28,7 +29,6 @@ from tests.faults.support import (
     tally,
     wait_for,
 )
-from tests.stream_worker import last_line
 
 pytestmark = [pytest.mark.faults, pytest.mark.timeout(90)]
 

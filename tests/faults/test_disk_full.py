@@ -20,6 +20,7 @@ from typing import Any
 
 import pytest
 
+from photonstream.testing.stream_worker import read_records
 from tests.buffer.support import ServiceProcess, free_port, stream_state
 from tests.faults.support import (
     Finished,
@@ -34,7 +35,6 @@ from tests.faults.support import (
     wait_for,
 )
 from tests.helpers import require_privileges
-from tests.stream_worker import read_records
 
 pytestmark = [pytest.mark.faults, pytest.mark.timeout(90)]
 

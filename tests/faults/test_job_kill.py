@@ -19,8 +19,8 @@ from typing import Any
 
 import pytest
 
+from photonstream.testing.stream_worker import read_records
 from tests.faults.support import Tally, api_consumer, finish, frames_done, report, start_worker, tally, wait_for
-from tests.stream_worker import read_records
 
 pytestmark = [pytest.mark.faults, pytest.mark.timeout(120)]
 
