@@ -66,19 +66,17 @@ class PoolEventStore:
         with self.db.session() as session:
             return list(session.scalars(query).all())
 
-    def last_actions(self, stream_id: str) -> dict[str, str]:
-        """Pool name → its newest action, for the pools of ``stream_id`` that recorded any."""
+    def newest(self, stream_id: str) -> dict[str, StreamPoolEvent]:
+        """Pool name → its newest event, for the pools of ``stream_id`` that recorded any."""
         newest = (
-            select(StreamPoolEvent.pool, func.max(StreamPoolEvent.id).label("id"))
+            select(func.max(StreamPoolEvent.id).label("id"))
             .where(StreamPoolEvent.stream_id == stream_id)
             .group_by(StreamPoolEvent.pool)
             .subquery()
         )
         with self.db.session() as session:
-            rows = session.execute(
-                select(StreamPoolEvent.pool, StreamPoolEvent.action).join(newest, StreamPoolEvent.id == newest.c.id)
-            ).all()
-        return {pool: action for pool, action in rows}
+            rows = session.scalars(select(StreamPoolEvent).join(newest, StreamPoolEvent.id == newest.c.id)).all()
+        return {row.pool: row for row in rows}
 
     def unfinished(self) -> list[UnfinishedPool]:
         """Pools of any stream whose newest event is not ``stopped``, with the jobs they started."""

@@ -31,6 +31,10 @@ def test_pool_events_are_kept_in_order_and_unfinished_pools_are_found(database: 
     assert rows[1].lag == 250 and rows[1].members == 1 and rows[1].jobs == ["j2", "j3"]
     assert rows[0].lag is None and rows[0].at == now
     assert [r.action for r in events.events(first.id, after=rows[2].id, limit=1)] == ["start-worker"]
+    newest = events.newest(first.id)  # per pool, its newest event (the other stream's not among them)
+    assert {pool: (row.action, row.workers) for pool, row in newest.items()} == {
+        "indexers": ("scale-down", 2), "monitor": ("stopped", 0),
+    }  # fmt: skip
 
     (unfinished,) = events.unfinished()  # the monitor pool and the second stream's pool stopped
     assert (unfinished.stream_id, unfinished.pool, unfinished.jobs) == (first.id, "indexers", ["j1", "j2", "j3"])

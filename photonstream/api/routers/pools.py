@@ -36,9 +36,7 @@ def stream_pools(
 ) -> StreamPools:
     stream = visible_stream(ctx, stream_id, "stream.read")
     store = ctx.svc.launcher.pools.events
-    newest: dict[str, StreamPoolEvent] = {}
-    for row in store.events(stream.id, 0, 100_000):
-        newest[row.pool] = row
+    newest = store.newest(stream.id)
     live = ctx.svc.launcher.pools.live_workers(stream.id)
     pools = []
     for pool in stream.spec.get("request", {}).get("worker_pools", []):
