@@ -51,6 +51,7 @@ from typing import TYPE_CHECKING, Any
 
 import zmq
 
+from photonstream import reporting
 from photonstream.api.errors import PermissionDeniedError
 from photonstream.api.worker_kinds import WorkerKind, merged_worker_kinds
 from photonstream.buffer.credentials import CREDENTIALS_ENV, Credentials, new_token_secret, token_hash
@@ -287,7 +288,7 @@ class PoolManager:
         backend = self.backends.get(stream.job_backend)
         address = stream.data_endpoint["streams"][0]
         endpoint, credentials = self._worker_credential(stream)
-        environment = {"PHOTONSTREAM_STREAM_ID": stream.id}
+        environment = {reporting.STREAM_ID_ENV: stream.id}
         secrets = {CREDENTIALS_ENV: credentials.to_json()} if credentials is not None else {}
         workdir = Path(stream.workdir or self.settings.workdirs / stream.id) / "pools"
         workdir.mkdir(parents=True, exist_ok=True)
