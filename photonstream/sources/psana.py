@@ -213,8 +213,8 @@ class PsanaSource:
             details={
                 "reader": "psana",
                 "psana_version": _psana_version(),
-                "experiment": first_run.expt,
-                "run": int(first_run.runnum),
+                "experiment": first_run.expt if first_run.expt is not None else (opts.exp or ""),
+                "run": self._run_number(first_run),
                 "input": what,
                 "detectors": sorted(first_run.detnames),
                 "fields": {a.name: a.spec for a in self.accessors},
@@ -244,6 +244,12 @@ class PsanaSource:
         for run in runs:
             yield run, self._bind(run, what)
 
+    def _run_number(self, run: Any) -> int:
+        """The run's number from its runinfo record; a file without one (legal XTC2) is the configured run, or 0."""
+        if run.runnum is not None:
+            return int(run.runnum)
+        return self.options.run if self.options.run is not None else 0
+
     def _read(self, runs: Iterator[tuple[Any, list[tuple[str, Any]]]], what: str) -> Iterator[Frame]:
         opts = self.options
         index = -1  # event index across all runs, in psana's order
@@ -266,7 +272,7 @@ class PsanaSource:
                     continue
                 selected += 1
                 if self.shard.owns(selected - 1):
-                    frame = self._frame(evt, index, int(run.runnum), readers, what)
+                    frame = self._frame(evt, index, self._run_number(run), readers, what)
                     if frame is not None:
                         yield frame
                 if opts.max_events is not None and selected >= opts.max_events:

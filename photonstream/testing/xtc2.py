@@ -129,9 +129,12 @@ def write_xtc2_run(
     run: int = 1,
     rate_hz: float = 120.0,
     start_unix_s: int = DEFAULT_START_UNIX_S,
+    run_info: bool = True,
 ) -> Xtc2Run:
     """Write one XTC2 file: Configure, BeginRun (with runinfo), BeginStep, Enable, ``events`` L1Accepts,
     Disable, EndStep, EndRun. Returns the description needed to check what a reader gets back.
+
+    ``run_info=False`` leaves the runinfo record out (legal: psana then reports no experiment and no run number).
 
     ``waveform_samples`` adds a digitizer waveform (fakecam layout: on a second detector, ``tof``, which reads
     out only every ``waveform_every``-th event, as slower detectors do)."""
@@ -188,13 +191,15 @@ def write_xtc2_run(
         )
         camera_data = camera.xtc1dump
         wave_data = camera_data if waveform_samples else None
-    runinfo = config.Detector(
-        DetectorDef("runinfo", "runinfo", ""),
-        AlgDef("runinfo", 0, 0, 1),
-        {"expt": (str, 1), "runnum": (np.uint32, 0)},
-        nodeId=1,
-        namesId=2,
-    )
+    runinfo = None
+    if run_info:
+        runinfo = config.Detector(
+            DetectorDef("runinfo", "runinfo", ""),
+            AlgDef("runinfo", 0, 0, 1),
+            {"expt": (str, 1), "runnum": (np.uint32, 0)},
+            nodeId=1,
+            namesId=2,
+        )
 
     out = Path(path)
     buffer = bytearray(event_bytes + 1_000_000)
@@ -207,9 +212,10 @@ def write_xtc2_run(
 
         put(config)
         begin_run = DgramEdit(transition_id=TransitionId.BeginRun, config_dgramedit=config, ts=before + 1)
-        runinfo.runinfo.expt = experiment
-        runinfo.runinfo.runnum = run
-        begin_run.adddata(runinfo.runinfo)
+        if runinfo is not None:
+            runinfo.runinfo.expt = experiment
+            runinfo.runinfo.runnum = run
+            begin_run.adddata(runinfo.runinfo)
         put(begin_run)
         put(DgramEdit(transition_id=TransitionId.BeginStep, config_dgramedit=config, ts=before + 2))
         put(DgramEdit(transition_id=TransitionId.Enable, config_dgramedit=config, ts=before + 3))
