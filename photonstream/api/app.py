@@ -2,7 +2,8 @@
 launcher and the routes, and maps errors onto HTTP statuses:
 
 - ``PhotonstreamError`` → its ``http_status`` with ``{"detail": ...}`` (a 422 as a list of field errors);
-- malformed requests → 422, each error with ``loc`` and a readable ``field`` path;
+- a body that is not acceptable JSON → 400 with its reason (``json_body``, a ``MalformedBodyError``);
+- requests of the wrong shape → 422, each error with ``loc`` and a readable ``field`` path;
 - anything else → 500 with only a request id (the traceback goes to the log, never to the caller).
 """
 

@@ -7,6 +7,12 @@ from typing import Any
 from photonstream.errors import PhotonstreamError
 
 
+class MalformedBodyError(PhotonstreamError):
+    """A request body that is not acceptable JSON: not UTF-8, not JSON, nested too deep, a number too long. (400)"""
+
+    http_status = 400
+
+
 class AuthenticationError(PhotonstreamError):
     """No usable credential: missing, malformed, from an untrusted issuer, expired or revoked. (401)"""
 

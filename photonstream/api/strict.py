@@ -1,5 +1,10 @@
 """Request bodies read by us and validated strictly: JSON ``0`` is not ``false``, ``"5"`` is not ``5``, in nested
-models too (plugin options included), and a body that is not JSON is a 422 like any other malformed body.
+models too (plugin options included). A body that is not acceptable JSON (see ``json_body``) is a 400 with its
+reason; JSON that is not the model is a 422 naming each field.
+
+The caller is authenticated before the body is parsed: ``strict_body``'s dependency depends on ``caller``, so an
+unauthenticated request gets its 401 whatever its body holds (FastAPI caches ``caller`` per request: routes that
+also depend on ``context`` authenticate once).
 
     @router.post("/things", openapi_extra=request_body(Thing))
     def create(body: Thing = Depends(strict_body(Thing))) -> ...
@@ -14,9 +19,14 @@ import json
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
-from fastapi import Request
+from fastapi import Depends, Request
 from fastapi.exceptions import RequestValidationError
 from pydantic import BaseModel, ValidationError
+from starlette.concurrency import run_in_threadpool
+
+from photonstream.api.auth.principal import Principal
+from photonstream.api.deps import caller
+from photonstream.api.json_body import parse_json_body
 
 M = TypeVar("M", bound=BaseModel)
 REF = "#/components/schemas/{model}"
@@ -40,20 +50,13 @@ def install_body_schemas(openapi: dict[str, Any]) -> None:
             components[def_name] = definition
 
 
-def _invalid(loc: tuple[Any, ...], msg: str, kind: str) -> RequestValidationError:
-    return RequestValidationError([{"loc": loc, "msg": msg, "type": kind}])
-
-
 def strict_body(model: type[M], prepare: Callable[[Any], Any] | None = None) -> Callable[[Request], Awaitable[M]]:
-    """A dependency returning the body as ``model``; ``prepare`` may complete the parsed JSON first."""
+    """A dependency returning the body as ``model`` once the caller is authenticated; ``prepare`` may complete the
+    parsed JSON first."""
 
-    async def dependency(request: Request) -> M:
+    async def dependency(request: Request, _authenticated: Principal = Depends(caller)) -> M:
         raw = await request.body()
-        try:
-            data = json.loads(raw)
-        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-            where = ("body", exc.pos) if isinstance(exc, json.JSONDecodeError) else ("body",)
-            raise _invalid(where, f"the body is not JSON ({exc})", "json_invalid") from None
+        data = await run_in_threadpool(parse_json_body, raw)  # a large body takes a while to scan: not on the loop
         if prepare is not None:
             data = prepare(data)
         try:

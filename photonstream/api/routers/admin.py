@@ -32,6 +32,7 @@ from photonstream.errors import PhotonstreamError
 
 log = logging.getLogger("photonstream.api")
 router = APIRouter(prefix="/v1/admin", tags=["admin"], responses=AUTH_ERRORS)
+# each route names admin_context before its body: a caller who is not an admin is refused before the body is parsed
 
 SubjectKind = Annotated[Literal["identity", "group"], Query()]
 Subject = Annotated[str, Query(pattern=IDENTITY)]
@@ -49,7 +50,7 @@ def get_policy(ctx: Context = Depends(admin_context)) -> PolicySnapshot:
     summary="Grant an experiment to an identity or group",
     openapi_extra=request_body(Grant),
 )
-def add_grant(body: Grant = Depends(strict_body(Grant)), ctx: Context = Depends(admin_context)) -> Changed:
+def add_grant(ctx: Context = Depends(admin_context), body: Grant = Depends(strict_body(Grant))) -> Changed:
     changed = ctx.svc.policy.grant(body.subject_kind, body.subject, body.experiment)
     ctx.audit.allow("policy.grant", f"{body.subject_kind}:{body.subject}", f"experiment {body.experiment}")
     return Changed(changed=changed)
@@ -74,7 +75,7 @@ def remove_grant(
     openapi_extra=request_body(RoleBindingBody),
 )
 def add_role(
-    body: RoleBindingBody = Depends(strict_body(RoleBindingBody)), ctx: Context = Depends(admin_context)
+    ctx: Context = Depends(admin_context), body: RoleBindingBody = Depends(strict_body(RoleBindingBody))
 ) -> Changed:
     changed = ctx.svc.policy.bind_role(body.subject_kind, body.subject, body.role)
     ctx.audit.allow("policy.role", f"{body.subject_kind}:{body.subject}", f"role {body.role}")
@@ -96,7 +97,7 @@ def remove_role(
 @router.post(
     "/members", response_model=Changed, summary="Add an identity to a group", openapi_extra=request_body(Membership)
 )
-def add_member(body: Membership = Depends(strict_body(Membership)), ctx: Context = Depends(admin_context)) -> Changed:
+def add_member(ctx: Context = Depends(admin_context), body: Membership = Depends(strict_body(Membership))) -> Changed:
     changed = ctx.svc.policy.add_member(body.group, body.identity)
     ctx.audit.allow("policy.member", f"group:{body.group}", f"add {body.identity}")
     return Changed(changed=changed)
@@ -120,7 +121,7 @@ def remove_member(
     openapi_extra=request_body(IdentityState),
 )
 def set_identity(
-    body: IdentityState = Depends(strict_body(IdentityState)), ctx: Context = Depends(admin_context)
+    ctx: Context = Depends(admin_context), body: IdentityState = Depends(strict_body(IdentityState))
 ) -> Changed:
     ctx.svc.policy.set_disabled(body.identity, body.disabled)
     ctx.audit.allow("policy.identity", f"identity:{body.identity}", "disabled" if body.disabled else "enabled")
@@ -134,7 +135,7 @@ def set_identity(
     summary="Revoke a certificate serial or token id",
     openapi_extra=request_body(Revocation),
 )
-def revoke(body: Revocation = Depends(strict_body(Revocation)), ctx: Context = Depends(admin_context)) -> Changed:
+def revoke(ctx: Context = Depends(admin_context), body: Revocation = Depends(strict_body(Revocation))) -> Changed:
     credential_id = body.credential_id
     if body.kind == "certificate":  # serials are kept as lower-case hex without separators, as the CA shows them
         from photonstream.api.auth.ca import format_serial, parse_serial
@@ -168,7 +169,7 @@ def list_revocations(ctx: Context = Depends(admin_context)) -> list[RevocationIn
     openapi_extra=request_body(DatasetBody),
 )
 def put_dataset(
-    body: DatasetBody = Depends(strict_body(DatasetBody)), ctx: Context = Depends(admin_context)
+    ctx: Context = Depends(admin_context), body: DatasetBody = Depends(strict_body(DatasetBody))
 ) -> Changed:
     ctx.svc.policy.put_dataset(body.experiment, body.run, body.detectors, body.size_bytes, body.events)
     ctx.audit.allow("dataset.put", f"dataset:{body.experiment}/{body.run}")

@@ -20,7 +20,8 @@ from starlette.concurrency import run_in_threadpool
 
 from photonstream import reporting
 from photonstream.api.deps import Services, services
-from photonstream.api.errors import AuthenticationError, ConflictError
+from photonstream.api.errors import AuthenticationError, ConflictError, MalformedBodyError
+from photonstream.api.json_body import parse_json_body
 from photonstream.api.schemas import ErrorBody, ReportAccepted, ReportBody, ValidationErrorBody
 from photonstream.api.strict import request_body
 from photonstream.errors import ConfigError
@@ -49,6 +50,7 @@ def check_report(svc: Services, stream_id: str, path: str, headers: dict[str, st
         raise AuthenticationError(BAD_SIGNATURE)
     if abs(time.time() - sent_at) > settings.report_max_skew_s:
         raise AuthenticationError(f"report: signed {time.time() - sent_at:.0f} s ago, outside the allowed skew")
+    parse_json_body(raw)  # a malformed body is a 400 with its reason, as on every route
     try:
         body = ReportBody.model_validate_json(raw, strict=True)
     except ValidationError as exc:
@@ -63,6 +65,7 @@ def check_report(svc: Services, stream_id: str, path: str, headers: dict[str, st
     "/streams/{stream_id}/report",
     response_model=ReportAccepted,
     responses={
+        400: {"model": ErrorBody, "description": "a signed body that is not acceptable JSON (the reason says why)"},
         401: {"model": ErrorBody, "description": "missing or bad signature (or no such stream)"},
         409: {"model": ErrorBody, "description": "a replayed or out-of-order report"},
         413: {"model": ErrorBody, "description": "request body too large"},
@@ -87,7 +90,14 @@ def _report(svc: Services, stream_id: str, path: str, headers: dict[str, str], r
         addresses = stream.data_endpoint.get("streams", [])
         if body.address and body.address not in addresses:
             raise ConfigError(f"address: {body.address!r} is not one of the stream's buffer addresses")
-    except (AuthenticationError, ConflictError, ConfigError, RequestValidationError, StreamNotFoundError) as exc:
+    except (
+        AuthenticationError,
+        ConflictError,
+        ConfigError,
+        MalformedBodyError,
+        RequestValidationError,
+        StreamNotFoundError,
+    ) as exc:
         svc.policy.audit(identity, "stream.report", obj, "deny", str(exc)[:500], rid)
         if isinstance(exc, StreamNotFoundError):
             raise AuthenticationError(BAD_SIGNATURE) from None

@@ -48,7 +48,11 @@ router = APIRouter(prefix="/v1/streams", tags=["streams"])
 log = logging.getLogger("photonstream.api")
 
 AUTH_ERRORS = {
-    400: {"model": ErrorBody, "description": "unreadable request (e.g. a Content-Length that is not a number)"},
+    400: {
+        "model": ErrorBody,
+        "description": "a body that is not acceptable JSON (the reason says why: not JSON, nested too deep, a number "
+        "too long, ...) or a Content-Length that is not a number",
+    },
     401: {"model": ErrorBody, "description": "no valid credential"},
     403: {"model": ErrorBody, "description": "not allowed (ungranted experiment, disabled identity)"},
     413: {"model": ErrorBody, "description": "request body too large"},

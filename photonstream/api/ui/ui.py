@@ -23,6 +23,7 @@ from photonstream.api import quotas
 from photonstream.api.auth.session import CSRF_HEADER, clear_session_cookie, set_session_cookie
 from photonstream.api.deps import Audit, Context, caller, context, services
 from photonstream.api.errors import AuthenticationError, NotFoundError, PermissionDeniedError
+from photonstream.api.json_body import parse_json_body
 from photonstream.api.monitor import Monitor
 from photonstream.api.routers.streams import visible_stream
 from photonstream.metrics import CONTENT_TYPE
@@ -111,13 +112,11 @@ def login_page(
 
 @router.post("/ui/login")
 async def login(request: Request) -> Response:
-    """Check a token as any request would; on success keep it in the session cookie."""
+    """Check a token as any request would; on success keep it in the session cookie. The body is the credential, so
+    it is parsed before authentication here (only here); a malformed one is a 400."""
     if request.headers.get(CSRF_HEADER) != "1":
         raise AuthenticationError(f"login needs the {CSRF_HEADER} header")
-    try:
-        body = await request.json()
-    except ValueError:
-        body = None
+    body = await run_in_threadpool(parse_json_body, await request.body())
     token = body.get("token") if isinstance(body, dict) else None
     if not isinstance(token, str) or not token.strip():
         raise AuthenticationError('login needs a JSON body {"token": "..."}')

@@ -1,0 +1,1 @@
+"""Attacks and careless requests from the outside checks (issue 13), kept as a suite of their own."""
