@@ -27,6 +27,7 @@ import json
 import logging
 import queue
 import re
+import secrets
 import shutil
 import threading
 import time
@@ -47,6 +48,7 @@ from photonstream.buffer.access import ANONYMOUS, ZAP_ENDPOINT, AccessTable, zap
 from photonstream.buffer.credentials import Security, ensure_keypair
 from photonstream.buffer.groups import Group, Policy, monotonic, parse_start, start_offset
 from photonstream.buffer.log import GROUPS_FILE, META_FILE, Record, StreamLog, stream_dir
+from photonstream.buffer.routing import ANNOUNCED_ID_REFUSAL, is_generated, new_router
 from photonstream.config.base import one_line
 from photonstream.errors import ConfigError, PhotonstreamError
 
@@ -57,6 +59,7 @@ ENDED_FILE = "ended.json"  # a durable stream the buffer ended (FIN, disk full):
 MAX_END_MESSAGE = 500
 READ_WARN_EVERY_S = 10.0  # an unreadable segment is retried every tick; say so at most this often
 MAX_RESULT_BYTES = 1 << 20
+MAX_MEMBER_ID = 128
 MAX_ASKED_TO_REJOIN = 10_000  # unknown connections remembered as told to subscribe again
 MAX_REJOIN_OFFSETS = 4 * P.MAX_CREDIT  # acks a rejoining subscription may re-send (it keeps about 2x its credit)
 MB = 1 << 20
@@ -308,7 +311,7 @@ class BufferService:
         if s.keys_dir is not None and s.secured:
             self.public_key, secret_key = ensure_keypair(s.keys_dir, "buffer")
         if s.secured:  # the ZAP handler first: a secured listener without one would admit any client
-            zap = self.context.socket(zmq.ROUTER)
+            zap = new_router(self.context)
             zap.setsockopt(zmq.LINGER, 0)
             try:
                 zap.bind(ZAP_ENDPOINT)
@@ -317,7 +320,7 @@ class BufferService:
                 raise ServiceError(f"buffer: cannot bind the ZAP handler ({exc}); one per ZeroMQ context") from None
             self._zap = zap
         for bind, security in s.listeners:
-            sock = self.context.socket(zmq.ROUTER)
+            sock = new_router(self.context)  # ids nobody can predict: see routing.py
             sock.setsockopt(zmq.ROUTER_MANDATORY, 1)
             sock.setsockopt(zmq.SNDHWM, 0)
             sock.setsockopt(zmq.RCVHWM, 0)
@@ -546,6 +549,8 @@ class BufferService:
         # the listener's index in front of the routing id: replies go out on the socket the peer came in on
         identity = bytes((index,)) + parts[0].bytes
         try:
+            if not is_generated(parts[0].bytes):  # see routing.py: only ids libzmq generated act here
+                raise P.ProtocolError("announced-id", ANNOUNCED_ID_REFUSAL)
             if len(parts) < 2:
                 raise P.ProtocolError("protocol", "not a photonstream buffer message (protocol PSB1)")
             command, header = P.open_envelope(parts[1])
@@ -1023,7 +1028,9 @@ class BufferService:
             raise ConfigError("group: must be 1-128 characters")
         policy = Policy.parse(str(header.get("pol", "lossless")))
         start = parse_start(header.get("st", "beginning"))
-        member_id = str(header.get("m", ""))
+        member_id = header.get("m") or f"anonymous-{secrets.token_hex(6)}"  # never the connection's routing id
+        if not isinstance(member_id, str) or len(member_id) > MAX_MEMBER_ID:
+            raise ConfigError(f"member: must be a string of at most {MAX_MEMBER_ID} characters")
         incarnation = header.get("i")
         incarnation = incarnation if isinstance(incarnation, str) and len(incarnation) <= 64 else ""
         acked = _offsets(header, "a")
@@ -1348,8 +1355,8 @@ class BufferService:
                     "expired": g.expired,
                     "redelivered": g.redelivered,
                     "inflight": len(g.inflight),
-                    "member_credit": {m.member_id or m.identity.hex(): m.credit for m in g.members.values()},
-                    "member_inflight": {m.member_id or m.identity.hex(): len(m.inflight) for m in g.members.values()},
+                    "member_credit": {m.member_id: m.credit for m in g.members.values()},
+                    "member_inflight": {m.member_id: len(m.inflight) for m in g.members.values()},
                     "ended": g.end_sent,
                 }
             streams[address] = {
