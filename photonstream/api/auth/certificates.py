@@ -1,8 +1,10 @@
 """Client certificates on the server side: what a certificate claims, and whether our CA vouches for it now.
 
 The TLS layer (uvicorn with ``ssl.CERT_REQUIRED``/``CERT_OPTIONAL`` against ``ca.crt``) already refuses a chain
-that does not verify; the app checks again (issuer signature, validity, clientAuth) because it also runs behind
-other ASGI servers, then checks revocation against the CRL file, which it re-reads whenever it changes.
+that does not verify; the app checks again (issuer signature, validity, a leaf certificate for clientAuth) because
+it also runs behind other ASGI servers, then checks revocation against the CRL file, which it re-reads whenever it
+changes. Only a leaf (CA:FALSE) with extendedKeyUsage clientAuth identifies a user: the CA's own certificate and
+service (serverAuth) certificates identify nobody.
 """
 
 from __future__ import annotations
@@ -63,6 +65,28 @@ def claims_of(cert: x509.Certificate) -> CertificateClaims:
     )
 
 
+def check_user_purpose(cert: x509.Certificate) -> None:
+    """A user's certificate is a leaf (BasicConstraints CA:FALSE) for client authentication (extendedKeyUsage
+    clientAuth), as ``CertificateAuthority.issue_user`` makes them; anything else is refused, naming what it is.
+    The CA's own certificate verifies as issued by the CA (it signs itself), hence the explicit CA:FALSE."""
+    try:
+        constraints: x509.BasicConstraints | None = cert.extensions.get_extension_for_class(x509.BasicConstraints).value
+    except x509.ExtensionNotFound:
+        constraints = None
+    if constraints is None:
+        raise AuthenticationError("certificate has no BasicConstraints CA:FALSE; only leaf certificates identify users")
+    if constraints.ca:
+        raise AuthenticationError("certificate is a CA certificate (CA:TRUE), not a user's; it identifies nobody")
+    try:
+        usages: x509.ExtendedKeyUsage | None = cert.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value
+    except x509.ExtensionNotFound:
+        usages = None
+    if usages is None or ExtendedKeyUsageOID.CLIENT_AUTH not in usages:
+        if usages is not None and ExtendedKeyUsageOID.SERVER_AUTH in usages:
+            raise AuthenticationError("certificate is a service certificate (serverAuth, no clientAuth), not a user's")
+        raise AuthenticationError("certificate is not for client authentication (no extendedKeyUsage clientAuth)")
+
+
 class CertificateVerifier:
     """Our CA's certificate and its CRL (re-read when the file changes) in one place."""
 
@@ -96,7 +120,8 @@ class CertificateVerifier:
             return self._revoked
 
     def verify(self, cert: x509.Certificate, now: dt.datetime | None = None) -> CertificateClaims:
-        """Claims of a client certificate our CA issued, valid now and not on the CRL; else AuthenticationError."""
+        """Claims of a user certificate our CA issued (a clientAuth leaf), valid now and not on the CRL; else
+        AuthenticationError."""
         when = now or utcnow()
         try:
             cert.verify_directly_issued_by(self.ca_certificate)
@@ -106,12 +131,7 @@ class CertificateVerifier:
             raise AuthenticationError(f"client certificate is not valid before {cert.not_valid_before_utc.isoformat()}")
         if when > cert.not_valid_after_utc:
             raise AuthenticationError(f"client certificate expired at {cert.not_valid_after_utc.isoformat()}")
-        try:
-            usages = cert.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value
-        except x509.ExtensionNotFound:
-            usages = None
-        if usages is not None and ExtendedKeyUsageOID.CLIENT_AUTH not in usages:
-            raise AuthenticationError("certificate is not for client authentication (no clientAuth usage)")
+        check_user_purpose(cert)
         if cert.serial_number in self.revoked_serials():
             raise AuthenticationError(f"client certificate {format_serial(cert.serial_number)} is revoked")
         return claims_of(cert)
