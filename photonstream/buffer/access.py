@@ -16,12 +16,21 @@ including the control commands that change this table (``ACL``) and read results
 
 The table is replaced copy-on-write: readers (the I/O loop) take the current snapshot without a lock, so an
 embedding process (the API) may update it from another thread.
+
+Grants outlive the process: with a ``state_file`` (``access.json`` in the buffer's data directory, beside the
+durable streams) every change is written there (atomically, mode 0600: public keys and token hashes only), and a
+restarted buffer loads it before it binds any listener. Producers and consumers of a durable stream reconnect to
+a buffer that already knows them, instead of being refused until the API's next sync.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import hmac
+import json
+import logging
+import os
 import threading
 import time
 from dataclasses import dataclass, field
@@ -36,6 +45,9 @@ from photonstream.errors import ConfigError
 ANONYMOUS = "anonymous"
 ZAP_ENDPOINT = "inproc://zeromq.zap.01"
 ROLES = ("consume", "produce")
+ACCESS_FILE = "access.json"
+
+log = logging.getLogger("photonstream.buffer")
 
 
 @dataclass(frozen=True)
@@ -81,14 +93,55 @@ def parse_entries(entries: Any) -> list[dict[str, Any]]:
 class AccessTable:
     """Grants per stream, token hashes and admin keys; see the module docstring."""
 
-    def __init__(self, admin_keys: set[str] | None = None, admin_dir: Path | None = None) -> None:
+    def __init__(
+        self, admin_keys: set[str] | None = None, admin_dir: Path | None = None, state_file: Path | None = None
+    ) -> None:
         self._static_admins = frozenset(f"curve:{k}" for k in admin_keys or ())
         self.admin_dir = admin_dir
+        self.state_file = state_file
         self._entries: dict[str, dict[str, Any]] = {}  # one per address
+        self._saved: dict[str, dict[str, Any]] = {}
         self._lock = threading.Lock()  # writers only
         self._admins_read_at = 0.0
         self.snapshot = Snapshot(admins=self._static_admins | self._dir_admins())
         self.refused = 0  # handshakes refused
+        self.save_error = ""
+
+    def load(self) -> int:
+        """Take the grants kept in ``state_file`` (a restart); returns how many addresses. An unreadable file is
+        reported and ignored: the API's next sync sends them again."""
+        if self.state_file is None or not self.state_file.exists():
+            return 0
+        try:
+            entries = json.loads(self.state_file.read_text())["entries"]
+            with self._lock:
+                self._entries = {address: entry for entry in parse_entries(entries) for address in entry["addresses"]}
+                self._saved = dict(self._entries)
+                self._publish(save=False)
+        except (OSError, ValueError, KeyError, TypeError, ConfigError) as exc:
+            log.warning("buffer: ignoring the kept grants in %s (%s); waiting for the API's sync", self.state_file, exc)
+            return 0
+        return len(self._entries)
+
+    def _save(self) -> None:
+        if self.state_file is None or self._entries == self._saved:
+            return
+        unique = {id(entry): entry for entry in self._entries.values()}
+        temporary = self.state_file.with_name(f".{self.state_file.name}.tmp")
+        try:
+            self.state_file.parent.mkdir(parents=True, exist_ok=True)
+            descriptor = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            with os.fdopen(descriptor, "w") as out:
+                json.dump({"entries": list(unique.values())}, out)
+            os.replace(temporary, self.state_file)
+            self._saved = dict(self._entries)
+            self.save_error = ""
+        except OSError as exc:  # the grants still hold in memory; a restart then waits for the API's sync
+            with contextlib.suppress(OSError):
+                temporary.unlink()
+            if not self.save_error:
+                log.warning("buffer: cannot keep grants in %s (%s)", self.state_file, exc.strerror)
+            self.save_error = str(exc.strerror)
 
     def _dir_admins(self) -> frozenset[str]:
         if self.admin_dir is None:
@@ -119,7 +172,9 @@ class AccessTable:
                 self._entries.pop(address, None)
             self._publish()
 
-    def _publish(self) -> None:
+    def _publish(self, save: bool = True) -> None:
+        if save:
+            self._save()
         grants: dict[str, StreamGrant] = {}
         tokens: dict[str, str] = {}
         keys: set[str] = set()

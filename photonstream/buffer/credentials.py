@@ -23,6 +23,7 @@ import json
 import os
 import secrets
 import struct
+import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -179,6 +180,10 @@ class HandshakeWatch:
     """Notices that the buffer refused this socket's credentials (ZAP) or its security mechanism.
 
     ZeroMQ retries a refused handshake silently; without this, a client with a wrong key would simply wait.
+
+    A refusal after this socket was once admitted is not final at once: a restarted buffer (or one whose grants
+    the API is still sending) may refuse the first reconnects. Such refusals count only when they go on for
+    ``grace_s`` with no admitted handshake between; a credential that was never admitted fails at the first.
     """
 
     EVENTS = (
@@ -188,12 +193,15 @@ class HandshakeWatch:
         | zmq.EVENT_HANDSHAKE_SUCCEEDED
     )
     DROPPED_LIMIT = 3  # handshakes cut off in a row (no success between) before we call it a mismatch
+    GRACE_S = 30.0  # refusals after an admission: how long they may go on before they are final
 
-    def __init__(self, sock: zmq.Socket, endpoint: str) -> None:
+    def __init__(self, sock: zmq.Socket, endpoint: str, grace_s: float = GRACE_S) -> None:
         self.endpoint = endpoint
         self.refused = ""
         self.succeeded = False
+        self.grace_s = grace_s
         self._dropped = 0
+        self._refused_since: float | None = None  # first refusal after an admission, while none succeeded again
         self._monitor: zmq.Socket | None = sock.get_monitor_socket(self.EVENTS)
         self._sock = sock
 
@@ -210,6 +218,7 @@ class HandshakeWatch:
             if kind == zmq.EVENT_HANDSHAKE_SUCCEEDED:
                 self.succeeded = True
                 self._dropped = 0
+                self._refused_since = None
             elif kind == zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL:
                 # The peer closed mid-handshake: a mechanism it does not serve, or (once a handshake has succeeded
                 # on this socket, so the mechanism is right) a link that was cut; only the first is a refusal.
@@ -219,6 +228,9 @@ class HandshakeWatch:
                         f"buffer {self.endpoint} refused the connection's security handshake {self._dropped} times: "
                         "the link's security (curve, token or none) is not the one this endpoint serves"
                     )
+            elif kind == zmq.EVENT_HANDSHAKE_FAILED_AUTH and self.succeeded:
+                if self._refused_since is None:
+                    self._refused_since = time.monotonic()
             elif kind == zmq.EVENT_HANDSHAKE_FAILED_AUTH:
                 self.refused = (
                     f"buffer {self.endpoint} refused the credentials (ZAP status {value}): "
@@ -229,6 +241,12 @@ class HandshakeWatch:
                     f"buffer {self.endpoint} refused the connection's security handshake: the link's security "
                     "(curve, token or none) is not the one this endpoint serves"
                 )
+        since = self._refused_since
+        if not self.refused and since is not None and time.monotonic() - since >= self.grace_s:
+            self.refused = (
+                f"buffer {self.endpoint} admitted these credentials before, but has refused them since it was "
+                f"reconnected, for {self.grace_s:g} s: the grant was withdrawn (stream finished or revoked)"
+            )
         return self.refused
 
     def close(self) -> None:

@@ -44,7 +44,7 @@ from msgpack import unpackb as msgpack_unpack
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from photonstream.buffer import protocol as P
-from photonstream.buffer.access import ANONYMOUS, ZAP_ENDPOINT, AccessTable, zap_reply
+from photonstream.buffer.access import ACCESS_FILE, ANONYMOUS, ZAP_ENDPOINT, AccessTable, zap_reply
 from photonstream.buffer.credentials import Security, ensure_keypair
 from photonstream.buffer.groups import Group, Policy, monotonic, parse_start, start_offset
 from photonstream.buffer.log import GROUPS_FILE, META_FILE, Record, StreamLog, stream_dir
@@ -268,7 +268,8 @@ class BufferService:
         self._members: dict[bytes, tuple[Stream, Group]] = {}
         self._principals: dict[bytes, str] = {}  # who each member authenticated as (checked again on grant changes)
         self._pending_acks: dict[Producer, Stream] = {}  # producers with something to ack
-        self.access = AccessTable(set(self.settings.admin_keys), self._admin_dir())
+        kept = self.settings.data_dir / ACCESS_FILE if self.settings.data_dir and self.settings.secured else None
+        self.access = AccessTable(set(self.settings.admin_keys), self._admin_dir(), state_file=kept)
         self._access_seen = self.access.snapshot
         self.rejected: Counter[str] = Counter()  # refused messages by error code (stats: service.rejected)
         self.instance = uuid.uuid4().hex[:12]  # changes on every start: the API re-registers and re-reads
@@ -419,6 +420,7 @@ class BufferService:
     def _run(self) -> None:
         try:
             self._recover()
+            self.access.load()  # before any listener: a reconnecting client finds its grant (access.py)
             self._bind()
         except BaseException as exc:
             self._startup_error = exc
