@@ -13,6 +13,10 @@ Security of the data plane (see ``photonstream.buffer.access``):
   ago loses them);
 - ``buffer_security: none`` (embedded only, for tests and demos) runs the buffer without authentication.
 
+The embedded buffer runs as a supervised child process by default (``buffer_isolation: process``; why:
+``photonstream.api.buffer_process``) and is then driven like an external one, over the control commands;
+``buffer_isolation: thread`` keeps it in the API's process (direct calls: for tests that look inside it).
+
 Results: consumers send them to the buffer (``RES``); this link collects them (``RESULTS``, or a direct call) every
 ``results_poll_s`` and stores them once per (buffer instance, id).
 
@@ -143,9 +147,11 @@ class BufferLink:
         self._ends_told = ""  # the buffer instance last told every recent end (sync)
         # credentials revoked outside the database (the CA's CRL, ``photonstream ca revoke``): set by the app
         self.revoked_elsewhere: Callable[[], Revoked] = frozenset
-        self.service: Any = None  # the embedded BufferService once started
+        self.service: Any = None  # the embedded BufferService once started (buffer_isolation: thread)
+        self.child: Any = None  # the embedded buffer's process once started (buffer_isolation: process)
         self.keys_dir = settings.resolved_buffer_keys_dir
         self.embedded = settings.buffer == "embedded"
+        self.in_process = self.embedded and settings.buffer_isolation == "thread"
         self.admin: Credentials | None = None
         self.server_public_key = settings.buffer_public_key
         self._admin_pair: tuple[str, str] | None = None
@@ -193,13 +199,18 @@ class BufferLink:
     def token_endpoint(self) -> str | None:
         if self.settings.buffer_token_endpoint:
             return self.settings.buffer_token_endpoint
-        if self.embedded and self.service is not None:
+        if self.service is not None:
             return self.service.token_endpoint  # type: ignore[no-any-return]
         return None
 
+    @property
+    def _not_started(self) -> bool:
+        return self.embedded and self.service is None and self.child is None
+
+
     def start(self) -> None:
         """Start the embedded buffer (if this API embeds one) and the sync/collect thread."""
-        if self.embedded and self.service is None:
+        if self._not_started:
             self._start_embedded()
         if self._thread is None:
             self._stop.clear()
@@ -222,13 +233,22 @@ class BufferLink:
         }
         if not secured:
             log.warning(INSECURE_BUFFER_WARNING)
-        service = BufferService(BufferSettings.build(**values))
-        endpoint = service.start()
-        self.service = service
+        checked = BufferSettings.build(**values)  # a bad buffer option fails here, in one line, not in the child
+        if self.in_process:
+            service = BufferService(checked)
+            endpoint, token_endpoint = service.start(), service.token_endpoint
+            self.service = service
+        else:
+            from photonstream.api.buffer_process import BufferProcess
+
+            child = BufferProcess(checked.model_dump(mode="json"))
+            ready = child.start()
+            endpoint, token_endpoint = ready["endpoint"], ready.get("token_endpoint")
+            self.child = child
         if "buffer_endpoint" not in s.model_fields_set or s.buffer_endpoint == s.buffer_bind:
             s.buffer_endpoint = endpoint  # the bound address (a port '*' resolved)
         if secured and s.buffer_token_endpoint is None:
-            s.buffer_token_endpoint = service.token_endpoint
+            s.buffer_token_endpoint = token_endpoint
         s.buffer_public_key = self.server_public_key if secured else None
         log.info("embedded buffer on %s (security %s)", endpoint, self.security)
 
@@ -242,6 +262,9 @@ class BufferLink:
         if self.service is not None:
             self.service.stop()
             self.service = None
+        if self.child is not None:
+            self.child.stop()
+            self.child = None
 
     # -- the data endpoint and the job's side ----------------------------------------------------------------------
     def data_endpoint(
@@ -272,11 +295,11 @@ class BufferLink:
     # -- grants -------------------------------------------------------------------------------------------------------
     def _apply(self, op: str, body: Any) -> str:
         """Send grants; returns the buffer's instance id ('' where unknown)."""
-        if self.embedded and self.service is None:
+        if self._not_started:
             return ""  # not started (the app's lifespan starts it); the first sync registers everything
-        if self.security == "none":
-            return str(self.service.instance) if self.embedded else ""
-        if self.embedded:
+        if self.security == "none" and self.child is None:
+            return str(self.service.instance) if self.in_process else ""
+        if self.service is not None:
             access = self.service.access
             if op == "register":
                 access.register(body)
@@ -307,7 +330,7 @@ class BufferLink:
         rows = self.reports.access_rows(utcnow() - keep, self.revoked_elsewhere())
         entries = [access_entry(stream, secret) for stream, secret in rows]
         instance = self._apply("sync", entries)
-        if self.embedded and self.service is None:
+        if self._not_started:
             return
         if instance and instance == self._ends_told:
             return
@@ -323,8 +346,10 @@ class BufferLink:
         Returns how many ended now; raises BufferUnavailableError when the buffer does not answer."""
         if not addresses:
             return 0
-        if self.embedded:
-            return 0 if self.service is None else int(self.service.end_streams(addresses, reason, message))
+        if self._not_started:
+            return 0
+        if self.service is not None:
+            return int(self.service.end_streams(addresses, reason, message))
         reply, _ = self.control.request(P.FIN, {"s": addresses, "r": reason, "m": message})
         return int(reply.get("n", 0))
 
@@ -345,12 +370,12 @@ class BufferLink:
         return self.reports.add_results(stream_of, instance, decoded) if decoded else 0
 
     def _fetch_results(self) -> tuple[str, list[dict[str, Any]]]:
-        if self.embedded:
-            if self.service is None:
-                return "", []
+        if self._not_started:
+            return "", []
+        if self.service is not None:
             self._switch_instance(self.service.instance)
             return self.service.instance, self.service.results_after(self._results_after, 1000)
-        if self.security == "none":
+        if self.security == "none" and self.child is None:
             return "", []  # results need an authenticated link (the buffer names who published them)
         reply, frames = self.control.request(P.RESULTS, {"after": self._results_after, "limit": 1000})
         instance = str(reply.get("i", ""))
@@ -368,8 +393,15 @@ class BufferLink:
 
     def stats(self) -> dict[str, Any]:
         """The buffer's state (every stream): a second old at most for the embedded buffer."""
-        if self.embedded:
-            return self.service.stats() if self.service is not None else {"streams": {}}
+        if self._not_started:
+            return {"streams": {}}
+        if self.service is not None:
+            return self.service.stats()  # type: ignore[no-any-return]
+        if self.child is not None:
+            import json
+
+            _, frames = self.control.request(P.STATS, None)
+            return json.loads(frames[0]) if frames else {"streams": {}}
         from photonstream.buffer.cli import fetch_stats
 
         return fetch_stats(self.settings.buffer_endpoint, 2.0, credentials=self.admin)

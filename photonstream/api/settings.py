@@ -88,6 +88,11 @@ class ApiSettings(BaseModel):
         "tcp://127.0.0.1:5601", description="embedded buffer: its token listener (None: no token link)"
     )
     buffer_data_dir: Path | None = Field(None, description="embedded buffer: spill and durable data (state_dir/buffer)")
+    buffer_isolation: Literal["process", "thread"] = Field(
+        "process",
+        description="embedded buffer: in a supervised child process (its crash leaves the API up, and it is started "
+        "again) or in a thread of the API (tests that look inside it only)",
+    )
     buffer_options: dict[str, Any] = Field(
         default_factory=dict, description="embedded buffer: more BufferSettings (memory_total, retention_s, ...)"
     )

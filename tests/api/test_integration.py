@@ -34,7 +34,7 @@ from tests.store.databases import DatabaseSpec
 
 @pytest.fixture()
 def system(pki: Pki, tmp_path: Path) -> Iterator[System]:
-    yield from make_system(pki, tmp_path)
+    yield from make_system(pki, tmp_path, buffer_isolation="thread")  # one test looks at the buffer's grants
 
 
 def test_a_requested_stream_reaches_its_consumer_and_reports_its_progress(system: System) -> None:

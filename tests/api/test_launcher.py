@@ -119,8 +119,8 @@ def buffer_api(pki: Pki, tmp_path: Path) -> Iterator[ApiHarness]:
     """The API with its embedded CURVE buffer running (free ports), the launcher stepped by hand."""
     spec = DatabaseSpec("sqlite", tmp_path)
     harness = ApiHarness(spec, pki, tmp_path / "state", buffer_bind="tcp://127.0.0.1:*", buffer_token_bind=None,
-                         data_root=str(tmp_path / "data" / "{experiment}"), local_max_concurrent=2,
-                         run_command=[sys.executable, "-m", "photonstream"])  # fmt: skip
+                         buffer_isolation="thread", data_root=str(tmp_path / "data" / "{experiment}"),
+                         local_max_concurrent=2, run_command=[sys.executable, "-m", "photonstream"])  # fmt: skip
     link = harness.services().launcher.link
     link.start()
     yield harness

@@ -45,6 +45,7 @@ def make_api(pki: Pki, tmp_path: Path, **settings: Any) -> ApiHarness:
         tmp_path / "state",
         buffer_bind="tcp://127.0.0.1:*",
         buffer_token_bind=None,
+        buffer_isolation="thread",  # a test looks at the buffer's grants
         run_command=[sys.executable, "-m", "photonstream"],
         worker_kinds={"slow": slow_kind(tmp_path / "out"), **settings.pop("worker_kinds", {})},
         **{"launcher_interval_s": 0.2, "pool_lease_s": LEASE_S, "local_max_concurrent": 8, **settings},

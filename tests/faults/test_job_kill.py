@@ -60,7 +60,7 @@ def outcome(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFac
     spec = DatabaseSpec("sqlite", root)
     api = ApiHarness(spec, Pki(root / "pki"), root / "state", data_root=str(root / "data" / "{experiment}"),
                      local_max_concurrent=2, buffer_bind="tcp://127.0.0.1:*", buffer_token_bind=None,
-                     buffer_options={"member_timeout_s": 2.0})  # fmt: skip
+                     buffer_isolation="thread", buffer_options={"member_timeout_s": 2.0})  # fmt: skip
     link = api.services().launcher.link
     link.start()  # the API's embedded CURVE buffer (what the app's lifespan starts)
     worker = None
