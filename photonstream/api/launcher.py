@@ -225,10 +225,8 @@ class Launcher:
         if root is not None:  # the job checks again what it opens: links and files the request could not show
             environment[DATA_ROOT_ENV] = str(root)
         configs: list[dict[str, Any]] = [dict(c) for c in stream.spec["pipelines"]]
-        secret = self.reports.secrets(stream.id)
-        if secret is None:  # a stream from before this service kept secrets: give it some
-            user = f"c.{stream.id.replace('-', '')}"
-            self.reports.create_secrets(stream.id, user, token_hash(new_token_secret()))
+        if self.reports.secrets(stream.id) is None:  # the request stores them with the stream, in one transaction
+            raise ConfigError(f"stream {stream.id} has no stored credentials (queued by an older version)")
         report_secret = secrets.token_hex(32)
         public, secret_key = (k.decode() for k in zmq.curve_keypair())
         producer_user, producer_password = f"p.{stream.id.replace('-', '')}", new_token_secret()

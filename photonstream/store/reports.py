@@ -33,18 +33,7 @@ class ReportStore:
     def __init__(self, db: Database) -> None:
         self.db = db
 
-    # -- secrets -----------------------------------------------------------------------------------------------
-    def create_secrets(self, stream_id: str, consumer_token_user: str, consumer_token_hash: str) -> None:
-        with self.db.session() as session:
-            session.add(
-                StreamSecret(
-                    stream_id=stream_id,
-                    consumer_token_user=consumer_token_user,
-                    consumer_token_hash=consumer_token_hash,
-                    report_seq=0,
-                )
-            )
-
+    # -- secrets (a stream's row is written with the stream, by StreamStore.create) ------------------------------
     def set_job_secrets(
         self,
         stream_id: str,

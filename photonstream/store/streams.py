@@ -19,7 +19,7 @@ from sqlalchemy import func, select, update
 
 from photonstream.errors import PhotonstreamError
 from photonstream.store.db import Database
-from photonstream.store.models import Stream, StreamTransition, utcnow
+from photonstream.store.models import Stream, StreamSecret, StreamTransition, utcnow
 
 
 class StreamState(enum.StrEnum):
@@ -80,14 +80,19 @@ class StreamStore:
     def __init__(self, db: Database) -> None:
         self.db = db
 
-    def create(self, stream: Stream, actor: str) -> Stream:
-        """Insert a new stream in state queued, with its first transition."""
+    def create(self, stream: Stream, actor: str, secret: StreamSecret | None = None) -> Stream:
+        """Insert a new stream in state queued, with its first transition and its ``secret``: one transaction, so
+        the launcher never sees a queued stream without its secrets (it would make its own, and the request's
+        insert would then fail)."""
         now = utcnow()
         stream.state = StreamState.QUEUED
         stream.created_at = stream.updated_at = now
         with self.db.session() as session:
             session.add(stream)
             session.flush()
+            if secret is not None:
+                secret.stream_id = stream.id
+                session.add(secret)
             session.add(
                 StreamTransition(
                     stream_id=stream.id, at=now, from_state=None, to_state=StreamState.QUEUED, reason="", actor=actor

@@ -41,7 +41,7 @@ from photonstream.api.schemas import (
 from photonstream.api.strict import request_body, strict_body
 from photonstream.buffer.credentials import new_token_secret, token_hash
 from photonstream.errors import ConfigError, PhotonstreamError
-from photonstream.store.models import Stream, StreamResult, utcnow
+from photonstream.store.models import Stream, StreamResult, StreamSecret, utcnow
 from photonstream.store.streams import StreamNotFoundError, StreamState
 
 router = APIRouter(prefix="/v1/streams", tags=["streams"])
@@ -184,8 +184,8 @@ def create_stream(
     )
     with quotas.stream_slot(ctx, obj):
         quotas.pool_worker_slot(ctx, obj, sum(pool.max_workers for pool in body.worker_pools))
-        stream = ctx.svc.streams.create(stream, actor=principal.identity)
-    ctx.svc.launcher.reports.create_secrets(stream.id, token_user, token_hash(token_password))
+        secret = StreamSecret(consumer_token_user=token_user, consumer_token_hash=token_hash(token_password))
+        stream = ctx.svc.streams.create(stream, actor=principal.identity, secret=secret)
     if link.embedded:  # consumers may connect at once; an external buffer learns it at launch (or the next sync)
         try:
             link.register(stream.id)
