@@ -211,7 +211,7 @@ def build_services(settings: ApiSettings, backends: dict[str, JobBackend] | None
         verifier = certificates
 
         def revoked_on_the_crl() -> frozenset[tuple[str, str]]:
-            return frozenset(("certificate", format_serial(n)) for n in verifier.revoked_serials())
+            return frozenset(("certificate", format_serial(n)) for n in verifier.last_known_revoked_serials())
 
         link.revoked_elsewhere = revoked_on_the_crl
     pool = Backends(settings, backends)

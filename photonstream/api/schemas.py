@@ -320,6 +320,9 @@ class Health(BaseModel):
     schema_revision: str | None
     version: str
     auth_modes: list[str]
+    checks: dict[str, str] = Field(
+        default_factory=dict, description="each check by name (database, schema, crl): 'ok' or what is wrong"
+    )
 
 
 class ErrorBody(BaseModel):

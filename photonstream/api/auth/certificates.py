@@ -3,16 +3,19 @@
 The TLS layer (uvicorn with ``ssl.CERT_REQUIRED``/``CERT_OPTIONAL`` against ``ca.crt``) already refuses a chain
 that does not verify; the app checks again (issuer signature, validity, a leaf certificate for clientAuth) because
 it also runs behind other ASGI servers, then checks revocation against the CRL file, which it re-reads whenever it
-changes. Only a leaf (CA:FALSE) with extendedKeyUsage clientAuth identifies a user: the CA's own certificate and
-service (serverAuth) certificates identify nobody.
+changes; a CRL that is missing, unreadable or not signed by the CA refuses every certificate (fail closed, logged
+once, reported by /v1/health). Only a leaf (CA:FALSE) with extendedKeyUsage clientAuth identifies a user: the CA's
+own certificate and service (serverAuth) certificates identify nobody.
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import logging
 import threading
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NoReturn
 
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature
@@ -28,6 +31,8 @@ from photonstream.api.auth.ca import (
     utcnow,
 )
 from photonstream.api.errors import AuthenticationError
+
+log = logging.getLogger("photonstream.api")
 
 
 @dataclass(frozen=True)
@@ -95,28 +100,64 @@ class CertificateVerifier:
         self.ca_certificate = load_certificate(self.ca_dir / CA_CERT)
         self._crl_stamp: tuple[int, int] | None = None
         self._revoked: frozenset[int] = frozenset()
+        self._crl_problem: str | None = None
         self._lock = threading.Lock()
 
+    def _refuse_all(self, problem: str, detail: str) -> NoReturn:
+        """Fail closed: no certificate is accepted while the CRL cannot be read. Logged once per problem, not per
+        request."""
+        self._crl_stamp = None
+        if problem != self._crl_problem:
+            log.error(
+                "%s/%s %s (%s): every client certificate is refused until it is fixed",
+                self.ca_dir,
+                CRL,
+                problem,
+                detail,
+            )
+            self._crl_problem = problem
+        raise AuthenticationError(f"the server's revocation list {problem}; refusing client certificates")
+
     def revoked_serials(self) -> frozenset[int]:
-        """Serials on the CRL; a CRL that is missing is empty, one that does not verify refuses every certificate."""
+        """Serials on the CRL. A CRL that is missing, unreadable, not a CRL or not signed by our CA refuses every
+        certificate (AuthenticationError): a revocation must never be lost by losing the file."""
         path = self.ca_dir / CRL
         with self._lock:
             try:
                 stat = path.stat()
-            except OSError:
-                self._crl_stamp, self._revoked = None, frozenset()
-                return self._revoked
+            except OSError as exc:
+                self._refuse_all("is missing", exc.strerror or type(exc).__name__)
             stamp = (stat.st_mtime_ns, stat.st_size)
             if stamp != self._crl_stamp:
                 try:
                     crl = x509.load_pem_x509_crl(path.read_bytes())
-                    valid = crl.is_signature_valid(self.ca_certificate.public_key())  # type: ignore[arg-type]
-                except (OSError, ValueError):
-                    valid = False
-                if not valid:
-                    raise AuthenticationError("the server's revocation list does not verify; refusing certificates")
+                except OSError as exc:
+                    self._refuse_all("is unreadable", exc.strerror or type(exc).__name__)
+                except ValueError as exc:
+                    self._refuse_all("is not a CRL", str(exc))
+                if not crl.is_signature_valid(self.ca_certificate.public_key()):  # type: ignore[arg-type]
+                    self._refuse_all("does not verify", "not signed by this CA's key")
                 self._revoked = frozenset(entry.serial_number for entry in crl)
                 self._crl_stamp = stamp
+                if self._crl_problem is not None:
+                    log.warning("%s/%s is readable again: client certificates are accepted", self.ca_dir, CRL)
+                    self._crl_problem = None
+            return self._revoked
+
+    def crl_problem(self) -> str | None:
+        """What is wrong with the CRL now (it is read again if it changed), or None; for the health check."""
+        try:
+            self.revoked_serials()
+        except AuthenticationError:
+            return self._crl_problem
+        return None
+
+    def last_known_revoked_serials(self) -> frozenset[int]:
+        """As ``revoked_serials``, but while the CRL cannot be read the serials of the last one that could be: for
+        the buffer's grants, which have no certificate to refuse (a CRL gone missing revokes nothing less)."""
+        try:
+            return self.revoked_serials()
+        except AuthenticationError:
             return self._revoked
 
     def verify(self, cert: x509.Certificate, now: dt.datetime | None = None) -> CertificateClaims:

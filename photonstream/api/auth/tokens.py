@@ -15,6 +15,7 @@ import base64
 import datetime as dt
 import hashlib
 import json
+import logging
 import threading
 import uuid
 from collections.abc import Sequence
@@ -28,6 +29,8 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from photonstream.api.auth.ca import TOKEN_JWKS, CertificateAuthority, check_identity, check_names, utcnow
 from photonstream.api.errors import AuthenticationError
 from photonstream.errors import ConfigError
+
+log = logging.getLogger("photonstream.api")
 
 OWN_ALGORITHMS = ("ES256",)
 OIDC_ALGORITHMS = ("RS256", "RS384", "RS512", "ES256", "ES384", "PS256", "EdDSA")
@@ -108,7 +111,19 @@ class OwnIssuerKeys:
         self.path = Path(ca_dir) / TOKEN_JWKS
         self._stamp: tuple[int, int] | None = None
         self._keys: dict[str, Any] = {}
+        self._broken_stamp: tuple[int, int] | None = None
         self._lock = threading.Lock()
+
+    def _read(self, stamp: tuple[int, int]) -> dict[str, Any]:
+        """The keys of the file; a file that is not a JWKS refuses our tokens (401, logged once per version of it)."""
+        try:
+            data = json.loads(self.path.read_text())
+            return {k.get("kid"): jwt.PyJWK(k).key for k in data.get("keys", [])}
+        except (OSError, ValueError, RecursionError, AttributeError, TypeError, jwt.PyJWTError) as exc:
+            if stamp != self._broken_stamp:
+                log.error("%s is not a readable JWKS (%s): tokens of our own issuer are refused", self.path, exc)
+                self._broken_stamp = stamp
+            raise AuthenticationError("this server's token keys are unreadable; refusing its own tokens") from None
 
     def key(self, kid: str | None) -> Any:
         with self._lock:
@@ -118,8 +133,7 @@ class OwnIssuerKeys:
                 raise AuthenticationError("this server has no token keys for its own issuer") from None
             stamp = (stat.st_mtime_ns, stat.st_size)
             if stamp != self._stamp:
-                data = json.loads(self.path.read_text())
-                self._keys = {k.get("kid"): jwt.PyJWK(k).key for k in data.get("keys", [])}
+                self._keys = self._read(stamp)
                 self._stamp = stamp
             if kid in self._keys:
                 return self._keys[kid]

@@ -40,15 +40,28 @@ class StreamStateCollector(Collector):
 
 @router.get("/v1/health", response_model=Health, summary="Is the service up (no credential needed)")
 def health(svc: Services = Depends(services)) -> Health:
+    """``degraded`` when a check fails: the database, its schema revision, or the CA's revocation list (while it
+    cannot be read every client certificate is refused). Anyone may ask: no check names a path or a secret."""
     reachable = svc.db.ping()
     revision = svc.db.current_revision() if reachable else None
-    healthy = reachable and revision == svc.db.head_revision()
+    checks = {
+        "database": "ok" if reachable else "unreachable",
+        "schema": "ok" if revision == svc.db.head_revision() else f"at {revision}, not {svc.db.head_revision()}",
+    }
+    verifier = svc.authenticator.certificates
+    if verifier is not None:
+        problem = verifier.crl_problem()
+        checks["crl"] = f"the revocation list {problem}: client certificates are refused" if problem else "ok"
+    child = svc.launcher.link.child if svc.launcher.link is not None else None
+    if child is not None:
+        checks["buffer"] = child.status()  # the embedded buffer's process: down (and why) while it restarts
     return Health(
-        status="ok" if healthy else "degraded",
+        status="ok" if all(result == "ok" for result in checks.values()) else "degraded",
         database="ok" if reachable else "unreachable",
         schema_revision=revision,
         version=package_version(),
         auth_modes=list(svc.settings.auth_modes),
+        checks=checks,
     )
 
 
