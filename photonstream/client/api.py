@@ -65,7 +65,8 @@ class ApiUnreachableError(PhotonstreamError):
 
 @dataclass(frozen=True)
 class StreamEvent:
-    """One server-sent event: ``state`` (a transition) or ``end`` (the stream finished)."""
+    """One server-sent event: ``state`` (a transition), ``progress``, ``result``, ``pool``, ``end`` (the stream
+    finished) or ``error`` (the caller's credential was revoked or expired, or the identity disabled: the last)."""
 
     event: str
     data: dict[str, Any]
@@ -255,7 +256,7 @@ class PhotonstreamClient:
                             json.loads(fields.get("data", "{}")),
                             int(event_id) if event_id and event_id.isdigit() else None,
                         )
-                        if fields["event"] == "end":
+                        if fields["event"] in ("end", "error"):  # error: the credential no longer holds
                             return
                     fields = {}
         except httpx.TransportError as exc:

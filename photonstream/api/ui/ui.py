@@ -22,8 +22,9 @@ from starlette.concurrency import run_in_threadpool
 from photonstream.api import quotas
 from photonstream.api.auth.session import CSRF_HEADER, clear_session_cookie, set_session_cookie
 from photonstream.api.deps import Audit, Context, caller, context, services
-from photonstream.api.errors import AuthenticationError, NotFoundError, PermissionDeniedError
+from photonstream.api.errors import AuthenticationError, NotFoundError
 from photonstream.api.json_body import parse_json_body
+from photonstream.api.live import CallerWatch
 from photonstream.api.monitor import Monitor
 from photonstream.api.routers.streams import visible_stream
 from photonstream.metrics import CONTENT_TYPE
@@ -165,16 +166,15 @@ def _sse(event: str, data: Any) -> str:
 
 
 def _event_stream(request: Request, ctx: Context, produce: Any) -> StreamingResponse:
-    """``update`` events each second; ``gone`` when the stream is no longer visible, ``logged-out`` when the
-    caller's credential no longer holds (revoked, expired: checked before every update, as for any request)."""
-    svc = services(request)
+    """``update`` events each second; ``gone`` when the stream is no longer visible, ``logged-out`` (status,
+    reason) when the caller's credential no longer holds (revoked, expired, identity disabled: see ``live``)."""
+    watch = CallerWatch(request, services(request))
 
     async def events() -> AsyncIterator[str]:
         while True:
-            try:
-                await run_in_threadpool(caller, request, svc, None)
-            except (AuthenticationError, PermissionDeniedError):
-                yield _sse("logged-out", {})
+            refused = await watch.refusal()
+            if refused is not None:
+                yield _sse("logged-out", {"status": refused.status, "reason": refused.reason})
                 return
             try:
                 data = await run_in_threadpool(produce)
