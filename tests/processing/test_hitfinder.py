@@ -107,9 +107,10 @@ def test_errors_name_the_array_and_the_option() -> None:
         parse_step({"type": "hitfinder", "algorithm": "magic"})
 
 
-def test_auto_uses_peakfinder8_only_when_psana_imports() -> None:
+def test_the_default_is_numpy_and_auto_uses_peakfinder8_only_when_psana_imports() -> None:
     has_psana = _peakfinder8() is not None
-    assert make_step({"type": "hitfinder"}).algorithm == ("peakfinder8" if has_psana else "numpy")
+    assert make_step({"type": "hitfinder"}).algorithm == "numpy"  # the fast path, psana installed or not
+    assert make_step({"type": "hitfinder", "algorithm": "auto"}).algorithm == ("peakfinder8" if has_psana else "numpy")
     if not has_psana:
         with pytest.raises(MissingDependencyError, match="psana"):
             make_step({"type": "hitfinder", "algorithm": "peakfinder8"})
@@ -136,6 +137,31 @@ def test_peakfinder8_finds_the_hand_made_peaks() -> None:
         [frame] = step.apply(frame)
         distance, _ = cKDTree(frame.metadata["spots"][:, :2]).query(frame.metadata["peaks"][:, :2])
         assert frame.metadata["n_peaks"] > 3 and np.mean(distance < 1.5) > 0.9
+
+
+@pytest.mark.psana
+def test_numpy_and_peakfinder8_find_the_same_hits_on_a_synthetic_run() -> None:
+    pytest.importorskip("psana.peakfinder8")
+    options = SyntheticDiffractionOptions(detector="epix10k2m", events=24, hit_fraction=0.3, seed=7)
+    source = SyntheticDiffraction(options)
+    info = source.open()
+    start = StartMessage(stream_id="same-hits", geometry=info.geometry, source=info.details)
+    by_numpy, by_pf8 = make_step({"type": "hitfinder"}), make_step({"type": "hitfinder", "algorithm": "peakfinder8"})
+    by_numpy.setup(start)
+    by_pf8.setup(start)
+    verdicts: list[tuple[bool, bool, bool]] = []
+    for frame in source.events():
+        [numpy_frame] = by_numpy.apply(frame)
+        numpy_peaks, numpy_hit = numpy_frame.metadata["peaks"].copy(), numpy_frame.metadata["hit"]
+        [pf8_frame] = by_pf8.apply(frame)
+        pf8_peaks = pf8_frame.metadata["peaks"]
+        verdicts.append((frame.metadata["true_hit"], numpy_hit, pf8_frame.metadata["hit"]))
+        if numpy_hit:  # the numpy finder's peaks are (nearly all) peaks peakfinder8 found too
+            distance, _ = cKDTree(pf8_peaks[:, :2]).query(numpy_peaks[:, :2])
+            assert np.mean(distance < 1.5) > 0.95
+            assert len(numpy_peaks) <= len(pf8_peaks)  # the documented difference: pf8 reports more, weaker peaks
+    assert 3 <= sum(truth for truth, _, _ in verdicts) < len(verdicts)
+    assert all(truth == numpy_hit == pf8_hit for truth, numpy_hit, pf8_hit in verdicts), verdicts
 
 
 def test_hits_are_counted_by_the_pipeline() -> None:
