@@ -67,21 +67,25 @@ def _object(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
 
 
 def _check_strings(data: Any) -> None:
-    pending = [data]
+    pending: list[tuple[str, Any]] = [("", data)]
     while pending:
-        item = pending.pop()
+        where, item = pending.pop()
         if isinstance(item, dict):
-            pending.extend(item.keys())
-            pending.extend(item.values())
+            for key, value in item.items():
+                pending.append((f"{where}.{key[:64]}" if where else key[:64], key))
+                pending.append((f"{where}.{key[:64]}" if where else key[:64], value))
         elif isinstance(item, list):
-            pending.extend(item)
+            pending.extend((f"{where}[{i}]", value) for i, value in enumerate(item))
         elif isinstance(item, str):
+            named = f" at {where}" if where else ""
             if "\x00" in item:
-                raise MalformedBodyError("the body holds a string with a NUL character")
+                raise MalformedBodyError(f"the body holds a string with a NUL character{named}")
             try:
                 item.encode("utf-8")
             except UnicodeEncodeError:
-                raise MalformedBodyError("the body holds a string with a lone surrogate (\\ud800-\\udfff)") from None
+                raise MalformedBodyError(
+                    f"the body holds a string with a lone surrogate (\\ud800-\\udfff){named}"
+                ) from None
 
 
 def parse_json_body(raw: bytes) -> Any:
