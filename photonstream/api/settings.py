@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 from typing import Any, Literal
@@ -17,6 +18,18 @@ from photonstream.transport.sockets import check_endpoint
 
 CertificateMode = Literal["off", "optional", "required"]
 BufferMode = Literal["embedded", "external"]
+MB, GB = 1 << 20, 1 << 30
+
+
+def host_cores() -> int:
+    return os.cpu_count() or 1
+
+
+def host_memory_mb() -> int:
+    try:
+        return max(1, os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE") // MB)
+    except (ValueError, OSError):  # no sysconf name on this platform
+        return 4096
 
 
 class ApiSettings(BaseModel):
@@ -141,6 +154,44 @@ class ApiSettings(BaseModel):
         "API process on the database takes the pools over once it expired (longer than launcher_interval_s)",
     )
 
+    # limits on what one request, and one identity's active streams together, may ask of the job backend (422 for a
+    # request over a per-request limit, 429 past a per-identity total); None turns one off. The defaults fit the
+    # local backend (jobs on this host): raise them for a batch system
+    max_ranks_per_request: int | None = Field(
+        default_factory=host_cores, ge=1, description="resources.ranks of a request (default: this host's cores)"
+    )
+    max_cores_per_request: int | None = Field(
+        default_factory=host_cores, ge=1, description="ranks × cores_per_rank of a request (default: this host's cores)"
+    )
+    max_memory_mb_per_request: int | None = Field(
+        default_factory=host_memory_mb, ge=1, description="nodes × memory_mb of a request (default: this host's memory)"
+    )
+    max_time_limit_s_per_request: int | None = Field(
+        86400, ge=1, description="resources.time_limit_s of a request: how long its job may run"
+    )
+    max_ranks_per_user: int | None = Field(64, ge=1, description="ranks of one identity's active streams together")
+    max_cores_per_user: int | None = Field(256, ge=1, description="cores of one identity's active streams together")
+    max_memory_mb_per_user: int | None = Field(
+        default_factory=lambda: 4 * host_memory_mb(),
+        ge=1,
+        description="memory (MB) of one identity's active streams together (default: 4 × this host's memory)",
+    )
+    max_time_limit_s_per_user: int | None = Field(
+        7 * 86400, ge=1, description="time limits (s) of one identity's active streams together"
+    )
+    max_events_per_request: int | None = Field(
+        10_000_000, ge=1, description="events a request's source is asked to make, over all its runs"
+    )
+    max_frame_bytes: int | None = Field(
+        256 * MB, ge=1, description="bytes of one frame of the requested source (detector shape × dtype)"
+    )
+    buffer_disk_per_stream: int | None = Field(
+        32 * GB, ge=1, description="embedded buffer: bytes one stream may hold on disk (its disk_per_stream)"
+    )
+    buffer_disk_total: int | None = Field(
+        128 * GB, ge=1, description="embedded buffer: bytes all streams may hold on disk (its disk_total)"
+    )
+
     max_body_bytes: int = Field(1 << 20, ge=1024, description="larger request bodies are refused (413)")
     max_active_streams_per_user: int | None = Field(
         20,
@@ -172,6 +223,11 @@ class ApiSettings(BaseModel):
             raise ValueError("buffer_security token needs buffer_token_bind (the embedded buffer's token listener)")
         if self.buffer_security == "none" and self.buffer == "external" and self.buffer_public_key:
             raise ValueError("buffer_security none with a buffer_public_key: the buffer authenticates, use curve")
+        for key, field in (("disk_per_stream", "buffer_disk_per_stream"), ("disk_total", "buffer_disk_total")):
+            given = self.buffer_options.get(key, getattr(self, field))
+            if field in self.model_fields_set and given != getattr(self, field):
+                raise ValueError(f"{field} and buffer_options.{key} differ: give one of them")
+            self.buffer_options[key] = given  # the embedded buffer's BufferSettings get it from buffer_options
         return self
 
     @field_validator("buffer_advertised_endpoint")

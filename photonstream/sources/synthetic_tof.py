@@ -72,6 +72,10 @@ class SyntheticTofOptions(PluginOptions):
     noise: float = Field(3.0, ge=0.0, description="Gaussian noise per sample (counts)")
     dtype: Literal["int16", "float32"] = Field("int16", description="int16 digitizer counts or float32")
 
+    def frame_bytes(self) -> tuple[int, str]:
+        """Bytes of one frame's waveform (channels × samples × dtype), and the option that sizes it."""
+        return self.channels * self.samples * np.dtype(self.dtype).itemsize, "samples"
+
     @model_validator(mode="after")
     def _consistent(self) -> SyntheticTofOptions:
         if self.rise_ns >= self.decay_ns:

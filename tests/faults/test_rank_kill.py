@@ -88,7 +88,8 @@ def outcome(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Outcome]:
     spec = DatabaseSpec("sqlite", root)
     api = ApiHarness(spec, Pki(root / "pki"), root / "state", data_root=str(root / "data" / "{experiment}"),
                      local_max_concurrent=2, buffer_bind="tcp://127.0.0.1:*", buffer_token_bind=None,
-                     buffer_isolation="thread", buffer_options={"member_timeout_s": 2.0})  # fmt: skip
+                     buffer_isolation="thread", buffer_options={"member_timeout_s": 2.0},
+                     max_ranks_per_request=3, max_cores_per_request=3)  # 3 ranks, whatever the host  # fmt: skip
     link = api.services().launcher.link
     link.start()  # the API's embedded CURVE buffer
     worker = None

@@ -15,7 +15,7 @@ from typing import Annotated
 import zmq
 from fastapi import APIRouter, Depends, Query, Response
 
-from photonstream.api import quotas
+from photonstream.api import limits, quotas
 from photonstream.api.binding import bind_pipelines
 from photonstream.api.deps import Context, context
 from photonstream.api.errors import CredentialLifetimeError, NotFoundError, PermissionDeniedError
@@ -142,6 +142,11 @@ def create_stream(
     except PermissionDeniedError as exc:
         ctx.audit.deny("stream.create", obj, str(exc))
         raise
+    try:
+        limits.check_request_limits(body, settings)
+    except ConfigError as exc:
+        ctx.audit.deny("stream.create", obj, f"limit: {exc}")
+        raise
     stream_id = uuid.uuid4()
     try:
         pipelines = bind_pipelines(body, stream_id.hex, settings)
@@ -178,6 +183,7 @@ def create_stream(
     )
     with quotas.stream_slot(ctx, obj):
         quotas.pool_worker_slot(ctx, obj, sum(pool.max_workers for pool in body.worker_pools))
+        limits.limited_slot(ctx, obj, body)
         secret = StreamSecret(consumer_token_user=token_user, consumer_token_hash=token_hash(token_password))
         stream = ctx.svc.streams.create(stream, actor=principal.identity, secret=secret)
     if link.embedded:  # consumers may connect at once; an external buffer learns it at launch (or the next sync)
