@@ -18,6 +18,7 @@ from photonstream.api.ui.status import status_command
 from photonstream.buffer.cli import buffer_app, consume
 from photonstream.cli_support import console, err_console, friendly
 from photonstream.consumers.cli import tof, train_app
+from photonstream.errors import ConfigError, PhotonstreamError
 
 app = typer.Typer(help="Stream X-ray experiment data on request.", no_args_is_help=True, add_completion=False)
 bench_app = typer.Typer(help="Benchmarks (table for people, one JSON object on the last line).", no_args_is_help=True)
@@ -52,18 +53,28 @@ def run(
     from photonstream.pipeline import Pipeline, RunStats
     from photonstream.reporting import STREAM_ID_ENV, chain, reporter_from_env
 
-    config = load_pipeline(pipeline)
+    ranks = detect_ranks()
+    try:
+        config = load_pipeline(pipeline)
+    except ConfigError:
+        if ranks.is_root:
+            raise
+        raise typer.Exit(2) from None  # every rank reads the same file: rank 0 alone says what is wrong
     if events is not None:
         config = config.model_copy(update={"max_events": events})
-    ranks = detect_ranks()
     if metrics_port is not None:
         from photonstream.metrics import serve as serve_metrics
 
         serve_metrics(metrics_port + ranks.rank if metrics_port else 0, metrics_host)
-    runner = Pipeline(config, ranks.shard, ranks.comm)
-    if not ranks.is_root:
-        end = runner.run()  # rank 0 reports for the whole run
+    if not ranks.is_root:  # rank 0 reports for the whole run: its error line, or every rank's in its end message
+        try:
+            end = Pipeline(config, ranks.shard, ranks.comm).run()
+        except ConfigError:
+            raise typer.Exit(2) from None
+        except PhotonstreamError:
+            raise typer.Exit(1) from None
         raise typer.Exit(0 if end.reason == "completed" else 1)
+    runner = Pipeline(config, ranks.shard, ranks.comm)
     report = reporter_from_env()  # a job launched by the API reports its progress back to it
     if os.environ.get(STREAM_ID_ENV):  # a job the API launched: its log shows where it ran, even if it is killed
         where = f"{config.stream.address}: running on {socket.gethostname()} (pid {os.getpid()})"
@@ -100,6 +111,8 @@ def run(
             f"({stats.events_per_s:,.0f} ev/s, {stats.bytes_sent / stats.elapsed / 1e6:,.0f} MB/s); {counts}"
         )
     if end.reason != "completed":
+        if end.error:
+            err_console.print(f"[bold red]error:[/] {end.error}", highlight=False, soft_wrap=True)
         raise typer.Exit(1)
 
 
@@ -160,8 +173,11 @@ def plugins(as_json: bool = typer.Option(False, "--json", help="machine-readable
 @friendly
 def receive(
     endpoint: str = typer.Argument(..., help="the pipeline's zmq-push/zmq-pub endpoint, e.g. tcp://127.0.0.1:5555"),
-    timeout: float = typer.Option(30.0, help="give up after this many idle seconds"),
+    timeout: float = typer.Option(30.0, min=0.001, help="give up after this many seconds without a message"),
     topic: str | None = typer.Option(None, "--topic", help="subscribe (zmq-pub) to this stream id; '' for all"),
+    bind: bool = typer.Option(
+        False, "--bind", help="bind ENDPOINT and let the pipeline connect (handler bind: false; needed for mpirun)"
+    ),
     as_json: bool = typer.Option(False, "--json", help="print the summary as one JSON line"),
 ) -> None:
     """Read a stream from a zmq-push or zmq-pub handler; print hit rate and throughput."""
@@ -169,7 +185,7 @@ def receive(
     from photonstream.transport.sockets import check_endpoint
 
     summary = StreamSummary()
-    for message in read_stream(check_endpoint(endpoint), idle_timeout_s=timeout, subscribe=topic):
+    for message in read_stream(check_endpoint(endpoint), idle_timeout_s=timeout, subscribe=topic, bind=bind):
         summary.add(message)
         if not as_json and summary.events and summary.events % 50 == 0:
             d = summary.as_dict()

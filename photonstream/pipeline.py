@@ -86,10 +86,7 @@ class Pipeline:
         if shard.size > 1:
             for i, h in enumerate(config.handlers):
                 if getattr(h, "bind", False):
-                    raise ConfigError(
-                        f"handlers[{i}].bind: {shard.size} MPI ranks cannot all bind {h.address}; "  # type: ignore[attr-defined]
-                        "set bind: false and let the consumer bind, or use the buffer handler"
-                    )
+                    raise ConfigError(ranks_cannot_bind(i, h.address, shard.size))  # type: ignore[attr-defined]
         self.handlers: list[Handler] = [handler_registry.create(h) for h in config.handlers]
         self._need_bytes = any(h.needs_bytes for h in self.handlers)
         self.metrics = PipelineMetrics(self)
@@ -183,8 +180,8 @@ class Pipeline:
                 step.setup(start)
             if self.comm is None:
                 self._emit(start)
-            else:
-                self._emit_start_of_ranks(start)
+            elif not self._emit_start_of_ranks(start):
+                raise _StartFailedElsewhere
             for frame in self.source.events():
                 if self._cancelled.is_set():
                     reason = "cancelled"
@@ -200,6 +197,8 @@ class Pipeline:
                     progress(self.stats)
             for i, step in enumerate(self.steps):
                 self._emit_outputs(self._through(step.flush(), self.steps[i + 1 :]))
+        except _StartFailedElsewhere:
+            reason = "failed"  # the rank that could not send the start says why in the combined end message
         except KeyboardInterrupt:
             reason, error = "cancelled", "interrupted"
         except HandlerError as exc:
@@ -221,7 +220,7 @@ class Pipeline:
         )
         close_error: BaseException | None = None
         if self.comm is not None:
-            end, close_error = self._end_of_ranks(end, opened_handlers)
+            end = self._end_of_ranks(end, opened_handlers)
             if self.shard.rank != 0:
                 opened_handlers = []  # closed already, before rank 0 was told this rank had finished
         try:
@@ -241,34 +240,50 @@ class Pipeline:
             raise close_error
         return end
 
-    def _emit_start_of_ranks(self, start: StartMessage) -> None:
-        """Rank 0's start message goes out before any rank's events.
+    def _emit_start_of_ranks(self, start: StartMessage) -> bool:
+        """Rank 0's start message goes out before any rank's events; False when another rank could not send it.
 
         A handler that joins ranks into one stream (the buffer keeps one start and accepts identical copies as
         joins) gets the start from every rank, byte for byte the same; other handlers (zmq-push/pub) get it from
-        rank 0 only, and the other ranks wait at a barrier until it has been sent.
+        rank 0 only, and the other ranks wait until it has been sent. Every rank learns whether all of them could
+        send: a rank that failed raises its error, the others stop too (instead of waiting for it forever).
         """
         if self.shard.rank == 0:
             self._stamp(start)
         start = self.comm.bcast(start, root=0)
         frames = self.serializer.encode(start) if self._need_bytes else None
-        for handler in self.handlers:
-            if self.shard.rank == 0 or _joins_ranks(handler):
-                handler.handle(start, frames)
-        self.comm.Barrier()
+        failure: PhotonstreamError | None = None
+        try:
+            for handler in self.handlers:
+                if self.shard.rank == 0 or _joins_ranks(handler):
+                    handler.handle(start, frames)
+        except PhotonstreamError as exc:
+            failure = exc
+        failed_somewhere = any(self.comm.allgather(failure is not None))
+        if failure is not None:
+            raise failure
+        return not failed_somewhere
 
-    def _end_of_ranks(self, end: EndMessage, handlers: list[Handler]) -> tuple[EndMessage, BaseException | None]:
+    def _end_of_ranks(self, end: EndMessage, handlers: list[Handler]) -> EndMessage:
         """Combine every rank's outcome on rank 0; other ranks deliver everything first, then report."""
-        close_error: BaseException | None = None
         if self.shard.rank != 0:
+            close_errors: list[str] = []
             for handler in handlers:
                 try:
                     handler.close()
                 except Exception as exc:
-                    close_error = close_error or exc
+                    close_errors.append(str(exc) or type(exc).__name__)
+            if close_errors:  # undelivered messages fail the run: rank 0 reports them in the combined end
+                end = EndMessage(
+                    stream_id=end.stream_id,
+                    events_sent=end.events_sent,
+                    counts=end.counts,
+                    reason="failed",
+                    error="; ".join([end.error, *close_errors] if end.error else close_errors),
+                )
         ends = self.comm.gather(end.to_dict(), root=0)
         if self.shard.rank != 0:
-            return end, close_error
+            return end
         counts: Counter[str] = Counter()
         for other in ends:
             counts.update(other["counts"])
@@ -283,7 +298,21 @@ class Pipeline:
             reason=reason,
             error=errors,
         )
-        return combined, close_error
+        return combined
+
+
+class _StartFailedElsewhere(Exception):
+    """Another rank could not send the start message (that rank reports why)."""
+
+
+def ranks_cannot_bind(index: int, address: str, ranks: int) -> str:
+    """Why a binding handler is refused under several MPI ranks, and the two ways out."""
+    connect_to = f"tcp://CONSUMER-HOST:{address.rsplit(':', 1)[1]}" if "://*:" in address else address
+    return (
+        f"handlers[{index}].bind: {ranks} MPI ranks cannot all bind {address}; set bind: false (address: "
+        f"{connect_to}) so the ranks connect, and start the consumer first with "
+        f"`photonstream receive --bind {address}`; or use the buffer handler"
+    )
 
 
 def _joins_ranks(handler: Handler) -> bool:

@@ -16,6 +16,7 @@ import zmq
 from photonstream.errors import PhotonstreamError, SerializerError
 from photonstream.frames import EndMessage, Frame, FrameBatch, Message
 from photonstream.serializers.base import Serializer, create, detect
+from photonstream.transport.sockets import attach
 
 
 class StreamTimeout(PhotonstreamError):
@@ -34,7 +35,8 @@ def read_stream(
 ) -> Iterator[Message]:
     """Yield decoded messages from ``endpoint`` until the end message (included).
 
-    ``subscribe`` switches to a SUB socket for a ``zmq-pub`` handler (topic = stream id, "" for all).
+    ``subscribe`` switches to a SUB socket for a ``zmq-pub`` handler (topic = stream id, "" for all). ``bind``
+    binds ``endpoint`` instead of connecting to it: the handlers connect (``bind: false``, e.g. MPI ranks).
     """
     ctx = zmq.Context()
     sock = ctx.socket(zmq.SUB if subscribe is not None else zmq.PULL)
@@ -43,14 +45,11 @@ def read_stream(
     if subscribe is not None:
         sock.setsockopt(zmq.SUBSCRIBE, subscribe.encode())
     try:
-        if bind:
-            sock.bind(endpoint)
-        else:
-            sock.connect(endpoint)
+        attach(sock, endpoint, bind)
         serializer: Serializer | None = None
         while True:
             if not sock.poll(int(idle_timeout_s * 1000)):
-                raise StreamTimeout(f"no message from {endpoint} within {idle_timeout_s:g} s")
+                raise StreamTimeout(_waited_for(endpoint, idle_timeout_s, bind, serializer is not None))
             frames = sock.recv_multipart(copy=False)
             payload = [f.buffer for f in frames[1:]] if subscribe is not None else [f.buffer for f in frames]
             if not payload:
@@ -64,6 +63,20 @@ def read_stream(
     finally:
         sock.close()
         ctx.term()
+
+
+def _waited_for(endpoint: str, timeout_s: float, bind: bool, started: bool) -> str:
+    if started:
+        return f"{endpoint}: the stream stopped; no message within {timeout_s:g} s and no end message"
+    if bind:
+        return (
+            f"bound {endpoint}: no pipeline connected and sent within {timeout_s:g} s "
+            "(its zmq-push/zmq-pub handler needs bind: false and this address)"
+        )
+    return (
+        f"no message from {endpoint} within {timeout_s:g} s: no pipeline is sending there "
+        "(a handler with bind: false, as under mpirun, needs a consumer that binds: --bind)"
+    )
 
 
 @dataclass

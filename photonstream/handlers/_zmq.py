@@ -49,6 +49,10 @@ class ZmqHandlerBase:
         sock.setsockopt(zmq.SNDHWM, self.options.hwm)
         sock.setsockopt(zmq.SNDTIMEO, int(self.options.send_timeout_s * 1000))
         sock.setsockopt(zmq.LINGER, int(self.options.linger_s * 1000))
+        if not self.options.bind:
+            # Queue only on completed connections: with no consumer bound there, sends time out after
+            # send_timeout_s with a message saying so, instead of queueing until close waits out linger_s.
+            sock.setsockopt(zmq.IMMEDIATE, 1)
         self._configure(sock)
         self._sock = sock
         self.endpoint = attach(sock, self.options.address, self.options.bind)
@@ -63,11 +67,17 @@ class ZmqHandlerBase:
         try:
             tracker = self._sock.send_multipart(parts, copy=not big, track=big)
         except zmq.Again:
-            raise HandlerError(
-                f"{self.options.type} {self.endpoint}: no consumer took message {message.seq} "
-                f"within {self.options.send_timeout_s:g} s (send_timeout_s)"
-            ) from None
+            raise HandlerError(self._nobody_took(message)) from None
         self._tracker.add(tracker if big else None)
+
+    def _nobody_took(self, message: Message) -> str:
+        waited = f"within {self.options.send_timeout_s:g} s (send_timeout_s)"
+        if self.options.bind:
+            return f"{self.options.type} {self.endpoint}: no consumer took message {message.seq} {waited}"
+        return (
+            f"{self.options.type} {self.endpoint} (bind: false): no consumer bound there took message "
+            f"{message.seq} {waited}; start one first, e.g. `photonstream receive --bind {self.endpoint}`"
+        )
 
     def close(self) -> None:
         if self._sock is None:
