@@ -40,12 +40,12 @@ def stream_slot(ctx: Context, obj: str) -> Iterator[None]:
     overshoot."""
     svc, identity = ctx.svc, ctx.principal.identity
     limit = svc.settings.max_active_streams_per_user
-    if limit is None:
-        yield
-        return
     with _stream_locks_guard:
         lock = _stream_locks.setdefault(identity, threading.Lock())
-    with lock:
+    with lock:  # also without this quota: the per-identity totals checked inside (pool workers, resources) need it
+        if limit is None:
+            yield
+            return
         active = svc.streams.find(states=ACTIVE_STATES, owner=identity, limit=1).total
         if active >= limit:
             ctx.audit.deny("stream.create", obj, f"quota: {active} active streams (limit {limit})")

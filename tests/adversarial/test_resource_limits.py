@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -168,3 +169,10 @@ def test_the_embedded_buffer_gets_the_disk_budgets(pki: Pki, tmp_path: Path) -> 
     for api in harness(pki, tmp_path, buffer_disk_total=3 << 30, buffer_disk_per_stream=1 << 30):
         with api.client(cert="alice"):  # the lifespan: the embedded buffer starts
             assert api.services().launcher.link.stats()["service"]["disk_budget"] == 3 << 30
+
+
+def test_a_burst_of_parallel_creates_stays_within_a_per_identity_total(pki: Pki, tmp_path: Path) -> None:
+    for api in harness(pki, tmp_path, max_ranks_per_request=2, max_ranks_per_user=6):  # no active-streams quota
+        with ThreadPoolExecutor(max_workers=8) as pool:
+            statuses = list(pool.map(lambda _, a=api: post(a, resources={"ranks": 2}).status_code, range(12)))
+        assert sorted(statuses) == [201] * 3 + [429] * 9
