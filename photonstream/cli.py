@@ -13,7 +13,9 @@ import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from photonstream.api.cli import ca_app, db_app, policy_app, request_app, serve_command
+from photonstream.api.cli import ca_app, db_app, policy_app
+from photonstream.api.request_cli import request_app
+from photonstream.api.serve_cli import serve_command
 from photonstream.api.ui.status import status_command
 from photonstream.buffer.cli import buffer_app, consume
 from photonstream.cli_support import console, err_console, friendly

@@ -12,8 +12,10 @@ import pytest
 import yaml
 from typer.testing import CliRunner
 
-from photonstream.api.cli import db_app, policy_app, request_app, serve_command
+from photonstream.api.cli import db_app, policy_app
+from photonstream.api.request_cli import request_app
 from photonstream.api.schemas import StreamInfo
+from photonstream.api.serve_cli import serve_command
 from photonstream.client.api import ApiError, ApiUnreachableError, PhotonstreamClient
 from photonstream.store.db import Database
 from tests.api.harness import EXPERIMENT, ApiHarness, stream_request
