@@ -26,6 +26,7 @@ from typing import IO, Any
 
 LOCK_FILE = ".lock"
 LOCK_WAIT_S = 30.0
+SHUTDOWN_WAIT_S = 25.0  # < LOCK_WAIT_S: the next child outwaits this one
 
 
 def hold_data_dir(data_dir: Path | None, wait_s: float = LOCK_WAIT_S) -> IO[str] | None:
@@ -71,7 +72,10 @@ def main() -> int:
         answer(out, error=str(exc))
         return 2
     stopped = threading.Event()
-    signal.signal(signal.SIGTERM, lambda *_: stopped.set())
+    # the handler only sets a flag: threading.Event.set takes a lock, and a signal arriving while this thread
+    # held it (inside Event.wait) deadlocked the child for good, holding its ports and the data directory
+    terminated: list[int] = []
+    signal.signal(signal.SIGTERM, lambda signum, _frame: terminated.append(signum))
 
     def watch_parent() -> None:
         with contextlib.suppress(OSError, ValueError):
@@ -81,9 +85,15 @@ def main() -> int:
     threading.Thread(target=watch_parent, name="photonstream-buffer-parent", daemon=True).start()
     answer(out, endpoint=endpoint, token_endpoint=service.token_endpoint, public_key=service.public_key,
            instance=service.instance, pid=os.getpid())  # fmt: skip
-    while not stopped.is_set() and service._thread is not None and service._thread.is_alive():
-        stopped.wait(0.5)
-    service.stop()
+    while not (terminated or stopped.is_set()) and service._thread is not None and service._thread.is_alive():
+        time.sleep(0.2)
+    # the lock goes only once the service thread has ended (its state persisted, its sockets closed and the
+    # context terminated, so the ports are free): a new child waiting for it may bind at once
+    service.stop(timeout=SHUTDOWN_WAIT_S)
+    if service._thread is not None and service._thread.is_alive():
+        logging.getLogger("photonstream.buffer").error(
+            "buffer: still shutting down after %g s; exiting", SHUTDOWN_WAIT_S
+        )
     if lock is not None:
         lock.close()
     return 0
