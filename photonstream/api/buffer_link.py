@@ -157,6 +157,13 @@ class BufferLink:
         self._admin_pair: tuple[str, str] | None = None
         self.security: Security = self._resolve_security()
         self._control: ControlClient | None = None
+        # the embedded buffer's endpoints as its first start bound them (a port '*' resolved): a later start (the
+        # app's lifespan entered again) binds the same ones, so streams created before find it again
+        self._bound: dict[str, Any] = {}
+        self._endpoint_resolved_here = settings.buffer == "embedded" and (
+            "buffer_endpoint" not in settings.model_fields_set or settings.buffer_endpoint == settings.buffer_bind
+        )
+        self._token_endpoint_resolved_here = settings.buffer_token_endpoint is None
         self._instance = ""
         self._results_after = 0
         self._next_sync = 0.0
@@ -207,7 +214,6 @@ class BufferLink:
     def _not_started(self) -> bool:
         return self.embedded and self.service is None and self.child is None
 
-
     def start(self) -> None:
         """Start the embedded buffer (if this API embeds one) and the sync/collect thread."""
         if self._not_started:
@@ -230,6 +236,7 @@ class BufferLink:
             "admin_keys": (self._admin_pair[0],) if self._admin_pair else (),
             "data_dir": s.buffer_data_dir or s.state_dir / "buffer",
             **s.buffer_options,
+            **self._bound,
         }
         if not secured:
             log.warning(INSECURE_BUFFER_WARNING)
@@ -245,9 +252,10 @@ class BufferLink:
             ready = child.start()
             endpoint, token_endpoint = ready["endpoint"], ready.get("token_endpoint")
             self.child = child
-        if "buffer_endpoint" not in s.model_fields_set or s.buffer_endpoint == s.buffer_bind:
+        self._bound = {"bind": endpoint, **({"token_bind": token_endpoint} if token_endpoint else {})}
+        if self._endpoint_resolved_here:
             s.buffer_endpoint = endpoint  # the bound address (a port '*' resolved)
-        if secured and s.buffer_token_endpoint is None:
+        if secured and self._token_endpoint_resolved_here:
             s.buffer_token_endpoint = token_endpoint
         s.buffer_public_key = self.server_public_key if secured else None
         log.info("embedded buffer on %s (security %s)", endpoint, self.security)
@@ -259,6 +267,7 @@ class BufferLink:
             self._thread = None
         if self._control is not None:
             self._control.close_socket()
+            self._control = None
         if self.service is not None:
             self.service.stop()
             self.service = None
