@@ -61,6 +61,8 @@ def read_secrets_file(path: str | Path) -> dict[str, str]:
         raise ConfigError(f"${SECRETS_FILE_ENV}: cannot read {path}: {error.strerror}") from None
     except json.JSONDecodeError as error:
         raise ConfigError(f"${SECRETS_FILE_ENV}: {path} is not JSON ({error.msg})") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"${SECRETS_FILE_ENV}: {path} is not text (not a secrets file we wrote)") from None
     if not isinstance(data, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in data.items()):
         raise ConfigError(f"${SECRETS_FILE_ENV}: {path} must hold one JSON object of strings")
     return data

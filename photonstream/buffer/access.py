@@ -39,7 +39,7 @@ from typing import Any
 
 from zmq.utils.z85 import encode as z85_encode
 
-from photonstream.buffer.credentials import public_keys_in
+from photonstream.buffer.credentials import public_keys_in, readable_public_keys
 from photonstream.errors import ConfigError
 
 ANONYMOUS = "anonymous"
@@ -103,6 +103,7 @@ class AccessTable:
         self._saved: dict[str, dict[str, Any]] = {}
         self._lock = threading.Lock()  # writers only
         self._admins_read_at = 0.0
+        self._admin_problems: list[str] = []  # what the last reading of admin_dir could not read
         self.snapshot = Snapshot(admins=self._static_admins | self._dir_admins())
         self.refused = 0  # handshakes refused
         self.save_error = ""
@@ -144,9 +145,21 @@ class AccessTable:
             self.save_error = str(exc.strerror)
 
     def _dir_admins(self) -> frozenset[str]:
+        """At start: every key, or a ConfigError naming the file that is not one (the buffer does not start)."""
         if self.admin_dir is None:
             return frozenset()
         return frozenset(f"curve:{k}" for k in public_keys_in(self.admin_dir))
+
+    def _readable_dir_admins(self) -> frozenset[str]:
+        """While serving: the keys that read; a file that does not (being written, corrupt) admits nobody and is
+        logged once, and the loop goes on (an exception here would end the service)."""
+        assert self.admin_dir is not None
+        keys, problems = readable_public_keys(self.admin_dir)
+        if problems != self._admin_problems:
+            for problem in set(problems) - set(self._admin_problems):
+                log.warning("buffer: ignoring an admin key: %s", problem)
+            self._admin_problems = problems
+        return frozenset(f"curve:{k}" for k in keys)
 
     # -- changes ---------------------------------------------------------------------------------------------
     def register(self, entries: list[dict[str, Any]]) -> None:
@@ -192,7 +205,7 @@ class AccessTable:
         if self.admin_dir is None or now - self._admins_read_at < min_interval_s:
             return False
         self._admins_read_at = now
-        admins = self._static_admins | self._dir_admins()
+        admins = self._static_admins | self._readable_dir_admins()
         if admins == self.snapshot.admins:
             return False
         with self._lock:

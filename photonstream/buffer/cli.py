@@ -184,9 +184,12 @@ def consume(
         if credentials is not None:
             try:
                 info = json.loads(credentials.read_text())
-            except (OSError, json.JSONDecodeError) as exc:
+            except (OSError, ValueError) as exc:  # ValueError: not JSON, or not text (UnicodeDecodeError)
                 raise ConfigError(f"{credentials}: cannot read the create response ({exc})") from None
-            _, link = Credentials.from_endpoint(info, security)  # type: ignore[arg-type]
+            try:
+                _, link = Credentials.from_endpoint(info, security)  # type: ignore[arg-type]
+            except ConfigError as exc:
+                raise ConfigError(f"{credentials}: {exc}") from None
         else:  # a worker started by the API (elastic pools) gets its credential in the environment
             link = Credentials.from_env()
         sub = subscribe(endpoint, stream, group=group, policy=policy, start=start, credit=credit,

@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import zmq
+from zmq.utils.z85 import decode as z85_decode
 
 from photonstream.errors import ConfigError
 
@@ -60,11 +61,13 @@ class Credentials:
             raise ConfigError(f"security: {self.security!r} is not one of curve, token, none")
         if self.security == "curve":
             for name in ("server_public_key", "public_key", "secret_key"):
-                value = getattr(self, name)
-                if not value or len(value) != 40:
-                    raise ConfigError(f"credentials.{name}: a CURVE link needs a 40-character Z85 key")
-        if self.security == "token" and not (self.username and self.password):
-            raise ConfigError("credentials: a token link needs username and password")
+                problem = z85_key_problem(getattr(self, name))
+                if problem:
+                    raise ConfigError(f"credentials.{name}: {problem}")
+        if self.security == "token" and not (
+            isinstance(self.username, str) and self.username and isinstance(self.password, str) and self.password
+        ):
+            raise ConfigError("credentials: a token link needs username and password (strings)")
 
     @classmethod
     def curve(cls, server_public_key: str, public_key: str, secret_key: str) -> Credentials:
@@ -115,7 +118,7 @@ class Credentials:
         if chosen == "none":
             return str(endpoint["address"]), None
         if chosen == "curve":
-            curve = endpoint.get("curve") or {}
+            curve = _section(endpoint, "curve")
             if not curve.get("server_public_key"):
                 raise ConfigError("data_endpoint.curve: this buffer has no CURVE listener (server_public_key unset)")
             if not curve.get("client_secret_key"):
@@ -123,11 +126,15 @@ class Credentials:
                     "data_endpoint.curve.client_secret_key: the secret key is shown once, in the create response; "
                     "use the saved response (photonstream request create --save)"
                 )
+            for name in ("server_public_key", "client_public_key", "client_secret_key"):
+                problem = z85_key_problem(curve.get(name))
+                if problem:
+                    raise ConfigError(f"data_endpoint.curve.{name}: {problem}")
             return str(endpoint["address"]), cls.curve(
                 curve["server_public_key"], curve["client_public_key"], curve["client_secret_key"]
             )
         if chosen == "token":
-            token = endpoint.get("token") or {}
+            token = _section(endpoint, "token")
             if not token.get("address"):
                 raise ConfigError("data_endpoint.token: this buffer has no token listener")
             if not token.get("password"):
@@ -135,6 +142,8 @@ class Credentials:
                     "data_endpoint.token.password: the token is shown once, in the create response; use the saved "
                     "response (photonstream request create --save)"
                 )
+            if not isinstance(token.get("username"), str) or not isinstance(token["password"], str):
+                raise ConfigError("data_endpoint.token: username and password must be strings")
             return str(token["address"]), cls.token(token["username"], token["password"])
         raise ConfigError(f"security: {chosen!r} is not one of curve, token, none")
 
@@ -161,6 +170,25 @@ class Credentials:
             assert self.username and self.password
             sock.plain_username = self.username.encode()
             sock.plain_password = self.password.encode()
+
+
+def _section(endpoint: dict[str, Any], name: str) -> dict[str, Any]:
+    section = endpoint.get(name) or {}
+    if not isinstance(section, dict):
+        raise ConfigError(f"data_endpoint.{name}: must be a map, not {type(section).__name__}")
+    return section
+
+
+def z85_key_problem(value: Any) -> str:
+    """What is wrong with a CURVE key as given ('' for a 40-character Z85 string); ZeroMQ itself would only say
+    'Invalid argument' when the key is set on a socket."""
+    if not isinstance(value, str) or len(value) != 40:
+        return "a CURVE key is a 40-character Z85 string"
+    try:
+        z85_decode(value)
+    except (KeyError, ValueError):
+        return "not a Z85 key (a character outside the Z85 alphabet)"
+    return ""
 
 
 def apply_credentials(sock: zmq.Socket, credentials: Credentials | None) -> None:
@@ -270,7 +298,15 @@ def load_keypair(secret_file: Path) -> tuple[str, str]:
         raise ConfigError(f"{secret_file}: cannot read the CURVE key pair ({exc})") from None
     if secret is None:
         raise ConfigError(f"{secret_file}: holds no secret key")
-    return public.decode(), secret.decode()
+    return _key_from_file(public, secret_file, "public"), _key_from_file(secret, secret_file, "secret")
+
+
+def _key_from_file(value: bytes, path: Path, half: str) -> str:
+    text = value.decode(errors="replace")
+    problem = z85_key_problem(text)
+    if problem:
+        raise ConfigError(f"{path}: the {half} key is corrupt ({problem})")
+    return text
 
 
 def load_public_key(public_file: Path) -> str:
@@ -280,7 +316,7 @@ def load_public_key(public_file: Path) -> str:
         public, _ = zmq.auth.load_certificate(str(public_file))
     except (OSError, ValueError) as exc:
         raise ConfigError(f"{public_file}: cannot read the CURVE public key ({exc})") from None
-    return public.decode()
+    return _key_from_file(public, public_file, "public")
 
 
 def ensure_keypair(directory: Path, name: str) -> tuple[str, str]:
@@ -297,7 +333,29 @@ def ensure_keypair(directory: Path, name: str) -> tuple[str, str]:
 
 
 def public_keys_in(directory: Path) -> set[str]:
-    """Every public key of the ``*.key`` files in a directory (empty if it does not exist)."""
+    """Every public key of the ``*.key`` files in a directory (empty if it does not exist); a ConfigError naming
+    the first file that is not a key, or a path there that is not a directory."""
+    keys, problems = readable_public_keys(directory)
+    if problems:
+        raise ConfigError(problems[0])
+    return keys
+
+
+def readable_public_keys(directory: Path) -> tuple[set[str], list[str]]:
+    """(the public keys of the ``*.key`` files in ``directory`` that read, what is wrong with the others)."""
+    if not directory.exists():
+        return set(), []
     if not directory.is_dir():
-        return set()
-    return {load_public_key(path) for path in sorted(directory.glob("*.key"))}
+        return set(), [f"{directory}: not a directory (of *.key public key files)"]
+    keys: set[str] = set()
+    problems: list[str] = []
+    try:
+        paths = sorted(directory.glob("*.key"))
+    except OSError as exc:
+        return set(), [f"{directory}: cannot list the key files ({exc.strerror})"]
+    for path in paths:
+        try:
+            keys.add(load_public_key(path))
+        except ConfigError as exc:
+            problems.append(str(exc))
+    return keys, problems
