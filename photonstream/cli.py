@@ -18,7 +18,7 @@ from photonstream.api.request_cli import request_app
 from photonstream.api.serve_cli import serve_command
 from photonstream.api.ui.status import status_command
 from photonstream.buffer.cli import buffer_app, consume
-from photonstream.cli_support import console, err_console, friendly
+from photonstream.cli_support import console, err_console, friendly, say_error
 from photonstream.consumers.cli import tof, train_app
 from photonstream.errors import ConfigError, PhotonstreamError
 
@@ -342,7 +342,10 @@ def demo(
 
 
 def main() -> None:
-    app()
+    try:
+        app()
+    except (PhotonstreamError, OSError) as exc:  # a command without @friendly: still one line, no traceback
+        raise SystemExit(say_error(exc)) from None
 
 
 if __name__ == "__main__":

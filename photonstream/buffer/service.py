@@ -322,6 +322,8 @@ class BufferService:
             self._zap = zap
         for bind, security in s.listeners:
             sock = new_router(self.context)  # ids nobody can predict: see routing.py
+            # listed at once: if setting it up fails, _close_sockets closes it (an open one hangs context.term())
+            self._sockets.append(sock)
             sock.setsockopt(zmq.ROUTER_MANDATORY, 1)
             sock.setsockopt(zmq.SNDHWM, 0)
             sock.setsockopt(zmq.RCVHWM, 0)
@@ -339,9 +341,7 @@ class BufferService:
             try:
                 sock.bind(bind)
             except zmq.ZMQError as exc:
-                sock.close()
                 raise ServiceError(f"buffer: cannot bind {bind} ({exc})") from None
-            self._sockets.append(sock)
             self._securities.append(security)
         self._socket = self._sockets[0]
         self.endpoint = self._socket.getsockopt_string(zmq.LAST_ENDPOINT)

@@ -75,13 +75,26 @@ class StreamEvent:
 
 def tls_context(ca: str | Path | None = None, cert: str | Path | None = None, key: str | Path | None = None) -> Any:
     """What httpx's ``verify`` takes: trust ``ca`` (else the system's), present ``cert``/``key`` if given."""
-    context = ssl.create_default_context(cafile=str(ca) if ca else None)
+    try:
+        context = ssl.create_default_context(cafile=str(ca) if ca else None)
+    except (OSError, ssl.SSLError) as exc:
+        raise ConfigError(f"--ca-cert {ca}: cannot load the CA certificate ({_why(exc)})") from None
     if cert is not None:
         try:
             context.load_cert_chain(str(cert), str(key) if key else None)
         except (OSError, ssl.SSLError) as exc:
-            raise ConfigError(f"--cert/--key: cannot load the client certificate ({exc})") from None
+            named = f"--cert {cert}" + (f" / --key {key}" if key else "")
+            raise ConfigError(f"{named}: cannot load the client certificate ({_why(exc)})") from None
     return context
+
+
+def _why(exc: OSError | ssl.SSLError) -> str:
+    """ssl's errors name no file: say what went wrong in words."""
+    if isinstance(exc, FileNotFoundError):
+        return "no such file"
+    if isinstance(exc, PermissionError):
+        return "permission denied"
+    return str(exc.strerror or exc) if isinstance(exc, OSError) else str(exc)
 
 
 class PhotonstreamClient:

@@ -102,6 +102,9 @@ class ApiHarness:
     def __init__(self, database: DatabaseSpec, pki: Pki, state_dir: Path, **settings: Any) -> None:
         self.database = database
         self.pki = pki
+        # free ports, never the defaults: a 'photonstream serve' may be running beside the tests
+        settings.setdefault("buffer_bind", "tcp://127.0.0.1:*")
+        settings.setdefault("buffer_token_bind", "tcp://127.0.0.1:*")
         self.settings = ApiSettings(
             state_dir=state_dir,
             database_url=database.url,

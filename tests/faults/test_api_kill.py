@@ -58,17 +58,22 @@ class Api:
         self.port = port
         self.http = httpx.Client(base_url=f"http://127.0.0.1:{port}", headers={"Authorization": f"Bearer {token}"})
         self.process: subprocess.Popen[bytes] | None = None
+        self.log = settings.parent / "serve.log"  # every start's output, kept for the failure message
 
     def start(self) -> None:
-        self.process = subprocess.Popen(
-            [sys.executable, "-m", "photonstream", "serve", "--config", str(self.settings), "--insecure-http",
-             "--port", str(self.port)],
-            cwd=REPO, env=environment(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-        )  # fmt: skip
+        with self.log.open("ab") as log:
+            self.process = subprocess.Popen(
+                [sys.executable, "-m", "photonstream", "serve", "--config", str(self.settings), "--insecure-http",
+                 "--port", str(self.port)],
+                cwd=REPO, env=environment(), stdout=log, stderr=subprocess.STDOUT,
+            )  # fmt: skip
         wait_for(self._healthy, 40, "the API to answer")
 
     def _healthy(self) -> bool:
-        assert self.process is not None and self.process.poll() is None, "the API exited"
+        assert self.process is not None, "the API was not started"
+        if self.process.poll() is not None:
+            tail = self.log.read_text(errors="replace")[-3000:]
+            raise AssertionError(f"the API exited ({self.process.returncode}):\n{tail}")
         try:
             return self.http.get("/v1/health").status_code == 200
         except httpx.TransportError:
