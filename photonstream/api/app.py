@@ -23,6 +23,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from photonstream.api import ui
 from photonstream.api.auth.ca import format_serial
 from photonstream.api.auth.certificates import CertificateVerifier
+from photonstream.api.auth.gate import ClientCertificateGate
 from photonstream.api.auth.principal import Authenticator
 from photonstream.api.auth.tokens import OwnIssuerKeys, TokenVerifier
 from photonstream.api.buffer_link import BufferLink
@@ -292,5 +293,8 @@ def create_app(settings: ApiSettings | None = None, backends: dict[str, JobBacke
     monitor = Monitor(link.stats, link.subscriber(), results=results_reader(svc.launcher.reports))
     ui.install(app, monitor)
     app.add_middleware(BodySizeLimitMiddleware, max_bytes=settings.max_body_bytes)
+    verifier = svc.authenticator.certificates
+    if settings.client_certificates == "required" and verifier is not None:  # inside the request id, before bodies
+        app.add_middleware(ClientCertificateGate, verifier=verifier)
     app.add_middleware(RequestContextMiddleware, metrics=svc.metrics)
     return app

@@ -1,6 +1,6 @@
 """Command-line parts of the request API, mounted by ``photonstream.cli``:
 
-app.add_typer(ca_app, name="ca")            init | issue-user | issue-service | issue-token | revoke | list
+app.add_typer(ca_app, name="ca")            init | issue-user | export-p12 | issue-service | issue-token | revoke | list
 app.add_typer(db_app, name="db")            upgrade | current
 app.add_typer(policy_app, name="policy")    grant | role | member | show | audit
 
@@ -60,16 +60,59 @@ def ca_issue_user(
     groups: list[str] = typer.Option(None, "--groups", "-g", help="groups (a,b or repeated)"),
     days: int = typer.Option(30, min=1, help="validity in days"),
     out: Path = typer.Option(Path("."), "--out", "-o", help="where NAME.crt and NAME.key go"),
+    p12: bool = typer.Option(False, "--p12", help="also NAME.p12 for a browser; its passphrase is printed once"),
     ca_dir: Path = CA_DIR_OPTION,
 ) -> None:
     """Issue a client certificate carrying the identity, its experiments and groups."""
-    from photonstream.api.auth.ca import CertificateAuthority
+    from photonstream.api.auth.ca import CA_CERT, CertificateAuthority
 
     issued = CertificateAuthority(ca_dir).issue_user(
         name, split_names(experiments), split_names(groups), days=days, out_dir=out
     )
     console.print(
         f"serial {issued.serial}: {issued.certificate} and {issued.private_key} (until {issued.not_after:%Y-%m-%d})"
+    )
+    if p12:
+        _export_p12(issued.certificate, issued.private_key, ca_dir / CA_CERT, issued.certificate.with_suffix(".p12"))
+
+
+def _export_p12(certificate: Path, key: Path, ca_certificate: Path, out: Path, passphrase: str | None = None) -> None:
+    from photonstream.api.auth.pkcs12 import export_p12
+
+    exported = export_p12(certificate, key, ca_certificate, out, passphrase)
+    console.print(f"{exported.path}: {exported.identity}'s certificate and key for a browser (mode 0600)")
+    if passphrase is None:
+        console.print(f"passphrase (shown once; give it separately from the file): {exported.passphrase}")
+
+
+@ca_app.command("export-p12")
+@friendly
+def ca_export_p12(
+    certificate: Path = typer.Argument(..., help="the user's certificate (NAME.crt from issue-user)"),
+    key: Path | None = typer.Option(None, "--key", help="its private key [default: NAME.key beside it]"),
+    out: Path | None = typer.Option(None, "--out", "-o", help="the file to write [default: NAME.p12 beside it]"),
+    passphrase_env: str | None = typer.Option(
+        None, "--passphrase-env", help="take the passphrase from this environment variable instead of a new one"
+    ),
+    ca_dir: Path = CA_DIR_OPTION,
+) -> None:
+    """Package a user's certificate and key as a passphrase-protected .p12 to import into a browser."""
+    import os
+
+    from photonstream.api.auth.ca import CA_CERT
+    from photonstream.errors import ConfigError
+
+    passphrase = None
+    if passphrase_env is not None:
+        passphrase = os.environ.get(passphrase_env)
+        if not passphrase:
+            raise ConfigError(f"--passphrase-env {passphrase_env}: that environment variable is not set")
+    _export_p12(
+        certificate,
+        key or certificate.with_suffix(".key"),
+        ca_dir / CA_CERT,
+        out or certificate.with_suffix(".p12"),
+        passphrase,
     )
 
 

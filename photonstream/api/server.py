@@ -6,6 +6,10 @@ object and puts it in each request's scope as the ASGI TLS extension (``scope["e
 ``client_cert_chain`` as PEM), the same place other ASGI servers (e.g. Hypercorn) put it. The app then checks
 the certificate itself (issuer, validity, usage, revocation) on every request.
 
+The handshake only asks for a client certificate (``ssl.CERT_OPTIONAL``) even when certificates are required: a
+client without one still connects and gets a 401 saying what is missing (``photonstream.api.auth.gate``). A
+certificate that is presented but does not verify against our CA (another CA's, expired) still fails the handshake.
+
 uvicorn has no timeout for reading a request's headers: a client that sends part of a request and trickles the
 rest (slowloris) holds its connection forever. ``TLSInfoH11Protocol`` closes a connection on which no request
 completed and none is being answered for ``header_timeout_s`` (default 30 s); slow requests whose headers are
@@ -133,5 +137,7 @@ def server_config(
         if settings.ca_dir is None:
             raise ConfigError("--ca: client certificates need the CA directory")
         tls["ssl_ca_certs"] = str(Path(settings.ca_dir) / "ca.crt")
-        tls["ssl_cert_reqs"] = ssl.CERT_REQUIRED if settings.client_certificates == "required" else ssl.CERT_OPTIONAL
+        # "required" too: the app refuses a request without a certificate with a 401 that says why (a page for
+        # browsers, photonstream.api.auth.gate); CERT_REQUIRED would drop the connection with no word said
+        tls["ssl_cert_reqs"] = ssl.CERT_OPTIONAL
     return uvicorn.Config(app, **common, **tls)

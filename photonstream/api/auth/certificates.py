@@ -1,6 +1,6 @@
 """Client certificates on the server side: what a certificate claims, and whether our CA vouches for it now.
 
-The TLS layer (uvicorn with ``ssl.CERT_REQUIRED``/``CERT_OPTIONAL`` against ``ca.crt``) already refuses a chain
+The TLS layer (uvicorn with ``ssl.CERT_OPTIONAL`` against ``ca.crt``) already refuses a chain
 that does not verify; the app checks again (issuer signature, validity, a leaf certificate for clientAuth) because
 it also runs behind other ASGI servers, then checks revocation against the CRL file, which it re-reads whenever it
 changes; a CRL that is missing, unreadable or not signed by the CA refuses every certificate (fail closed, logged
