@@ -157,6 +157,9 @@ class BufferLink:
         self._admin_pair: tuple[str, str] | None = None
         self.security: Security = self._resolve_security()
         self._control: ControlClient | None = None
+        # one grant change at a time, read and sent together: a sync that read the database before a revocation
+        # and sent after the revocation's own sync would grant the revoked stream again until the next one
+        self._grants_lock = threading.Lock()
         # the embedded buffer's endpoints as its first start bound them (a port '*' resolved): a later start (the
         # app's lifespan entered again) binds the same ones, so streams created before find it again
         self._bound: dict[str, Any] = {}
@@ -328,17 +331,19 @@ class BufferLink:
 
     def register(self, stream_id: str) -> None:
         """Grant a stream's credentials in the buffer now (raises BufferUnavailableError when it does not answer)."""
-        row = self.reports.access_row(stream_id, self.revoked_elsewhere())
-        if row is not None:
-            self._apply("register", [access_entry(*row)])
+        with self._grants_lock:
+            row = self.reports.access_row(stream_id, self.revoked_elsewhere())
+            if row is not None:
+                self._apply("register", [access_entry(*row)])
 
     def sync(self) -> None:
         """Re-send every grant; to a buffer instance not told yet (restarted), also every end of the last
         ``buffer_grant_keep_s``, so that consumers subscribing there get them."""
         keep = dt.timedelta(seconds=self.settings.buffer_grant_keep_s)
-        rows = self.reports.access_rows(utcnow() - keep, self.revoked_elsewhere())
-        entries = [access_entry(stream, secret) for stream, secret in rows]
-        instance = self._apply("sync", entries)
+        with self._grants_lock:
+            rows = self.reports.access_rows(utcnow() - keep, self.revoked_elsewhere())
+            entries = [access_entry(stream, secret) for stream, secret in rows]
+            instance = self._apply("sync", entries)
         if self._not_started:
             return
         if instance and instance == self._ends_told:

@@ -486,6 +486,7 @@ class BufferService:
                             parts = sock.recv_multipart(zmq.NOBLOCK, copy=False)
                         except zmq.Again:
                             break
+                        self._apply_grant_change()  # before a credit could send a revoked member more
                         self._on_message(parts, index)
             self._flush_producer_acks()
             now = monotonic()
@@ -1264,10 +1265,14 @@ class BufferService:
             self._reply(member.identity, P.END, header, log.end.frames or [])
 
     # -- timers -------------------------------------------------------------------------------------------
-    def _tick(self, now: float) -> None:
+    def _apply_grant_change(self) -> None:
+        """Drop the members a new access snapshot no longer admits (a cheap identity check when none came)."""
         if self.access.snapshot is not self._access_seen:
             self._access_seen = self.access.snapshot
             self._drop_unauthorized_members()
+
+    def _tick(self, now: float) -> None:
+        self._apply_grant_change()
         member_deadline = now - self.settings.member_timeout_s
         while self._asked_to_rejoin and next(iter(self._asked_to_rejoin.values())) < member_deadline:
             self._asked_to_rejoin.popitem(last=False)
