@@ -705,6 +705,7 @@ class BufferService:
                 call = self._calls.get_nowait()
             except queue.Empty:
                 return
+            self._apply_grant_change()  # a grant withdrawn before the call was queued counts first (an end, say)
             call()
 
     @staticmethod
