@@ -10,6 +10,7 @@ import json
 import signal
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -23,11 +24,14 @@ buffer_app = typer.Typer(help="The high-rate data buffer service.", no_args_is_h
 
 MB = 1 << 20
 GB = 1 << 30
+CONNECT_TIMEOUT_S = 10.0  # consume: a buffer on this host or a facility network answers a SUB in well under 1 s
+START_TIMEOUT_S = 120.0  # consume: a stream queued behind others starts later; 0 waits for good
+WAITING_LINE_AFTER_S = 2.0
 
 
 def _fail(exc: PhotonstreamError) -> None:
     typer.echo(f"error: {exc}", err=True)
-    raise typer.Exit(2)
+    raise typer.Exit(2 if isinstance(exc, ConfigError) else 1)  # 2: what was asked is wrong; 1: it failed
 
 
 @buffer_app.command("serve")
@@ -165,6 +169,12 @@ def consume(
     decode: Annotated[bool, typer.Option(help="decode messages (off: count raw bytes only)")] = True,
     max_messages: Annotated[int | None, typer.Option(help="stop after this many data messages")] = None,
     timeout_s: Annotated[float | None, typer.Option(help="fail after this long without word from the buffer")] = None,
+    connect_timeout_s: Annotated[
+        float, typer.Option(min=0, help="fail when the buffer has not answered in this long (0: wait for good)")
+    ] = CONNECT_TIMEOUT_S,
+    start_timeout_s: Annotated[
+        float, typer.Option(min=0, help="fail when the stream has not started in this long (0: wait for good)")
+    ] = START_TIMEOUT_S,
     json_summary: Annotated[bool, typer.Option("--json", help="print the final summary as JSON")] = False,
     credentials: Annotated[
         Path | None,
@@ -193,7 +203,9 @@ def consume(
         else:  # a worker started by the API (elastic pools) gets its credential in the environment
             link = Credentials.from_env()
         sub = subscribe(endpoint, stream, group=group, policy=policy, start=start, credit=credit,
-                        decode=decode, timeout_s=timeout_s, credentials=link)  # fmt: skip
+                        decode=decode, timeout_s=timeout_s, credentials=link,
+                        connect_timeout_s=connect_timeout_s or None, start_timeout_s=start_timeout_s or None,
+                        on_idle=_say_waiting())  # fmt: skip
     except PhotonstreamError as exc:
         _fail(exc)
     began = time.perf_counter()
@@ -233,6 +245,27 @@ def consume(
             f"expired {s.expired}, duplicates dropped {s.duplicates}"
             + (f"; stream ended ({summary['end_reason']})" if summary["end_reason"] else "")
         )
+
+
+def _say_waiting() -> Callable[[Any], None]:
+    """Once, after WAITING_LINE_AFTER_S: what consume waits for (a buffer that does not answer, or a stream that
+    has not started), so a wait is never silent."""
+    began, said = time.monotonic(), []
+
+    def on_idle(sub: Any) -> None:
+        if said or time.monotonic() - began < WAITING_LINE_AFTER_S:
+            return
+        said.append(True)
+        if sub.waiting_for_start:
+            what = f"waiting for stream {sub.stream} to start (the buffer at {sub.endpoint} answers)"
+        elif sub.stats.yielded == 0 and sub.start is None:
+            what = f"waiting for an answer from the buffer at {sub.endpoint}"
+        else:
+            return
+        sys.stderr.write(f"{what}; Ctrl-C stops\n")
+        sys.stderr.flush()
+
+    return on_idle
 
 
 def _live_line(s: Any, elapsed: float) -> None:

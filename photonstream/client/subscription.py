@@ -38,7 +38,7 @@ from __future__ import annotations
 import time
 import uuid
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -118,6 +118,9 @@ class Subscription(Iterator[Any]):
         decode: bool = True,
         heartbeat_s: float = 1.0,
         timeout_s: float | None = None,
+        connect_timeout_s: float | None = None,
+        start_timeout_s: float | None = None,
+        on_idle: Callable[[Subscription], None] | None = None,
         member: str | None = None,
         context: zmq.Context | None = None,
         credentials: Credentials | None = None,
@@ -135,6 +138,9 @@ class Subscription(Iterator[Any]):
         self.decode = decode
         self.heartbeat_s = heartbeat_s
         self.timeout_s = timeout_s
+        self.connect_timeout_s = connect_timeout_s
+        self.start_timeout_s = start_timeout_s
+        self.on_idle = on_idle  # called while nothing arrives (about 4 times a second): a CLI's "waiting" line
         self.member = member or uuid.uuid4().hex[:12]
         self.stats = SubscriptionStats()
         self.start: StartMessage | None = None
@@ -153,7 +159,8 @@ class Subscription(Iterator[Any]):
         self._greeted = False
         self._done = False
         self._sent_at = 0.0
-        self._heard_at = time.monotonic()
+        self._heard_at = self._opened_at = time.monotonic()
+        self._answered = False  # any reply yet: a buffer listens at the endpoint
         self.credentials = credentials
         self.results_acked = 0
         self._result_n = 0
@@ -320,6 +327,9 @@ class Subscription(Iterator[Any]):
             if self._watch.check():
                 raise ConsumerError(self._watch.refused)
             now = time.monotonic()
+            self._check_waits(now)
+            if self.on_idle is not None:
+                self.on_idle(self)
             if self.timeout_s is not None and now - self._heard_at > self.timeout_s:
                 raise ConsumerError(
                     f"buffer {self.endpoint}: no answer for {self.timeout_s:g} s while reading {self.stream}"
@@ -333,6 +343,7 @@ class Subscription(Iterator[Any]):
             except zmq.Again:
                 break
             self._heard_at = time.monotonic()
+            self._answered = True
             try:
                 command, header = P.open_envelope(parts[0])
             except P.ProtocolError:
@@ -340,6 +351,28 @@ class Subscription(Iterator[Any]):
             self._on_reply(command, header, parts[1:])
         if time.monotonic() - self._sent_at > self.heartbeat_s:
             self._send(P.HB, {}, block=False)
+        if not self._greeted and not self._queue:
+            self._check_waits(time.monotonic())
+
+    @property
+    def waiting_for_start(self) -> bool:
+        """The buffer answers, and the stream has not started there (no producer opened it yet)."""
+        return self._answered and not self._greeted and not self._done
+
+    def _check_waits(self, now: float) -> None:
+        """``connect_timeout_s``: no reply at all (nothing listens at the endpoint, or a firewall drops it);
+        ``start_timeout_s``: the buffer answers but the stream has not started."""
+        waited = now - self._opened_at
+        if not self._answered and self.connect_timeout_s is not None and waited > self.connect_timeout_s:
+            raise ConsumerError(
+                f"buffer {self.endpoint}: no answer in {self.connect_timeout_s:g} s (nothing listening there? "
+                "check the address and that the buffer runs)"
+            )
+        if self.waiting_for_start and self.start_timeout_s is not None and waited > self.start_timeout_s:
+            raise ConsumerError(
+                f"buffer {self.endpoint}: stream {self.stream} has not started after {self.start_timeout_s:g} s "
+                "(no producer opened it: check the stream id, or that its job runs)"
+            )
 
     def _on_reply(self, command: bytes, header: dict[str, Any], frames: list[Any]) -> None:
         if command == P.MSG:
@@ -453,7 +486,8 @@ def subscribe(
     ``policy``: lossless | latest | decimate:N | sample:RATE (fixed when the group is created). ``start`` (for a
     new group): beginning | newest | offset:N | time:EPOCH_S | time:ISO-8601. ``credit``: how many messages the
     buffer may send ahead of the application. Options: ``decode`` (False: yield raw ``Delivery`` objects),
-    ``timeout_s`` (raise ``ConsumerError`` after this long with no word from the buffer), ``heartbeat_s``.
+    ``timeout_s`` (raise ``ConsumerError`` after this long with no word from the buffer), ``connect_timeout_s``
+    (no reply at all since subscribing), ``start_timeout_s`` (the stream has not started), ``heartbeat_s``.
     """
     return Subscription(endpoint, stream, group, policy, start, credit, **options)
 
