@@ -1,4 +1,5 @@
-"""``python -m photonstream.consumers.xtal worker|merge``: run a crystallography worker or the merger.
+"""``photonstream xtal worker|merge`` (also ``python -m photonstream.consumers.xtal``): a crystallography worker or
+the merger.
 
     worker --buffer tcp://HOST:5600 --stream EXP/RUN/ID [--group xtal] [--credit 4] --results tcp://MERGER:5700
            [--options JSON]
@@ -8,61 +9,108 @@
 The merger prints one JSON line per report and writes the final report (with the CC history, per-worker counts and
 the powder pattern) to ``--report``. It finishes once ``--workers`` end records have arrived, or once every event of
 the stream has a result and ``--settle`` more seconds have passed (a worker that died sends no end record; see
-``run_merger``).
+``run_merger``). ``photonstream xtal`` runs this module in a fresh interpreter: cctbx must be imported before
+scipy's compiled modules, which the main CLI has loaded by then.
 """
 
 from __future__ import annotations
 
-import argparse
 import json
-import sys
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
-from photonstream.consumers.xtal import XtalOptions, run_merger, run_xtal_worker
-from photonstream.errors import PhotonstreamError
+import typer
+from pydantic import ValidationError
+
+from photonstream.cli_support import friendly
+from photonstream.consumers.xtal import XtalOptions, run_merger, run_xtal_worker  # cctbx: nothing above loads scipy
+from photonstream.errors import ConfigError
+
+xtal_app = typer.Typer(
+    help="Crystallography: workers index and integrate hits, a merger scales, merges and writes MTZ.",
+    no_args_is_help=True,
+    add_completion=False,
+)
 
 
-def _worker(args: argparse.Namespace) -> None:
-    options = XtalOptions.model_validate_json(args.options) if args.options else XtalOptions()
-    if args.buffer:
+@xtal_app.command("worker")
+@friendly
+def worker(
+    results: Annotated[str, typer.Option(help="the merger's endpoint, tcp://HOST:PORT")],
+    buffer: Annotated[str | None, typer.Option(help="buffer endpoint to read from (with --stream)")] = None,
+    pull: Annotated[str | None, typer.Option(help="a zmq-push pipeline's endpoint to read from instead")] = None,
+    stream: Annotated[str, typer.Option(help="EXPERIMENT/RUN/STREAM_ID in the buffer")] = "",
+    group: Annotated[str, typer.Option(help="buffer consumer group (work-sharing)")] = "xtal",
+    credit: Annotated[int, typer.Option(min=1, help="frames fetched ahead (unacked until processed)")] = 4,
+    options: Annotated[str, typer.Option(help="XtalOptions as JSON (cell, space group, hit finding, ...)")] = "",
+    worker_id: Annotated[str | None, typer.Option(help="this worker's name in the merger's report")] = None,
+    idle_timeout: Annotated[float, typer.Option(help="give up after this many seconds without a frame")] = 60.0,
+) -> None:
+    """Process frames (hits, spots, indexing, integration) and send each result to the merger."""
+    if (buffer is None) == (pull is None):
+        raise ConfigError("worker: give exactly one of --buffer (with --stream) and --pull")
+    if buffer is not None and not stream:
+        raise ConfigError("--buffer needs --stream")
+    try:
+        settings = XtalOptions.model_validate_json(options) if options else XtalOptions()
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(part) for part in first["loc"]) or "(the document)"
+        raise ConfigError(f"--options: {where}: {first['msg']}") from None
+    messages: Any
+    if buffer is not None:
         from photonstream.buffer.credentials import Credentials
         from photonstream.client import subscribe
 
         credentials = Credentials.from_env()  # set for workers the API starts (elastic pools)
-        messages: Any = subscribe(
-            args.buffer, args.stream, group=args.group, credit=args.credit, timeout_s=args.idle_timeout,
-            credentials=credentials,
-        )  # fmt: skip
+        messages = subscribe(buffer, stream, group=group, credit=credit, timeout_s=idle_timeout,
+                             credentials=credentials)  # fmt: skip
     else:
         from photonstream.consumers.pull import read_stream
 
-        messages = read_stream(args.pull, idle_timeout_s=args.idle_timeout)
-    summary = run_xtal_worker(messages, args.results, options, worker_id=args.worker_id)
+        messages = read_stream(pull, idle_timeout_s=idle_timeout)
+    summary = run_xtal_worker(messages, results, settings, worker_id=worker_id)
     counts = {"worker": summary.worker, "frames": summary.frames, "hits": summary.hits, "indexed": summary.indexed}
     print(json.dumps({**counts, "seconds": summary.seconds}), flush=True)
 
 
-def _merge(args: argparse.Namespace) -> None:
+@xtal_app.command("merge")
+@friendly
+def merge(
+    bind: Annotated[str, typer.Option(help="endpoint the workers push to, e.g. tcp://*:5700")],
+    workers: Annotated[int, typer.Option(min=1, help="end records to wait for")] = 1,
+    mtz: Annotated[Path | None, typer.Option(help="write the merged intensities here (MTZ)")] = None,
+    report: Annotated[Path | None, typer.Option(help="write the final report (JSON) here")] = None,
+    report_every: Annotated[int, typer.Option(min=1, help="print a report line every this many frames")] = 50,
+    publish: Annotated[
+        Path | None, typer.Option(help="the stream's create response (JSON): publish the reports as its results")
+    ] = None,
+    idle_timeout: Annotated[float, typer.Option(help="give up after this many seconds without a result")] = 120.0,
+    settle: Annotated[
+        float, typer.Option(min=0, help="once every event has a result, wait this long for end records")
+    ] = 2.0,
+) -> None:
+    """Merge the workers' results (one JSON line per report), then write MTZ and the final report."""
     publisher = None
-    if args.publish:
+    if publish is not None:
         from photonstream.client import ResultPublisher
 
-        publisher = ResultPublisher.from_stream_info(args.publish, group="xtal-merger", worker="merger")
+        publisher = ResultPublisher.from_stream_info(str(publish), group="xtal-merger", worker="merger")
     try:
         outcome = run_merger(
-            args.bind,
-            args.workers,
-            mtz_path=args.mtz,
-            report_every=args.report_every,
-            on_report=lambda report: print(json.dumps(report), flush=True),
-            idle_timeout_s=args.idle_timeout,
+            bind,
+            workers,
+            mtz_path=mtz,
+            report_every=report_every,
+            on_report=lambda line: print(json.dumps(line), flush=True),
+            idle_timeout_s=idle_timeout,
+            settle_s=settle,
             publisher=publisher,
         )
     finally:
         if publisher is not None:
             publisher.close()
-    if args.report:
+    if report is not None:
         powder = outcome.powder
         document = {
             "report": outcome.report,
@@ -74,7 +122,7 @@ def _merge(args: argparse.Namespace) -> None:
             "results_window_s": outcome.results_window_s,
             "powder": None if powder is None else _powder_document(powder),
         }
-        Path(args.report).write_text(json.dumps(document))
+        report.write_text(json.dumps(document))
 
 
 def _powder_document(powder: Any) -> dict[str, Any]:
@@ -87,44 +135,9 @@ def _powder_document(powder: Any) -> dict[str, Any]:
     }
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m photonstream.consumers.xtal")
-    commands = parser.add_subparsers(dest="command", required=True)
-    worker = commands.add_parser("worker", help="process frames, send results to the merger")
-    source = worker.add_mutually_exclusive_group(required=True)
-    source.add_argument("--buffer", help="buffer service endpoint (with --stream)")
-    source.add_argument("--pull", help="zmq-push endpoint of a pipeline")
-    worker.add_argument("--stream", default="", help="EXPERIMENT/RUN/STREAM_ID in the buffer")
-    worker.add_argument("--group", default="xtal", help="buffer consumer group (work-sharing)")
-    worker.add_argument("--credit", type=int, default=4, help="frames fetched ahead (unacked until processed)")
-    worker.add_argument("--results", required=True, help="merger endpoint")
-    worker.add_argument("--options", default="", help="XtalOptions as JSON")
-    worker.add_argument("--worker-id", default=None)
-    worker.add_argument("--idle-timeout", type=float, default=60.0)
-    merge = commands.add_parser("merge", help="merge worker results, write MTZ")
-    merge.add_argument("--bind", required=True, help="endpoint the workers push to")
-    merge.add_argument("--workers", type=int, default=1, help="end records to wait for")
-    merge.add_argument("--mtz", default=None)
-    merge.add_argument("--report", default=None, help="write the final report (JSON) here")
-    merge.add_argument("--report-every", type=int, default=50)
-    merge.add_argument("--publish", default=None, help="the stream's create response (JSON): publish results")
-    merge.add_argument("--idle-timeout", type=float, default=120.0)
-    merge.add_argument(
-        "--settle", type=float, default=2.0, help="once every event has a result, wait this long for end records"
-    )
-    args = parser.parse_args(argv)
-    if args.command == "worker" and args.buffer and not args.stream:
-        parser.error("--buffer needs --stream")
-    try:
-        if args.command == "worker":
-            _worker(args)
-        else:
-            _merge(args)
-    except PhotonstreamError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
-    return 0
+def main() -> None:
+    xtal_app(prog_name="photonstream xtal")
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    main()
