@@ -22,7 +22,7 @@ from photonstream.cli_support import console, err_console, friendly, say_error
 from photonstream.consumers.cli import tof, train_app
 from photonstream.errors import ConfigError, PhotonstreamError
 
-app = typer.Typer(help="Stream X-ray experiment data on request.", no_args_is_help=True, add_completion=False)
+app = typer.Typer(help="Stream X-ray experiment data on request.", no_args_is_help=True)
 bench_app = typer.Typer(help="Benchmarks (table for people, one JSON object on the last line).", no_args_is_help=True)
 app.add_typer(bench_app, name="bench")
 app.add_typer(buffer_app, name="buffer")
@@ -35,6 +35,29 @@ app.command("consume")(consume)
 app.command("serve")(serve_command)
 app.command("status")(status_command)
 app.command("tof")(tof)
+
+
+def _say_version(asked: bool) -> None:
+    if asked:
+        from importlib.metadata import PackageNotFoundError, version
+
+        from photonstream import __version__
+
+        try:
+            installed = version("photonstream")
+        except PackageNotFoundError:  # run from a source tree that was not installed
+            installed = __version__
+        typer.echo(f"photonstream {installed} (Python {sys.version.split()[0]})")
+        raise typer.Exit(0)
+
+
+@app.callback()
+def main_options(
+    show_version: bool = typer.Option(
+        False, "--version", callback=_say_version, is_eager=True, help="print the version and exit"
+    ),
+) -> None:
+    """Stream X-ray experiment data on request."""
 
 
 @app.command()
