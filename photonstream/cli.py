@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import typer
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
@@ -18,7 +19,7 @@ from photonstream.api.request_cli import request_app
 from photonstream.api.serve_cli import serve_command
 from photonstream.api.ui.status import status_command
 from photonstream.buffer.cli import buffer_app, consume
-from photonstream.cli_support import console, err_console, friendly, say_error
+from photonstream.cli_support import console, err_console, friendly, plugin_summary, say_error
 from photonstream.consumers.cli import tof, train_app
 from photonstream.errors import ConfigError, PhotonstreamError
 
@@ -137,7 +138,7 @@ def run(
         )
     if end.reason != "completed":
         if end.error:
-            err_console.print(f"[bold red]error:[/] {end.error}", highlight=False, soft_wrap=True)
+            err_console.print(f"[bold red]error:[/] {escape(end.error)}", highlight=False, soft_wrap=True)
         raise typer.Exit(1)
 
 
@@ -164,11 +165,10 @@ def plugins(as_json: bool = typer.Option(False, "--json", help="machine-readable
         for cls in reg.classes():
             options = cls.Options
             name = options.model_fields["type"].default
-            doc = (sys.modules[cls.__module__].__doc__ or "").strip().splitlines()
             listing[f"{kind}:{name}"] = {
                 "kind": kind,
                 "name": name,
-                "summary": doc[0] if doc else "",
+                "summary": plugin_summary(sys.modules[cls.__module__].__doc__ or "", name),
                 "options": {
                     field: {
                         "type": _type_name(info.annotation),
@@ -184,13 +184,15 @@ def plugins(as_json: bool = typer.Option(False, "--json", help="machine-readable
         print(json.dumps(list(listing.values()), indent=1))
         return
     for entry in listing.values():
-        table = Table(title=f"{entry['kind']} [bold]{entry['name']}[/] — {entry['summary']}", title_justify="left")
+        title = f"{entry['kind']} [bold]{escape(entry['name'])}[/] — {escape(entry['summary'])}"  # '[psana]' is text
+        table = Table(title=title, title_justify="left")
         table.add_column("option")
         table.add_column("type")
         table.add_column("default")
         table.add_column("description")
         for field, opt in entry["options"].items():
-            table.add_row(field, opt["type"], "(required)" if opt["required"] else opt["default"], opt["description"])
+            default = "(required)" if opt["required"] else opt["default"]
+            table.add_row(*(escape(cell) for cell in (field, opt["type"], default, opt["description"])))
         console.print(table)
 
 

@@ -8,6 +8,7 @@ from typing import Any, TypeVar
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 from photonstream.errors import ConfigError, PhotonstreamError
 
@@ -36,7 +37,7 @@ def friendly(fn: F) -> F:
 def say_error(exc: PhotonstreamError | OSError) -> int:
     """Print ``error: ...`` in one line; the exit status: 2 for bad input (ConfigError, OSError), else 1."""
     line = str(exc) if isinstance(exc, PhotonstreamError) else os_error_line(exc)
-    err_console.print(f"[bold red]error:[/] {line}", highlight=False, soft_wrap=True)
+    err_console.print(f"[bold red]error:[/] {escape(line)}", highlight=False, soft_wrap=True)  # '[psana]' is text
     return 1 if isinstance(exc, PhotonstreamError) and not isinstance(exc, ConfigError) else 2
 
 
@@ -45,3 +46,10 @@ def os_error_line(exc: OSError) -> str:
     reason = exc.strerror or str(exc) or type(exc).__name__
     names = [str(name) for name in (exc.filename, exc.filename2) if name is not None]
     return f"{' → '.join(names)}: {reason}" if names else reason
+
+
+def plugin_summary(module_doc: str, name: str) -> str:
+    """A plugin's one-line summary: its module docstring's first paragraph, whole (a first line alone stops
+    mid-sentence), without the leading ``name``: and the reST quotes."""
+    paragraph = " ".join((module_doc or "").strip().split("\n\n")[0].split())
+    return paragraph.removeprefix(f"``{name}``:").strip().replace("``", "")

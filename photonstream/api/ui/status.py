@@ -17,6 +17,7 @@ from typing import Annotated, Any
 
 import typer
 from rich.console import Console, Group
+from rich.markup import escape
 from rich.table import Table
 
 from photonstream.errors import PhotonstreamError
@@ -142,7 +143,7 @@ def run_status(
     except KeyboardInterrupt:
         return
     except PhotonstreamError as exc:
-        console.print(f"[red]error: {exc}[/]")
+        console.print(f"[red]error: {escape(str(exc))}[/]")
         raise typer.Exit(2) from None
 
 
