@@ -149,8 +149,13 @@ class Pipeline:
             counts["hit" if hit else "miss"] += 1
 
     # -- the run --------------------------------------------------------------------------------------------
-    def run(self, progress: ProgressCallback | None = None, progress_every: int = 100) -> EndMessage:
+    def run(
+        self, progress: ProgressCallback | None = None, progress_every: int = 100, progress_interval_s: float = 1.0
+    ) -> EndMessage:
+        """Run to the end; ``progress`` gets the stats every ``progress_every`` events, at least every
+        ``progress_interval_s`` while events come (a slow run still reports), and once at the end."""
         cfg = self.config
+        progress_at, reported = time.monotonic(), -1
         limit = cfg.max_events
         reason: EndReason = "completed"
         error = ""
@@ -193,8 +198,12 @@ class Pipeline:
                 outputs = self._through([frame], self.steps)
                 self._count(frame)
                 self._emit_outputs(outputs)
-                if progress is not None and self.stats.counts["read"] % progress_every == 0:
+                if progress is not None and (
+                    self.stats.counts["read"] % progress_every == 0
+                    or time.monotonic() - progress_at >= progress_interval_s
+                ):
                     progress(self.stats)
+                    progress_at, reported = time.monotonic(), self.stats.counts["read"]
             for i, step in enumerate(self.steps):
                 self._emit_outputs(self._through(step.flush(), self.steps[i + 1 :]))
         except _StartFailedElsewhere:
@@ -208,7 +217,7 @@ class Pipeline:
         finally:
             with contextlib.suppress(Exception):  # a failing close must not hide the run's outcome
                 self.source.close()
-        if progress is not None and self.stats.counts["read"] % progress_every != 0:
+        if progress is not None and reported != self.stats.counts["read"]:
             progress(self.stats)  # the final figures, unless the loop just reported them
         self.stats.counts["dropped"] = self.stats.counts["read"] - self.stats.events_sent
         end = EndMessage(

@@ -228,26 +228,69 @@ def request_logs(
 
 @request_app.command("watch")
 @friendly
-def request_watch(ctx: typer.Context, stream_id: str = typer.Argument(...)) -> None:
-    """Follow a stream until it ends; exit status 0 when it completed, 1 otherwise."""
+def request_watch(
+    ctx: typer.Context,
+    stream_id: str = typer.Argument(...),
+    every: float = typer.Option(2.0, "--every", min=0, help="print the counts and rates at most this often (s)"),
+) -> None:
+    """Follow a stream until it ends: its state changes, events sent and rates, pool decisions; exit status 0 when
+    it completed, 1 otherwise."""
+    import time
+
     from rich.live import Live
     from rich.spinner import Spinner
 
     with _client(ctx) as api:
         stream = api.get_stream(stream_id)
-        lines: list[str] = []
         spinner = Spinner("dots", text=f"{stream.id}: {_state(stream.state)}")
-        final = stream.state
+        final, state = stream.state, stream.state
+        latest: dict[str, dict[str, Any]] = {}  # run address -> its last progress report
+        printed: dict[str, tuple[float, str]] = {}  # run address -> (when, what) last printed
         with Live(spinner, console=err_console, transient=True, refresh_per_second=8):
             for event in api.events(stream_id):
+                data = event.data
                 if event.event == "state":
-                    data = event.data
-                    line = f"{data['at'][11:19]} {data['from'] or '-'} → {_state(data['to'])} {data['reason']}"
-                    lines.append(line)
-                    console.print(line)
-                    spinner.update(text=f"{stream.id}: {_state(data['to'])}")
+                    state = data["to"]
+                    line = f"{data['at'][11:19]} {data['from'] or '-'} → {_state(state)} {data['reason']}"
+                    console.print(line, soft_wrap=True)
+                elif event.event == "progress":
+                    address = str(data.get("address") or "")
+                    latest[address] = data
+                    line = progress_line(data, several_runs=len(stream.runs) > 1)
+                    when, shown = printed.get(address, (0.0, ""))
+                    if line != shown and time.monotonic() - when >= every:
+                        console.print(line, highlight=False, soft_wrap=True)
+                        printed[address] = (time.monotonic(), line)
+                elif event.event == "pool":
+                    console.print(f"{data['at'][11:19]} pool {data['pool']}: {data['action']} → {data['workers']} "
+                                  f"workers (lag {data['lag']}) {data['detail']}", highlight=False,
+                                  soft_wrap=True)  # fmt: skip
                 elif event.event == "end":
-                    final = event.data["state"]
+                    final = data["state"]
+                if event.event in ("state", "progress"):
+                    counts = "; ".join(progress_line(p, several_runs=False) for p in latest.values())
+                    spinner.update(text=f"{stream.id}: {_state(state)}" + (f"  {counts}" if counts else ""))
+        for address, data in latest.items():  # the last counts, whatever --every held back
+            line = progress_line(data, several_runs=len(stream.runs) > 1)
+            if printed.get(address, (0.0, ""))[1] != line:
+                console.print(line, highlight=False, soft_wrap=True)
     console.print(f"stream {stream_id} ended {_state(final)}")
     if final != "completed":
         raise typer.Exit(1)
+
+
+def progress_line(report: dict[str, Any], several_runs: bool) -> str:
+    """``HH:MM:SS 1,234/10,000 events sent, 120.0 ev/s, 45.2 MB/s, 1,200 acked by the buffer`` from a job's
+    progress report (what ``photonstream.reporting`` sends)."""
+    sent, expected = int(report.get("events_sent") or 0), report.get("expected_events")
+    of = f"/{int(expected):,}" if expected else ""
+    mb_per_s = float(report.get("mb_per_s") or 0)
+    volume = f"{mb_per_s:,.1f} MB/s" if mb_per_s >= 1 or not mb_per_s else f"{mb_per_s * 1000:,.1f} kB/s"
+    parts = [f"{sent:,}{of} events sent", f"{float(report.get('events_per_s') or 0):,.1f} ev/s", volume]
+    if report.get("data_acked"):
+        parts.append(f"{int(report['data_acked']):,} acked by the buffer")
+    end = report.get("end") or {}
+    if end:
+        parts.append(f"ended {end.get('reason', '')}")
+    where = f" {report['address']}" if several_runs and report.get("address") else ""
+    return f"{str(report.get('at', ''))[11:19]}{where} " + ", ".join(parts)

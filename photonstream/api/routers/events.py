@@ -80,6 +80,15 @@ async def stream_events(
             if refused is not None:
                 yield _sse("error", {"stream_id": sid, "status": refused.status, "reason": refused.reason})
                 return
+            # state changes first: a progress report read in the same pass came after the change it follows. The
+            # state is read before them, so a stream found finished has its last transition among these rows.
+            current = await run_in_threadpool(store.get, sid)
+            rows = await run_in_threadpool(store.transitions, sid, last)
+            for t in rows:
+                last = t.id
+                data = {"stream_id": sid, "from": t.from_state, "to": t.to_state, "reason": t.reason}
+                yield _sse("state", {**data, "at": t.at.isoformat()}, t.id)
+                quiet_since = time.monotonic()
             for p in await run_in_threadpool(reports.progress, sid):
                 if progress_seen.get(p.address) != p.updated_at:
                     progress_seen[p.address] = p.updated_at
@@ -95,13 +104,6 @@ async def stream_events(
                 decision = {"pool": e.pool, "action": e.action, "workers": e.workers, "lag": e.lag, "detail": e.detail}
                 yield _sse("pool", {"stream_id": sid, "id": e.id, "at": e.at.isoformat(), **decision})
                 quiet_since = time.monotonic()
-            rows = await run_in_threadpool(store.transitions, sid, last)
-            for t in rows:
-                last = t.id
-                data = {"stream_id": sid, "from": t.from_state, "to": t.to_state, "reason": t.reason}
-                yield _sse("state", {**data, "at": t.at.isoformat()}, t.id)
-                quiet_since = time.monotonic()
-            current = await run_in_threadpool(store.get, sid)
             if StreamState(current.state).finished and not rows:
                 yield _sse("end", {"stream_id": str(stream_id), "state": current.state, "reason": current.reason})
                 return
