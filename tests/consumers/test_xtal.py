@@ -475,3 +475,42 @@ def test_virtual_powder_has_peaks_at_the_crystal_d_spacings(distributed_run) -> 
     print(f"\npowder vs expected pattern: CC {cc:.3f} over {len(d)} bins")
     assert cc > 0.5
     assert np.isfinite(intensity).all() and intensity.max() > 3 * intensity.min()  # rings above the background
+
+
+@pytest.mark.slow
+def test_merging_statistics_without_truth_agree_with_the_truth(distributed_run) -> None:
+    """CC* (from CC½, no truth needed) against the CC of the merged intensities with the simulator's own, by shell."""
+    merging = distributed_run.document["report"]["merging"]
+    assert merging is not None and len(merging["shells"]) == 10
+    code = (
+        "import json, sys\nfrom photonstream.consumers.xtal._cctbx import read_mtz\nm = read_mtz(sys.argv[1])\n"
+        "print(json.dumps({'hkl': m['hkl'].tolist(), 'I': m['intensity'].tolist()}))"
+    )
+    done = subprocess.run([sys.executable, "-c", code, str(distributed_run.mtz)], cwd=REPO, capture_output=True,
+                          text=True, timeout=60)  # fmt: skip
+    assert done.returncode == 0, done.stderr[-2000:]
+    mtz = json.loads(done.stdout)
+    hkl, merged = np.array(mtz["hkl"]), np.array(mtz["I"])
+    options = SyntheticDiffractionOptions(**DETECTOR, events=RUN_EVENTS, hit_fraction=0.8, seed=RUN_SEED)
+    inverse_d = UnitCell(*options.unit_cell).resolution(hkl)
+    # what the simulator put on the detector: the model's |F|² to its resolution limit, nothing beyond (the
+    # workers integrate to the detector's corner; the statistics must find that edge themselves)
+    truth = np.where(inverse_d <= 1 / options.resolution_limit_a, structure_model_for(options).intensities(hkl), 0.0)
+    compared = []
+    for row in merging["shells"]:
+        inside = (inverse_d >= 1 / row["d_max"] - 1e-6) & (inverse_d <= 1 / row["d_min"] + 1e-6)
+        if inside.sum() >= 100 and row["cc_star"] is not None:
+            signal = truth[inside].std() > 0  # a shell beyond the simulated edge: no signal, a true CC of 0
+            true_cc = float(np.corrcoef(merged[inside], truth[inside])[0, 1]) if signal else 0.0
+            compared.append((row["d_min"], row["cc_half"], row["cc_star"], round(true_cc, 4)))
+    print(f"\nshells (d_min, CC½, CC*, CC with the truth): {compared}")
+    assert len(compared) >= 5, merging["shells"]
+    for d_min, _cc_half, star, true_cc in compared:
+        assert abs(star - true_cc) <= 0.05, (d_min, compared)
+    overall = merging["overall"]
+    model = structure_model_for(options).intensities(hkl)
+    allowed = model > 1e-9 * model.max()  # the simulator's own test for a systematic absence
+    assert len(hkl) == distributed_run.document["report"]["unique_reflections"]
+    assert overall["unique"] == int(allowed.sum()) < len(hkl)  # absences integrated, not counted as unique
+    assert 0 < overall["completeness"] <= 1 and overall["multiplicity"] > 1
+    assert 2.85 <= merging["resolution"]["cc_half"] <= 3.1, merging["resolution"]  # spots were simulated to 3.0 Å

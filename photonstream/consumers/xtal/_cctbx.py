@@ -10,6 +10,7 @@ always get the right order.
 
 from __future__ import annotations
 
+import math
 import os
 import sys
 from functools import lru_cache
@@ -169,3 +170,20 @@ def read_mtz(path: str) -> dict[str, Any]:
         "intensity": np.array(intensity.data()),
         "sigma": np.array(intensity.sigmas()),
     }
+
+
+@lru_cache(maxsize=8)
+def _possible(cell: tuple[float, ...], space_group: str, d_min: float) -> np.ndarray:
+    from cctbx import miller
+
+    full = miller.build_set(_symmetry(cell, space_group), anomalous_flag=False, d_min=d_min)
+    indices = full.remove_systematic_absences().indices()
+    return np.array(list(indices), dtype=np.int32).reshape(-1, 3)
+
+
+def possible_reflections(cell: tuple[float, ...], space_group: str, d_min: float) -> np.ndarray:
+    """Every reflection of the asymmetric unit to ``d_min`` (Å) that the space group allows (systematic absences
+    removed, Friedel mates merged): what completeness counts against."""
+    require_cctbx("completeness")
+    d_min = math.floor(float(d_min) * 1000) / 1000  # a few cached sets; never one that leaves an observation out
+    return _possible(tuple(float(v) for v in cell), space_group, d_min)

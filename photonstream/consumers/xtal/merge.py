@@ -27,6 +27,13 @@ import zmq
 from photonstream.consumers.pull import StreamTimeout
 from photonstream.consumers.xtal._wire import unpack
 from photonstream.consumers.xtal.powder import PowderPattern
+from photonstream.consumers.xtal.statistics import (
+    Observations,
+    data_enough,
+    merged_sigma,
+    run_statistics,
+    scale_frames,
+)
 from photonstream.errors import PhotonstreamError
 from photonstream.sources._crystal import UnitCell, random_structure
 
@@ -69,6 +76,8 @@ class Merger:
     min_scale: float = 0.2
     max_scale: float = 5.0
     reference: Callable[[np.ndarray], np.ndarray] | None = None
+    symmetry: tuple[tuple[float, ...], str] | None = None  # (cell, space group): merging statistics by shell
+    shells: int = 10
     frames: int = 0
     hits_found: int = 0
     true_hits: int = 0
@@ -85,10 +94,13 @@ class Merger:
     _sigma: list[np.ndarray] = field(default_factory=list)
     _reference_cache: dict[bytes, float] = field(default_factory=dict)
     history: list[dict[str, Any]] = field(default_factory=list)
+    _first_at: float | None = None
 
     def add(self, result: dict[str, Any]) -> bool:
         """Count one frame's result; False (and ``duplicates`` + 1) if its event was already counted."""
         event = int(result["event"])
+        if self._first_at is None:
+            self._first_at = time.monotonic()
         if event in self._seen:
             self.duplicates += 1
             return False
@@ -118,42 +130,15 @@ class Merger:
         return True
 
     # -- merging ----------------------------------------------------------------------------------------------
-    def merged(self) -> MergedIntensities:
-        if not self._hkl:
-            empty = np.zeros(0)
-            return MergedIntensities(np.zeros((0, 3), np.int32), empty, empty, np.zeros(0, np.int64), {})
-        hkl = np.concatenate(self._hkl)
-        intensity = np.concatenate(self._intensity)
-        sigma = np.concatenate(self._sigma)
-        frame_of = np.repeat(np.arange(len(self._hkl)), [len(h) for h in self._hkl])
-        unique, which = np.unique(hkl, axis=0, return_inverse=True)
-        which = which.reshape(-1)
-        n_unique, n_frames = len(unique), len(self._hkl)
-        multiplicity = np.bincount(which, minlength=n_unique)
-        scales = np.ones(n_frames)
-        for round_ in range(self.scale_rounds + 1):
-            scaled = intensity * scales[frame_of]
-            mean = np.bincount(which, scaled, n_unique) / multiplicity
-            if round_ == self.scale_rounds:
-                break
-            reference = mean[which]
-            numerator = np.bincount(frame_of, reference * intensity, n_frames)
-            denominator = np.bincount(frame_of, intensity * intensity, n_frames)
-            with np.errstate(invalid="ignore", divide="ignore"):
-                fitted = np.where(denominator > 0, numerator / denominator, 1.0)
-            scales = np.clip(np.nan_to_num(fitted, nan=1.0), self.min_scale, self.max_scale)
-            scales /= np.mean(scales)  # the overall scale is arbitrary; keep it near the data's own
-        spread = np.bincount(which, (scaled - mean[which]) ** 2, n_unique)
-        propagated = np.sqrt(np.bincount(which, (sigma * scales[frame_of]) ** 2, n_unique)) / multiplicity
-        standard_error = np.sqrt(spread / np.maximum(multiplicity - 1, 1) / multiplicity)
-        merged_sigma = np.where(multiplicity > 1, np.maximum(standard_error, 1e-6), propagated)
-        return MergedIntensities(
-            unique.astype(np.int32),
-            mean,
-            merged_sigma,
-            multiplicity,
-            {event: float(k) for event, k in zip(self._events, scales, strict=True)},
-        )
+    def observations(self) -> Observations:
+        """Every observation so far, scaled (see ``statistics.scale_frames``)."""
+        return scale_frames(self._hkl, self._intensity, self._sigma, self._events, self.scale_rounds,
+                            (self.min_scale, self.max_scale))  # fmt: skip
+
+    def merged(self, observations: Observations | None = None) -> MergedIntensities:
+        obs = self.observations() if observations is None else observations
+        mean, sigma, multiplicity = merged_sigma(obs)
+        return MergedIntensities(obs.unique.astype(np.int32), mean, sigma, multiplicity, dict(obs.frame_scales))
 
     def cc_with_reference(self, merged: MergedIntensities) -> tuple[float | None, int]:
         """Pearson CC with the reference over reflections seen ``min_observations`` times, and how many."""
@@ -180,9 +165,17 @@ class Merger:
         cells = np.array(self.cells)
         return {"mean": cells.mean(axis=0).round(4).tolist(), "std": cells.std(axis=0).round(4).tolist()}
 
+    def merging_statistics(self, observations: Observations) -> dict[str, Any] | None:
+        """The shell table, overall row and resolution estimate (``statistics``); None without symmetry."""
+        if self.symmetry is None:
+            return None
+        return run_statistics(observations, self.symmetry[0], self.symmetry[1], self.shells)
+
     def report(self) -> dict[str, Any]:
-        merged = self.merged()
+        observations = self.observations()
+        merged = self.merged(observations)
         cc, cc_reflections = self.cc_with_reference(merged)
+        statistics = self.merging_statistics(observations)
         summary = {
             "frames": self.frames,
             "duplicates": self.duplicates,
@@ -201,7 +194,16 @@ class Merger:
             "cc_reference": None if cc is None else round(cc, 4),
             "cc_reflections": cc_reflections,
         }
-        self.history.append({key: summary[key] for key in ("frames", "indexed", "cc_reference", "cc_reflections")})
+        point = {key: summary[key] for key in ("frames", "indexed", "cc_reference", "cc_reflections")}
+        if statistics is not None:
+            overall, outer = statistics["overall"], statistics["shells"][-1]
+            point.update(cc_half=overall["cc_half"], completeness=overall["completeness"],
+                         outer_cc_half=outer["cc_half"], outer_completeness=outer["completeness"])  # fmt: skip
+        self.history.append(point)
+        if statistics is not None:
+            elapsed = time.monotonic() - self._first_at if self._first_at is not None else 0.0
+            statistics["data_enough"] = data_enough(self.history, self.indexed / elapsed if elapsed > 0 else None)
+        summary["merging"] = statistics
         return summary
 
 
@@ -341,6 +343,7 @@ def run_merger(
             if not symmetry:
                 symmetry = {k: record[k] for k in ("unit_cell", "space_group", "wavelength_a")}
                 merger.reference = reference_from_source(record.get("source") or {})
+                merger.symmetry = (tuple(float(v) for v in symmetry["unit_cell"]), str(symmetry["space_group"]))
         elif kind == "result":
             last_result = time.perf_counter()
             first_result = first_result or last_result
