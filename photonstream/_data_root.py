@@ -12,7 +12,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-DATA_ROOT_ENV = "PHOTONSTREAM_DATA_ROOT"
+from photonstream.config.environment import DATA_ROOT_ENV
 
 
 def outside_data_root(path: str | Path) -> str | None:

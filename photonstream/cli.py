@@ -74,10 +74,11 @@ def run(
     metrics_host: str = typer.Option("127.0.0.1", "--metrics-host", help="address for --metrics-port"),
 ) -> None:
     """Run a pipeline here: source → steps → serializer → handlers."""
+    from photonstream.config.environment import STREAM_ID_ENV
     from photonstream.config.pipeline import load_pipeline
     from photonstream.mpi import detect_ranks
     from photonstream.pipeline import Pipeline, RunStats
-    from photonstream.reporting import STREAM_ID_ENV, chain, reporter_from_env
+    from photonstream.reporting import chain, reporter_from_env
 
     ranks = detect_ranks()
     try:

@@ -23,9 +23,9 @@ import secrets as _random
 from collections.abc import Mapping
 from pathlib import Path
 
+from photonstream.config.environment import SECRETS_FILE_ENV
 from photonstream.errors import ConfigError
 
-SECRETS_FILE_ENV = "PHOTONSTREAM_JOB_SECRETS_FILE"
 _NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
 

@@ -11,11 +11,9 @@ import os
 from dataclasses import dataclass, field
 from typing import Any
 
+from photonstream.config.environment import MPI_SIZE_VARIABLES  # what MPICH/Hydra, Open MPI, PMIx set per rank
 from photonstream.errors import MissingDependencyError
 from photonstream.sources.base import Shard
-
-# Variables the common launchers set for every rank: MPICH/Hydra (PMI_*), Open MPI, PMIx.
-_SIZE_VARIABLES = ("PMI_SIZE", "OMPI_COMM_WORLD_SIZE", "PMIX_SIZE", "MPI_LOCALNRANKS")
 
 
 @dataclass(frozen=True)
@@ -40,7 +38,7 @@ class Ranks:
 
 def launched_size() -> int:
     """How many ranks the launcher says there are (1 when not started by an MPI launcher)."""
-    for name in _SIZE_VARIABLES:
+    for name in MPI_SIZE_VARIABLES:
         value = os.environ.get(name, "")
         if value.isdigit():
             return int(value)

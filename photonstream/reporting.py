@@ -34,19 +34,20 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Protocol
 from urllib.parse import urlsplit
 
+from photonstream.config.environment import REPORT_CA_ENV as CA_ENV
+from photonstream.config.environment import REPORT_CERT_ENV as CERT_ENV
+from photonstream.config.environment import REPORT_INTERVAL_ENV as INTERVAL_ENV
+from photonstream.config.environment import REPORT_KEY_ENV as KEY_ENV
+from photonstream.config.environment import REPORT_SECRET_ENV as SECRET_ENV
+from photonstream.config.environment import REPORT_URL_ENV as URL_ENV
+from photonstream.config.environment import STREAM_ID_ENV as STREAM_ID_ENV  # the API sets it in every job
+
 if TYPE_CHECKING:
     from photonstream.frames import EndMessage
     from photonstream.pipeline import RunStats
 
 log = logging.getLogger(__name__)
 
-URL_ENV = "PHOTONSTREAM_REPORT_URL"
-SECRET_ENV = "PHOTONSTREAM_REPORT_SECRET"
-CA_ENV = "PHOTONSTREAM_REPORT_CA"
-CERT_ENV = "PHOTONSTREAM_REPORT_CERT"
-KEY_ENV = "PHOTONSTREAM_REPORT_KEY"
-INTERVAL_ENV = "PHOTONSTREAM_REPORT_INTERVAL_S"
-STREAM_ID_ENV = "PHOTONSTREAM_STREAM_ID"  # set in every job the API launches
 TIMESTAMP_HEADER = "X-Photonstream-Timestamp"
 SIGNATURE_HEADER = "X-Photonstream-Signature"
 SIGNATURE_VERSION = "v1"

@@ -18,13 +18,12 @@ import typer
 from rich.table import Table
 
 from photonstream.cli_support import console, friendly
+from photonstream.config.environment import CA_DIR_ENV, DATABASE_ENV
 
 DEFAULT_ISSUER = "photonstream"
 DEFAULT_AUDIENCE = "photonstream-api"
 
-CA_DIR_OPTION = typer.Option(
-    Path("ca"), "--ca", envvar="PHOTONSTREAM_CA_DIR", help="CA directory (env PHOTONSTREAM_CA_DIR)"
-)
+CA_DIR_OPTION = typer.Option(Path("ca"), "--ca", envvar=CA_DIR_ENV, help=f"CA directory (env {CA_DIR_ENV})")
 
 
 def split_names(values: list[str] | None) -> list[str]:
@@ -215,7 +214,7 @@ def ca_list(
 
 db_app = typer.Typer(help="The API's database: migrations.")
 
-DB_OPTION = typer.Option(None, "--db", envvar="PHOTONSTREAM_DB", help="SQLAlchemy URL (default: SQLite in state dir)")
+DB_OPTION = typer.Option(None, "--db", envvar=DATABASE_ENV, help="SQLAlchemy URL (default: SQLite in state dir)")
 STATE_OPTION = typer.Option(Path("photonstream-state"), "--state-dir", help="state directory of the API")
 
 

@@ -11,6 +11,7 @@ from rich.table import Table
 
 from photonstream.api.cli import split_names
 from photonstream.cli_support import console, err_console, friendly
+from photonstream.config.environment import API_URL_ENV, CLIENT_CA_ENV, CLIENT_CERT_ENV, CLIENT_KEY_ENV, TOKEN_ENV
 from photonstream.errors import ConfigError
 
 request_app = typer.Typer(help="Request, follow and cancel streams through the API (certificate or token).")
@@ -28,11 +29,11 @@ STATE_COLOURS = {
 @request_app.callback()
 def request_options(
     ctx: typer.Context,
-    url: str | None = typer.Option(None, "--url", envvar="PHOTONSTREAM_URL", help="the API, e.g. https://host:8443"),
-    cert: Path | None = typer.Option(None, "--cert", envvar="PHOTONSTREAM_CERT", help="your client certificate"),
-    key: Path | None = typer.Option(None, "--key", envvar="PHOTONSTREAM_KEY", help="its private key"),
-    ca: Path | None = typer.Option(None, "--ca-cert", envvar="PHOTONSTREAM_CA", help="CA certificate to trust"),
-    token: str | None = typer.Option(None, "--token", envvar="PHOTONSTREAM_TOKEN", help="bearer token"),
+    url: str | None = typer.Option(None, "--url", envvar=API_URL_ENV, help="the API, e.g. https://host:8443"),
+    cert: Path | None = typer.Option(None, "--cert", envvar=CLIENT_CERT_ENV, help="your client certificate"),
+    key: Path | None = typer.Option(None, "--key", envvar=CLIENT_KEY_ENV, help="its private key"),
+    ca: Path | None = typer.Option(None, "--ca-cert", envvar=CLIENT_CA_ENV, help="CA certificate to trust"),
+    token: str | None = typer.Option(None, "--token", envvar=TOKEN_ENV, help="bearer token"),
 ) -> None:
     ctx.obj = {"url": url, "cert": cert, "key": key, "ca": ca, "token": token}
 

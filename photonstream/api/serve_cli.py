@@ -22,6 +22,7 @@ from photonstream.api.serve_checks import (
     without_token_listener,
 )
 from photonstream.cli_support import err_console, friendly
+from photonstream.config.environment import CA_DIR_ENV, DATABASE_ENV
 from photonstream.errors import ConfigError, PhotonstreamError
 
 NO_LISTENER = ("none", "off", "")
@@ -34,7 +35,7 @@ def serve_command(
     port: int = typer.Option(8443, help="port"),
     cert: Path | None = typer.Option(None, "--cert", help="the service's certificate ('ca issue-service')"),
     key: Path | None = typer.Option(None, "--key", help="the service's private key"),
-    ca_dir: Path | None = typer.Option(None, "--ca", envvar="PHOTONSTREAM_CA_DIR", help="CA directory"),
+    ca_dir: Path | None = typer.Option(None, "--ca", envvar=CA_DIR_ENV, help="CA directory"),
     mtls: bool = typer.Option(False, "--mtls", help="require a client certificate from our CA on every connection"),
     mtls_optional: bool = typer.Option(False, "--mtls-optional", help="accept, not require, client certificates"),
     tokens: bool | None = typer.Option(None, "--tokens/--no-tokens", help="accept bearer tokens (default: yes)"),
@@ -42,7 +43,7 @@ def serve_command(
     oidc_issuer: str | None = typer.Option(None, "--oidc-issuer", help="its iss"),
     oidc_audience: str | None = typer.Option(None, "--oidc-audience", help="aud its tokens carry for us"),
     state_dir: Path | None = typer.Option(None, "--state-dir", help="database, job state, stream workdirs"),
-    database: str | None = typer.Option(None, "--db", envvar="PHOTONSTREAM_DB", help="SQLAlchemy database URL"),
+    database: str | None = typer.Option(None, "--db", envvar=DATABASE_ENV, help="SQLAlchemy database URL"),
     admins: list[str] = typer.Option(None, "--admin", help="identity with the admin role (repeatable)"),
     job_backend: str | None = typer.Option(None, "--job-backend", help="local | slurm | sfapi"),
     buffer: str | None = typer.Option(

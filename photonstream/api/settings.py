@@ -35,36 +35,95 @@ def host_memory_mb() -> int:
 class ApiSettings(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    state_dir: Path = Field(Path("photonstream-state"), description="database file, job state, stream workdirs")
-    database_url: str | None = Field(None, description="SQLAlchemy URL (default: SQLite file in state_dir)")
-    database_schema: str | None = Field(None, description="PostgreSQL schema for every table")
-    migrate_on_startup: bool = Field(True, description="apply alembic migrations when the app starts")
+    state_dir: Path = Field(
+        Path("photonstream-state"),
+        description="directory of the SQLite database (photonstream.db), the job backends' state (jobs/) and every "
+        "stream's workdir (streams/); relative paths are from where the service starts",
+    )
+    database_url: str | None = Field(
+        None,
+        description="SQLAlchemy URL of the database, e.g. postgresql://user@db.example/photonstream (None: the SQLite "
+        "file state_dir/photonstream.db)",
+    )
+    database_schema: str | None = Field(
+        None, description="PostgreSQL schema that holds every table (None: the connection's default, usually public)"
+    )
+    migrate_on_startup: bool = Field(
+        True,
+        description="apply the database migrations at start-up (false: run 'photonstream db upgrade' first)",
+    )
 
-    ca_dir: Path | None = Field(None, description="our CA directory: ca.crt, crl.pem, token.jwks.json")
+    ca_dir: Path | None = Field(
+        None,
+        description="our CA's directory ('photonstream ca init'): ca.crt and crl.pem check client certificates, "
+        "token.jwks.json our own tokens (None: no client certificates; tokens only from oidc_jwks_url)",
+    )
     client_certificates: CertificateMode = Field(
         "optional", description="mutual TLS: off, optional (certificate or token), required (always a certificate)"
     )
     tokens: bool = Field(True, description="accept bearer tokens (with certificates required: as well, not instead)")
-    token_issuer: str = Field("photonstream", description="iss of our own tokens")
-    token_audience: str = Field("photonstream-api", description="aud every token must carry")
-    oidc_jwks_url: str | None = Field(None, description="JWKS of an external OIDC issuer")
-    oidc_issuer: str | None = Field(None, description="iss of the external issuer's tokens")
-    oidc_audience: str | None = Field(None, description="aud for external tokens (default: token_audience)")
-    oidc_identity_claim: str = Field("sub", description="claim naming the identity in external tokens")
-    admins: list[str] = Field(default_factory=list, description="identities that are admins whatever the policy says")
+    token_issuer: str = Field(
+        "photonstream", description="the iss claim of the tokens 'photonstream ca issue-token' makes"
+    )
+    token_audience: str = Field(
+        "photonstream-api", description="the aud claim every token must carry, ours and external ones"
+    )
+    oidc_jwks_url: str | None = Field(
+        None, description="URL of an external OIDC issuer's JWKS (its signing keys; None: only our own tokens)"
+    )
+    oidc_issuer: str | None = Field(
+        None, description="the iss claim of the external issuer's tokens (needed with oidc_jwks_url)"
+    )
+    oidc_audience: str | None = Field(
+        None, description="the aud claim external tokens carry for us (None: token_audience)"
+    )
+    oidc_identity_claim: str = Field(
+        "sub", description="the claim of an external token that names the identity grants and roles are given to"
+    )
+    admins: list[str] = Field(
+        default_factory=list,
+        description="identities (certificate CN or token identity) that are admins whatever the policy says",
+    )
 
-    job_backend: str = Field("local", description="default job backend: local | slurm | sfapi")
-    job_backends: list[str] = Field(default_factory=lambda: ["local"], description="backends requests may name")
-    local_max_concurrent: int | None = Field(None, ge=1, description="local backend: jobs running at once")
-    sfapi: dict[str, Any] = Field(default_factory=dict, description="SfApiBackend arguments (client_id, ...)")
+    job_backend: str = Field(
+        "local",
+        description="the backend a request that names none runs on: local, slurm or sfapi (one of job_backends)",
+    )
+    job_backends: list[str] = Field(
+        default_factory=lambda: ["local"],
+        json_schema_extra={"doc_default": '`["local"]`'},
+        description="the backends requests may name (local, slurm, sfapi)",
+    )
+    local_max_concurrent: int | None = Field(
+        None, ge=1, description="local backend: jobs running at once; more wait in its queue (None: no limit)"
+    )
+    sfapi: dict[str, Any] = Field(
+        default_factory=dict,
+        description="arguments of the NERSC Superfacility backend (SfApiBackend: client_id, private_key, ...)",
+    )
     run_command: list[str] = Field(
         default_factory=lambda: [sys.executable, "-m", "photonstream"],
+        json_schema_extra={"doc_default": '`[sys.executable, "-m", "photonstream"]`: this service\'s Python'},
         min_length=1,
-        description="how a job starts photonstream (then: run PIPELINE.yaml)",
+        description="the argv that starts photonstream in a job, followed by run PIPELINE.yaml; on a batch system, "
+        "give the Python (or photonstream) path as the compute nodes see it",
     )
-    launcher: bool = Field(True, description="launch queued streams and follow their jobs in this process")
-    launcher_interval_s: float = Field(1.0, gt=0, description="how often the launcher looks at active streams")
-    launch_timeout_s: float = Field(300.0, gt=0, description="a stream starting this long without a job fails")
+    launcher: bool = Field(
+        True,
+        description="launch queued streams and follow their jobs in this process (false: another API process on the "
+        "same database does it)",
+    )
+    launcher_interval_s: float = Field(
+        1.0,
+        gt=0,
+        description="seconds between the launcher's passes over active streams (launches, job states, pool leases)",
+    )
+    launch_timeout_s: float = Field(
+        300.0,
+        gt=0,
+        description="seconds a stream may be starting without a running job before it fails (a batch queue's wait "
+        "counts)",
+    )
 
     buffer: BufferMode = Field(
         "embedded",
@@ -96,11 +155,17 @@ class ApiSettings(BaseModel):
         description="buffer.key(_secret) (the buffer's pair), api.key_secret and admins/api.key (the API's control "
         "key); default state_dir/buffer-keys. Share it with an external 'buffer serve --keys-dir'",
     )
-    buffer_bind: str = Field("tcp://127.0.0.1:5600", description="embedded buffer: its main (CURVE) listener")
-    buffer_token_bind: str | None = Field(
-        "tcp://127.0.0.1:5601", description="embedded buffer: its token listener (None: no token link)"
+    buffer_bind: str = Field(
+        "tcp://127.0.0.1:5600",
+        description="embedded buffer: the endpoint its main (CURVE) listener binds, tcp://HOST:PORT (port * = any)",
     )
-    buffer_data_dir: Path | None = Field(None, description="embedded buffer: spill and durable data (state_dir/buffer)")
+    buffer_token_bind: str | None = Field(
+        "tcp://127.0.0.1:5601",
+        description="embedded buffer: the endpoint its token (ZAP PLAIN) listener binds (None: no token listener)",
+    )
+    buffer_data_dir: Path | None = Field(
+        None, description="embedded buffer: directory of spilled and durable stream data (None: state_dir/buffer)"
+    )
     buffer_isolation: Literal["process", "thread"] = Field(
         "process",
         description="embedded buffer: in a supervised child process (its crash leaves the API up, and it is started "
@@ -110,27 +175,47 @@ class ApiSettings(BaseModel):
         default_factory=dict, description="embedded buffer: more BufferSettings (memory_total, retention_s, ...)"
     )
     buffer_grant_keep_s: float = Field(
-        86400.0, gt=0, description="a finished stream's credentials still read its buffered data this long"
+        86400.0,
+        gt=0,
+        description="seconds a finished stream's consumer credentials may still read its buffered data (1 day)",
     )
-    buffer_sync_s: float = Field(5.0, gt=0, description="how often the buffer's grants are re-sent (restarts)")
-    results_poll_s: float = Field(1.0, gt=0, description="how often results are collected from the buffer")
+    buffer_sync_s: float = Field(
+        5.0,
+        gt=0,
+        description="seconds between re-sending every grant to the buffer (a restarted buffer gets them back)",
+    )
+    results_poll_s: float = Field(
+        1.0, gt=0, description="seconds between collections of the consumers' results from the buffer"
+    )
     report_url: str | None = Field(
         None, description="base URL jobs send progress reports to, e.g. https://api.example:8443 (None: none)"
     )
-    report_ca_file: Path | None = Field(None, description="CA file jobs verify the API with (default: ca_dir/ca.crt)")
+    report_ca_file: Path | None = Field(
+        None, description="CA file jobs verify the API's certificate with when they report (None: ca_dir/ca.crt)"
+    )
     report_client_cert: Path | None = Field(
         None, description="client certificate (and report_client_key) for jobs when the API requires mutual TLS"
     )
-    report_client_key: Path | None = Field(None, description="its private key")
-    report_max_skew_s: float = Field(300.0, gt=0, description="reports signed longer ago (or ahead) are refused")
+    report_client_key: Path | None = Field(None, description="the private key (PEM) of report_client_cert")
+    report_max_skew_s: float = Field(
+        300.0,
+        gt=0,
+        description="seconds a job's signed report may be old (or ahead): clocks of the job's host and the API's "
+        "must agree this well",
+    )
     stream_handlers: list[dict[str, Any]] | None = Field(
-        None, description="handlers every stream gets (default: the buffer handler at buffer_endpoint)"
+        None,
+        description="the pipeline handlers every stream's job gets, as in a pipeline YAML (None: the buffer handler "
+        "at buffer_endpoint)",
     )
     data_root: str | None = Field(
-        None, description="template of the directory an experiment's files live in, e.g. /data/{experiment}"
+        None,
+        description="directory an experiment's files live in, {experiment} filled in, e.g. /data/{experiment}: "
+        "file sources of a request must lie inside it (None: requests may not read files)",
     )
     allow_source_addresses: list[str] = Field(
-        default_factory=list, description="network sources (stream2 address) streams may read from"
+        default_factory=list,
+        description="addresses network sources (stream2 address) may read from; any other is refused",
     )
 
     worker_kinds: dict[str, WorkerKind | None] = Field(
@@ -158,41 +243,69 @@ class ApiSettings(BaseModel):
     # request over a per-request limit, 429 past a per-identity total); None turns one off. The defaults fit the
     # local backend (jobs on this host): raise them for a batch system
     max_ranks_per_request: int | None = Field(
-        default_factory=host_cores, ge=1, description="resources.ranks of a request (default: this host's cores)"
+        default_factory=host_cores,
+        ge=1,
+        json_schema_extra={"doc_default": "this host's CPU cores"},
+        description="resources.ranks of a request: MPI ranks of its job (422 beyond; None: no limit)",
     )
     max_cores_per_request: int | None = Field(
-        default_factory=host_cores, ge=1, description="ranks × cores_per_rank of a request (default: this host's cores)"
+        default_factory=host_cores,
+        ge=1,
+        json_schema_extra={"doc_default": "this host's CPU cores"},
+        description="ranks × cores_per_rank of a request: CPU cores its job takes (422 beyond; None: no limit)",
     )
     max_memory_mb_per_request: int | None = Field(
-        default_factory=host_memory_mb, ge=1, description="nodes × memory_mb of a request (default: this host's memory)"
+        default_factory=host_memory_mb,
+        ge=1,
+        json_schema_extra={"doc_default": "this host's memory in MB"},
+        description="nodes × memory_mb of a request: memory (MB) its job takes (422 beyond; None: no limit)",
     )
     max_time_limit_s_per_request: int | None = Field(
-        86400, ge=1, description="resources.time_limit_s of a request: how long its job may run"
+        86400,
+        ge=1,
+        description="resources.time_limit_s of a request: seconds its job may run (422 beyond; None: no limit)",
     )
-    max_ranks_per_user: int | None = Field(64, ge=1, description="ranks of one identity's active streams together")
-    max_cores_per_user: int | None = Field(256, ge=1, description="cores of one identity's active streams together")
+    max_ranks_per_user: int | None = Field(
+        64, ge=1, description="ranks of one identity's active streams together (429 beyond; None: no limit)"
+    )
+    max_cores_per_user: int | None = Field(
+        256, ge=1, description="cores of one identity's active streams together (429 beyond; None: no limit)"
+    )
     max_memory_mb_per_user: int | None = Field(
         default_factory=lambda: 4 * host_memory_mb(),
+        json_schema_extra={"doc_default": "4 × this host's memory in MB"},
         ge=1,
-        description="memory (MB) of one identity's active streams together (default: 4 × this host's memory)",
+        description="memory (MB) of one identity's active streams together (429 beyond; None: no limit)",
     )
     max_time_limit_s_per_user: int | None = Field(
-        7 * 86400, ge=1, description="time limits (s) of one identity's active streams together"
+        7 * 86400,
+        ge=1,
+        description="time limits (s) of one identity's active streams together (429 beyond; None: no limit)",
     )
     max_events_per_request: int | None = Field(
-        10_000_000, ge=1, description="events a request's source is asked to make, over all its runs"
+        10_000_000,
+        ge=1,
+        description="events a request's source is asked to make, over all its runs (422 beyond; None: no limit)",
     )
     max_frame_bytes: int | None = Field(
-        256 * MB, ge=1, description="bytes of one frame of the requested source (detector shape × dtype)"
+        256 * MB,
+        ge=1,
+        description="bytes of one frame of the requested source, detector shape × dtype (422 beyond; None: no limit)",
     )
     buffer_disk_per_stream: int | None = Field(
-        32 * GB, ge=1, description="embedded buffer: bytes one stream may hold on disk (its disk_per_stream)"
+        32 * GB,
+        ge=1,
+        description="embedded buffer: bytes one stream may hold on disk, its disk_per_stream (None: no limit)",
     )
     buffer_disk_total: int | None = Field(
-        128 * GB, ge=1, description="embedded buffer: bytes all streams may hold on disk (its disk_total)"
+        128 * GB,
+        ge=1,
+        description="embedded buffer: bytes all streams may hold on disk, its disk_total (None: no limit)",
     )
 
-    max_body_bytes: int = Field(1 << 20, ge=1024, description="larger request bodies are refused (413)")
+    max_body_bytes: int = Field(
+        1 << 20, ge=1024, description="bytes a request body may have; larger ones are refused (413)"
+    )
     max_active_streams_per_user: int | None = Field(
         20,
         ge=1,
@@ -201,8 +314,10 @@ class ApiSettings(BaseModel):
     max_event_connections_per_user: int | None = Field(
         8, ge=1, description="server-sent-event connections one identity may hold open (429 beyond; None: no limit)"
     )
-    page_limit_max: int = Field(500, ge=1)
-    events_poll_s: float = Field(0.5, gt=0, description="how often /events looks for new transitions")
+    page_limit_max: int = Field(500, ge=1, description="most streams one page of GET /v1/streams holds (its limit)")
+    events_poll_s: float = Field(
+        0.5, gt=0, description="seconds between looks for new state transitions by an open events feed (/events)"
+    )
 
     @model_validator(mode="after")
     def _consistent(self) -> ApiSettings:

@@ -31,7 +31,7 @@ class WorkerOption(BaseModel):
 
     pattern: str = Field(DEFAULT_OPTION_PATTERN, description="a value must match this (whole) regular expression")
     default: str | None = Field(None, description="the value when the request gives none (None: required)")
-    description: str = ""
+    description: str = Field("", description="what the option means, shown to users in GET /v1/worker-kinds")
 
     @field_validator("pattern")
     @classmethod
@@ -49,9 +49,11 @@ class WorkerKind(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     command: list[str] = Field(min_length=1, description="argv template (see the module docstring)")
-    options: dict[str, WorkerOption] = Field(default_factory=dict)
+    options: dict[str, WorkerOption] = Field(
+        default_factory=dict, description="options a request may fill in, by name ({name} in command)"
+    )
     roles: list[str] | None = Field(None, description="roles that may run this kind (None: anyone granted the data)")
-    description: str = ""
+    description: str = Field("", description="what the worker does, shown to users in GET /v1/worker-kinds")
 
     @field_validator("options")
     @classmethod

@@ -31,11 +31,11 @@ from typing import Any, Literal
 import zmq
 from zmq.utils.z85 import decode as z85_decode
 
+from photonstream.config.environment import BUFFER_CREDENTIALS_ENV as CREDENTIALS_ENV
 from photonstream.errors import ConfigError
 
 Security = Literal["curve", "token", "none"]
 SECURITIES: tuple[Security, ...] = ("curve", "token", "none")
-CREDENTIALS_ENV = "PHOTONSTREAM_BUFFER_CREDENTIALS"
 
 
 def token_hash(password: str) -> str:

@@ -35,6 +35,7 @@ from photonstream.api.schemas import (
     StreamRequest,
     StreamTransitionInfo,
 )
+from photonstream.config.environment import API_URL_ENV, CLIENT_CA_ENV, CLIENT_CERT_ENV, CLIENT_KEY_ENV, TOKEN_ENV
 from photonstream.errors import ConfigError, PhotonstreamError
 
 M = TypeVar("M", bound=BaseModel)
@@ -124,11 +125,11 @@ class PhotonstreamClient:
     @classmethod
     def from_env(cls, **overrides: Any) -> PhotonstreamClient:
         values = {
-            "url": os.environ.get("PHOTONSTREAM_URL"),
-            "cert": os.environ.get("PHOTONSTREAM_CERT"),
-            "key": os.environ.get("PHOTONSTREAM_KEY"),
-            "ca": os.environ.get("PHOTONSTREAM_CA"),
-            "token": os.environ.get("PHOTONSTREAM_TOKEN"),
+            "url": os.environ.get(API_URL_ENV),
+            "cert": os.environ.get(CLIENT_CERT_ENV),
+            "key": os.environ.get(CLIENT_KEY_ENV),
+            "ca": os.environ.get(CLIENT_CA_ENV),
+            "token": os.environ.get(TOKEN_ENV),
         }
         values.update({k: v for k, v in overrides.items() if v is not None})
         return cls(**values)

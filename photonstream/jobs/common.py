@@ -8,11 +8,11 @@ import re
 from pathlib import Path
 from typing import Any
 
+from photonstream.config.environment import STATE_DIR_ENV, THREAD_VARIABLES, XDG_STATE_HOME_ENV
 from photonstream.errors import ConfigError, PhotonstreamError
 from photonstream.job_secrets import SECRETS_FILE_ENV, write_secrets_file
 from photonstream.jobs.base import JobSpec
 
-STATE_DIR_ENV = "PHOTONSTREAM_STATE_DIR"
 REASON_TAIL_LINES = 5
 REASON_TAIL_BYTES = 2000
 
@@ -34,7 +34,7 @@ def default_state_dir() -> Path:
     explicit = os.environ.get(STATE_DIR_ENV)
     if explicit:
         return Path(explicit) / "jobs"
-    xdg = os.environ.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
+    xdg = os.environ.get(XDG_STATE_HOME_ENV) or str(Path.home() / ".local" / "state")
     return Path(xdg) / "photonstream" / "jobs"
 
 
@@ -79,9 +79,6 @@ def failure_reason(summary: str, log_tail: str) -> str:
     """``summary`` followed by the last lines the job printed (what a user needs to see why it failed)."""
     tail = tail_text(log_tail.encode(), REASON_TAIL_LINES, REASON_TAIL_BYTES).strip()
     return f"{summary}; last output:\n{tail}" if tail else summary
-
-
-THREAD_VARIABLES = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
 
 
 def thread_limits(spec: JobSpec, per_rank: str | None = None) -> dict[str, str]:

@@ -43,6 +43,7 @@ from typing import Any, cast
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from photonstream.config.environment import POOL_ENV, WORKER_ENV
 from photonstream.errors import PhotonstreamError
 from photonstream.jobs.base import ArrayJobBackend, JobBackend, JobSpec, JobState, Resources, submits_arrays
 
@@ -475,8 +476,8 @@ class ElasticPool:
             environment={
                 **self.environment,
                 **self.pool.environment,
-                "PHOTONSTREAM_POOL": self.pool.name,
-                "PHOTONSTREAM_WORKER": name,
+                POOL_ENV: self.pool.name,
+                WORKER_ENV: name,
             },
             secrets=self.secrets,
             workdir=self.workdir,

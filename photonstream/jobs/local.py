@@ -30,6 +30,7 @@ import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
+from photonstream.config.environment import JOB_ID_ENV
 from photonstream.errors import ConfigError, MissingDependencyError
 from photonstream.job_secrets import SECRETS_FILE_ENV, remove_secrets_file
 from photonstream.jobs import _shepherd
@@ -314,7 +315,7 @@ class LocalBackend:
                 "--",
                 *json.loads(row["argv"]),
             ]
-            environment = {**os.environ, **thread_limits(spec), **spec.environment, "PHOTONSTREAM_JOB_ID": job_id}
+            environment = {**os.environ, **thread_limits(spec), **spec.environment, JOB_ID_ENV: job_id}
             with open(log_path, "ab") as shepherd_errors:
                 child = subprocess.Popen(
                     argv,

@@ -28,6 +28,7 @@ from pydantic import Field, field_validator, model_validator
 
 from photonstream._data_root import outside_data_root
 from photonstream.config.base import PluginOptions
+from photonstream.config.environment import PSANA_DATA_ENV
 from photonstream.errors import MissingDependencyError, SourceError
 from photonstream.frames import Frame, Geometry
 from photonstream.sources._psana_access import bind_accessors, offline_run_datasource, parse_accessor
@@ -135,7 +136,7 @@ class PsanaSource:
         opts = self.options
         if opts.dir:
             return Path(opts.dir)
-        root = os.environ.get("SIT_PSDM_DATA", "/reg/d/psdm")  # psana's own default
+        root = os.environ.get(PSANA_DATA_ENV, "/reg/d/psdm")  # psana's own default
         return Path(root) / str(opts.exp)[:3] / str(opts.exp) / "xtc"
 
     def _scan_inputs(self) -> tuple[list[Xtc2Scan], str]:

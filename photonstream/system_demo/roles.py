@@ -19,8 +19,10 @@ import time
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
+from photonstream.config.environment import DEMO_PID_ENV
+
 PROGRESS_EVERY_S = 0.5
-PARENT_ENV = "PHOTONSTREAM_DEMO_PID"
+PARENT_ENV = DEMO_PID_ENV
 
 
 def die_with_parent() -> None:

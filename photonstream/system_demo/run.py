@@ -25,6 +25,7 @@ from typing import Any
 
 from rich.console import Console
 
+from photonstream.config.environment import THREAD_VARIABLES
 from photonstream.errors import ConfigError, MissingDependencyError, PhotonstreamError
 from photonstream.system_demo.pki import make_pki
 from photonstream.system_demo.processes import RoleProcess, Roles, alive
@@ -280,7 +281,7 @@ def single_threaded_libraries() -> Iterator[None]:
     """The processes the demo starts (job, consumers) inherit one thread each for OpenMP and BLAS, unless the user
     set otherwise. A laptop runs six of them at once: a library spreading one call over every core only makes
     its threads spin waiting for each other (bitshuffle's OpenMP took 6× the CPU time of one thread here)."""
-    names = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
+    names = THREAD_VARIABLES
     before = {name: os.environ.get(name) for name in names}
     for name in names:
         os.environ.setdefault(name, "1")

@@ -20,6 +20,7 @@ from rich.console import Console, Group
 from rich.markup import escape
 from rich.table import Table
 
+from photonstream.config.environment import API_URL_ENV, CLIENT_CA_ENV, CLIENT_CERT_ENV, CLIENT_KEY_ENV, TOKEN_ENV
 from photonstream.errors import PhotonstreamError
 
 STATE_STYLES = {"queued": "yellow", "starting": "cyan", "streaming": "blue", "completed": "green",
@@ -99,11 +100,11 @@ def picture(client: Any, stream_id: str | None) -> Group:
 
 def status_command(
     stream_id: Annotated[str | None, typer.Argument(help="a stream id: its hops, latency and samples")] = None,
-    url: Annotated[str | None, typer.Option("--url", envvar="PHOTONSTREAM_URL", help="the API")] = None,
-    cert: Annotated[Path | None, typer.Option("--cert", envvar="PHOTONSTREAM_CERT", help="client certificate")] = None,
-    key: Annotated[Path | None, typer.Option("--key", envvar="PHOTONSTREAM_KEY", help="its private key")] = None,
-    ca: Annotated[Path | None, typer.Option("--ca-cert", envvar="PHOTONSTREAM_CA", help="CA to trust")] = None,
-    token: Annotated[str | None, typer.Option("--token", envvar="PHOTONSTREAM_TOKEN", help="bearer token")] = None,
+    url: Annotated[str | None, typer.Option("--url", envvar=API_URL_ENV, help="the API")] = None,
+    cert: Annotated[Path | None, typer.Option("--cert", envvar=CLIENT_CERT_ENV, help="client certificate")] = None,
+    key: Annotated[Path | None, typer.Option("--key", envvar=CLIENT_KEY_ENV, help="its private key")] = None,
+    ca: Annotated[Path | None, typer.Option("--ca-cert", envvar=CLIENT_CA_ENV, help="CA to trust")] = None,
+    token: Annotated[str | None, typer.Option("--token", envvar=TOKEN_ENV, help="bearer token")] = None,
     watch: Annotated[bool, typer.Option("--watch", help="refresh every second until interrupted")] = False,
     as_json: Annotated[bool, typer.Option("--json", help="print the API's JSON instead of tables")] = False,
 ) -> None:

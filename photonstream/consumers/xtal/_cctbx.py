@@ -18,6 +18,7 @@ from typing import Any
 
 import numpy as np
 
+from photonstream.config.environment import OMP_NUM_THREADS_ENV
 from photonstream.errors import MissingDependencyError, PhotonstreamError
 
 # Modules whose import (before cctbx) makes a later cctbx import crash; checked, not exhaustive.
@@ -43,7 +44,7 @@ def preload() -> bool:
     # error: deadlock in using lock variable"). OpenMP reads this when it loads, so one thread it is, here and in
     # the processes this one starts, unless the user chose otherwise.
     if not any("libgomp" in name for name in _loaded_libraries()):
-        os.environ.setdefault("OMP_NUM_THREADS", "1")
+        os.environ.setdefault(OMP_NUM_THREADS_ENV, "1")
     return True
 
 
