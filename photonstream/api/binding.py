@@ -29,6 +29,7 @@ from photonstream.api.settings import ApiSettings
 from photonstream.config.pipeline import PipelineConfig, validate_pipeline
 from photonstream.errors import ConfigError
 from photonstream.processing._constants import ConstantFile
+from photonstream.sources._atomic_model import BUNDLED as BUNDLED_MODELS
 
 PATH_FIELDS = ("files", "dir", "directory")
 RELATIVE_FIELDS = ("pattern", "end_marker")
@@ -151,6 +152,9 @@ def bind_pipelines(request: StreamRequest, stream_id: str, settings: ApiSettings
             raw_source[name] = _confine(value, root, f"pipeline.source.{name}")
         elif isinstance(value, list):
             raw_source[name] = [_confine(path, root, f"pipeline.source.{name}[{i}]") for i, path in enumerate(value)]
+    model = raw_source.get("model")  # synthetic-diffraction: a bundled model by name, else a file like the others
+    if "model" in fields and isinstance(model, str) and model.lower() not in BUNDLED_MODELS:
+        raw_source["model"] = _confine(model, root, "pipeline.source.model")
     for name in RELATIVE_FIELDS:
         value = raw_source.get(name)
         if not isinstance(value, str):

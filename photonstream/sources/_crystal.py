@@ -18,6 +18,7 @@ import numpy as np
 # Space-group operators as in the International Tables, general positions (x, y, z) -> (x', y', z').
 _OPERATORS_TEXT: dict[str, tuple[str, ...]] = {
     "P1": ("x,y,z",),
+    "P212121": ("x,y,z", "-x+1/2,-y,z+1/2", "-x,y+1/2,-z+1/2", "x+1/2,-y+1/2,-z"),
     "P43212": (
         "x,y,z",
         "-x,-y,z+1/2",

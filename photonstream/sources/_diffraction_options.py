@@ -51,10 +51,23 @@ class SyntheticDiffractionOptions(PluginOptions):
     unit_cell: tuple[float, float, float, float, float, float] = Field(
         LYSOZYME_CELL, description="a, b, c (Å), alpha, beta, gamma (degrees)"
     )
-    space_group: Literal["P43212", "P1"] = Field("P43212", description="space group of the structure model")
+    space_group: Literal["P43212", "P1"] = Field("P43212", description="space group of the random structure model")
+    model: str | None = Field(
+        None,
+        max_length=4096,
+        description="a real atomic model instead of random atoms: '1aki' (bundled hen egg-white lysozyme, "
+        "P212121) or a PDB/mmCIF file; its cell, space group and atoms replace unit_cell, space_group and atoms",
+    )
+    bulk_solvent: bool = Field(
+        True, description="with model: add a flat bulk-solvent contribution (k_sol 0.35, B_sol 46)"
+    )
     atoms: int = Field(100, ge=1, le=5000, description="atoms per asymmetric unit of the random structure model")
     b_factor: float = Field(15.0, ge=0.0, le=200.0, description="isotropic B factor of the model (Å²)")
     resolution_limit_a: float = Field(2.0, ge=0.5, description="highest resolution d_min (Å)")
+    crystal_scale_spread: float = Field(
+        0.0, ge=0.0, le=2.0, description="σ of ln(scale) between crystals (size, beam overlap): 0 = all alike"
+    )
+    crystal_b_spread: float = Field(0.0, ge=0.0, le=50.0, description="σ of the crystals' extra B factor (Å²)")
     mosaicity_deg: float = Field(0.1, ge=0.0, le=10.0, description="mosaic spread (degrees)")
     bandwidth: float = Field(0.002, ge=0.0, le=0.2, description="relative X-ray bandwidth Δλ/λ")
     crystal_size_um: float = Field(1.0, gt=0.0, le=1000.0, description="crystal size (µm), sets the rlp width")
@@ -76,6 +89,16 @@ class SyntheticDiffractionOptions(PluginOptions):
 
     @model_validator(mode="after")
     def _consistent(self) -> SyntheticDiffractionOptions:
+        if self.model is not None:
+            # a value other than the default (not "was it given": a dumped and re-read request gives them all)
+            fields = type(self).model_fields
+            clashing = [
+                name for name in ("unit_cell", "space_group", "atoms") if getattr(self, name) != fields[name].default
+            ]
+            if clashing:
+                raise ValueError(f"{', '.join(clashing)}: the model file sets these; leave them out with model")
+            if "\x00" in self.model or not self.model.strip():
+                raise ValueError("model: give a bundled model's name (1aki) or a file path")
         if self.detector == "custom":
             if self.shape is None:
                 raise ValueError("detector 'custom' needs shape: [rows, cols] or [modules, rows, cols]")
@@ -92,7 +115,11 @@ class SyntheticDiffractionOptions(PluginOptions):
         a, b, c, alpha, beta, gamma = self.unit_cell
         if min(a, b, c) <= 0 or not all(0 < angle < 180 for angle in (alpha, beta, gamma)):
             raise ValueError("unit_cell needs positive lengths and angles between 0 and 180 degrees")
-        if self.space_group == "P43212" and (a != b or (alpha, beta, gamma) != (90.0, 90.0, 90.0)):
+        if (
+            self.model is None
+            and self.space_group == "P43212"
+            and (a != b or (alpha, beta, gamma) != (90.0, 90.0, 90.0))
+        ):
             raise ValueError("space group P43212 needs a tetragonal cell: a = b and all angles 90 (or use P1)")
         cell = UnitCell(*self.unit_cell)
         if not np.isfinite(cell.volume) or cell.volume <= 0:

@@ -42,6 +42,7 @@ import numpy as np
 
 from photonstream.config.base import PluginOptions
 from photonstream.frames import Calibration, Frame, Geometry
+from photonstream.sources._atomic_model import AtomicModel, load_model, resolve_model
 from photonstream.sources._crystal import (
     StructureModel,
     UnitCell,
@@ -90,7 +91,17 @@ def _reflections(
     hkl = enumerate_hkl(unit_cell, d_min)
     model = random_structure(unit_cell, seed, space_group, atoms, b_factor=b_factor)
     unique, inverse = symmetry_unique(hkl, space_group)
-    intensity = model.intensities(unique)[inverse]
+    return _table(unit_cell, hkl, model.intensities(unique)[inverse])
+
+
+@lru_cache(maxsize=4)
+def _model_reflections(model: AtomicModel, d_min: float) -> _Reflections:
+    unit_cell = UnitCell(*model.cell)
+    hkl = enumerate_hkl(unit_cell, d_min)
+    return _table(unit_cell, hkl, model.intensities(hkl))
+
+
+def _table(unit_cell: UnitCell, hkl: np.ndarray, intensity: np.ndarray) -> _Reflections:
     present = intensity > 1e-9 * intensity.max(initial=0.0)  # drops systematic absences
     hkl, intensity = hkl[present], intensity[present]
     q = times_transposed(hkl, unit_cell.reciprocal_basis())
@@ -132,7 +143,12 @@ class SyntheticDiffraction:
             photon_energy_ev=options.photon_energy_ev,
             detector_shape=self.layout.data_shape,
         )
-        self.cell = UnitCell(*options.unit_cell)
+        self.model = None  # a real atomic model (the model option), else the random one of unit_cell/space_group
+        if options.model is not None:
+            path = resolve_model(options.model)
+            # a little beyond the limit: a reflection right at it must not be missed by the model's own cut
+            self.model = load_model(str(path), options.resolution_limit_a * 0.99, options.bulk_solvent)
+        self.cell = UnitCell(*(self.model.cell if self.model is not None else options.unit_cell))
         self.wavelength_a = HC_EV_ANGSTROM / options.photon_energy_ev
         self._shard = Shard()
         self._reflection_table: _Reflections | None = None
@@ -166,9 +182,13 @@ class SyntheticDiffraction:
             "seed": o.seed,
             "events": o.events,
             "hit_fraction": o.hit_fraction,
-            "unit_cell": list(o.unit_cell),
-            "space_group": o.space_group,
-            "atoms": o.atoms,
+            "unit_cell": list(self.cell.as_tuple()),
+            "space_group": self.model.space_group if self.model is not None else o.space_group,
+            "atoms": self.model.atoms if self.model is not None else o.atoms,
+            "model": o.model,
+            "bulk_solvent": o.bulk_solvent if o.model is not None else None,
+            "crystal_scale_spread": o.crystal_scale_spread,
+            "crystal_b_spread": o.crystal_b_spread,
             "b_factor": o.b_factor,
             "resolution_limit_a": o.resolution_limit_a,
             "mosaicity_deg": o.mosaicity_deg,
@@ -225,7 +245,11 @@ class SyntheticDiffraction:
     def _tables(self) -> _Reflections:
         if self._reflection_table is None:
             o = self.options
-            table = _reflections(tuple(o.unit_cell), o.space_group, o.seed, o.atoms, o.b_factor, o.resolution_limit_a)
+            if self.model is not None:
+                table = _model_reflections(self.model, o.resolution_limit_a)
+            else:
+                table = _reflections(tuple(o.unit_cell), o.space_group, o.seed, o.atoms, o.b_factor,
+                                     o.resolution_limit_a)  # fmt: skip
             # Width of each reflection's partiality profile (1/Å): mosaic spread, bandwidth, crystal size.
             self._excitation_width = np.sqrt(
                 table.q_squared * np.radians(o.mosaicity_deg) ** 2
@@ -291,6 +315,10 @@ class SyntheticDiffraction:
         idx = candidates[near]
         partiality = np.exp(-0.5 * (excitation[near] / width[idx]) ** 2)
         expected = o.spot_photons * table.relative_intensity[idx] * partiality
+        if o.crystal_scale_spread or o.crystal_b_spread:  # this crystal's own scale and B (drawn only then)
+            scale = np.exp(o.crystal_scale_spread * rng.standard_normal())
+            extra_b = o.crystal_b_spread * rng.standard_normal()
+            expected = expected * scale * np.exp(-extra_b * table.q_squared[idx] / 4)
         k = table.q_crystal[idx] @ orientation.T
         k[:, 2] += inv_wavelength
         distance_px = o.distance_m / self.pixel_size_m

@@ -176,6 +176,10 @@ def test_an_advertised_buffer_address_consumers_cannot_connect_to_is_refused(val
             "pipeline.steps[0].pedestal",
         ),
         ({"type": "synthetic-diffraction"}, [{"type": "calibrate", "pedestal": "dark/pedestal.npy"}], 201, None),
+        ({"type": "synthetic-diffraction", "model": "/etc/passwd"}, [], 403, "pipeline.source.model"),
+        ({"type": "synthetic-diffraction", "model": "../mfx00002/x.pdb"}, [], 403, "pipeline.source.model"),
+        ({"type": "synthetic-diffraction", "model": "1aki"}, [], 201, None),
+        ({"type": "synthetic-diffraction", "model": "models/lyso.cif"}, [], 201, None),
     ],
 )
 def test_sources_and_constants_stay_inside_the_experiments_data(

@@ -19,7 +19,7 @@ import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 import numpy as np
 import zmq
@@ -27,14 +27,15 @@ import zmq
 from photonstream.consumers.pull import StreamTimeout
 from photonstream.consumers.xtal._wire import unpack
 from photonstream.consumers.xtal.powder import PowderPattern
+from photonstream.consumers.xtal.published import ResultSink, with_results
 from photonstream.consumers.xtal.statistics import (
     Observations,
     data_enough,
     merged_sigma,
+    outer_shell,
     run_statistics,
     scale_frames,
 )
-from photonstream.errors import PhotonstreamError
 from photonstream.sources._crystal import UnitCell, random_structure
 
 log = logging.getLogger(__name__)
@@ -53,6 +54,12 @@ def reference_from_source(source: dict[str, Any]) -> Callable[[np.ndarray], np.n
     """The ground-truth |F(hkl)|² of a synthetic-diffraction run, rebuilt from its start message's details."""
     if source.get("generator") != "synthetic-diffraction":
         return None
+    if source.get("model"):  # a real atomic model: the simulator put its |F|² on the detector to the limit
+        from photonstream.sources._atomic_model import load_model, resolve_model
+
+        limit = float(source["resolution_limit_a"])
+        atomic = load_model(str(resolve_model(str(source["model"]))), limit * 0.99, bool(source.get("bulk_solvent")))
+        return atomic.intensities
     model = random_structure(
         UnitCell(*source["unit_cell"]),
         int(source["seed"]),
@@ -196,8 +203,8 @@ class Merger:
         }
         point = {key: summary[key] for key in ("frames", "indexed", "cc_reference", "cc_reflections")}
         if statistics is not None:
-            overall, outer = statistics["overall"], statistics["shells"][-1]
-            point.update(cc_half=overall["cc_half"], completeness=overall["completeness"],
+            overall, outer = statistics["overall"], outer_shell(statistics)
+            point.update(cc_half=overall["cc_half"], completeness=statistics["resolution"]["completeness"],
                          outer_cc_half=outer["cc_half"], outer_completeness=outer["completeness"])  # fmt: skip
         self.history.append(point)
         if statistics is not None:
@@ -250,45 +257,6 @@ class MergeOutcome:
     mtz_path: str | None
     seconds: float
     results_window_s: float  # first result → last result received: the workers' throughput without start-up
-
-
-class ResultSink(Protocol):
-    """Where results go (``photonstream.client.ResultPublisher``)."""
-
-    def publish(self, kind: str, data: dict[str, Any], *, frames: tuple[int, int] | None = None) -> int: ...
-
-
-def report_results(report: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
-    """A merger report as typed results: hit rate, indexing rate, and the unit cell once frames are indexed."""
-    found = [
-        ("hit_rate", {"frames": report["frames"], "hits": report["hits_found"]}),
-        ("indexing_rate", {"frames": report["hits_found"], "indexed": report["indexed"]}),
-    ]
-    cell = report.get("cell")
-    if cell:
-        a, b, c, alpha, beta, gamma = cell["mean"]
-        found.append(("unit_cell", {"a": a, "b": b, "c": c, "alpha": alpha, "beta": beta, "gamma": gamma,
-                                    "std": cell["std"], "count": report["indexed"]}))  # fmt: skip
-    return found
-
-
-def with_results(
-    on_report: Callable[[dict[str, Any]], None] | None, results: ResultSink | None
-) -> Callable[[dict[str, Any]], None] | None:
-    """``on_report`` that also publishes each report's results (a refused publish is logged, not fatal)."""
-    if results is None:
-        return on_report
-
-    def report_and_publish(report: dict[str, Any]) -> None:
-        if on_report is not None:
-            on_report(report)
-        for kind, data in report_results(report):
-            try:
-                results.publish(kind, data)
-            except PhotonstreamError as exc:
-                log.warning("xtal merger: result %s not published: %s", kind, exc)
-
-    return report_and_publish
 
 
 def run_merger(

@@ -189,7 +189,20 @@ def merging_statistics(
         rows.append(row)
     overall = _shell_row(np.ones(size, bool), observed, int(in_range.sum()), mean, sigma, counts, halves)
     overall["d_max"], overall["d_min"] = rows[0]["d_max"], rows[-1]["d_min"]
-    return {"shells": rows, "overall": overall, "resolution": resolution_estimate(rows)}
+    resolution = resolution_estimate(rows)
+    within = [row for row in rows if resolution["cc_half"] is not None and row["d_min"] >= resolution["cc_half"]]
+    unique, possible_there = sum(row["unique"] for row in within), sum(row["possible"] for row in within)
+    resolution["completeness"] = round(unique / possible_there, 4) if possible_there else None
+    return {"shells": rows, "overall": overall, "resolution": resolution}
+
+
+def outer_shell(table: dict[str, Any]) -> dict[str, Any]:
+    """The outer shell an operator reads: the last one within the CC½ resolution estimate (workers integrate to
+    the detector's corner, beyond where the crystals diffract), else the last shell that has a CC½."""
+    cut = table["resolution"]["cc_half"]
+    rows = [row for row in table["shells"] if row["cc_half"] is not None]
+    within = [row for row in rows if cut is not None and row["d_min"] >= cut]
+    return (within or rows or table["shells"])[-1]
 
 
 def resolution_estimate(rows: list[dict[str, Any]]) -> dict[str, Any]:

@@ -1,0 +1,51 @@
+"""What the merger publishes for the API: each running report as typed results (hit rate, indexing rate, the
+unit cell), through a ``ResultSink`` (``photonstream.client.ResultPublisher``)."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from typing import Any, Protocol
+
+from photonstream.errors import PhotonstreamError
+
+log = logging.getLogger(__name__)
+
+
+class ResultSink(Protocol):
+    """Where results go (``photonstream.client.ResultPublisher``)."""
+
+    def publish(self, kind: str, data: dict[str, Any], *, frames: tuple[int, int] | None = None) -> int: ...
+
+
+def report_results(report: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
+    """A merger report as typed results: hit rate, indexing rate, and the unit cell once frames are indexed."""
+    found = [
+        ("hit_rate", {"frames": report["frames"], "hits": report["hits_found"]}),
+        ("indexing_rate", {"frames": report["hits_found"], "indexed": report["indexed"]}),
+    ]
+    cell = report.get("cell")
+    if cell:
+        a, b, c, alpha, beta, gamma = cell["mean"]
+        found.append(("unit_cell", {"a": a, "b": b, "c": c, "alpha": alpha, "beta": beta, "gamma": gamma,
+                                    "std": cell["std"], "count": report["indexed"]}))  # fmt: skip
+    return found
+
+
+def with_results(
+    on_report: Callable[[dict[str, Any]], None] | None, results: ResultSink | None
+) -> Callable[[dict[str, Any]], None] | None:
+    """``on_report`` that also publishes each report's results (a refused publish is logged, not fatal)."""
+    if results is None:
+        return on_report
+
+    def report_and_publish(report: dict[str, Any]) -> None:
+        if on_report is not None:
+            on_report(report)
+        for kind, data in report_results(report):
+            try:
+                results.publish(kind, data)
+            except PhotonstreamError as exc:
+                log.warning("xtal merger: result %s not published: %s", kind, exc)
+
+    return report_and_publish
