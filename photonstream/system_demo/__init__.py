@@ -13,5 +13,6 @@ everything started is stopped.
 
 - ``run.run_system_demo(DemoOptions(...))`` → ``DemoReport`` (the orchestration; ``benchmarks/e2e.py`` uses it);
 - ``roles``: the consumer processes (``python -m photonstream.system_demo.roles worker|merge|trainer``);
-- ``services``: the buffer and the API server in this process; ``pki``: the temporary CA and credentials.
+- ``services``: the buffer and the API server in this process; ``pki``: the temporary CA and credentials;
+- ``verdict``: the throughput figures and whether the run kept up (the asked rate reached, analysis at pace).
 """

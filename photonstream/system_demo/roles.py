@@ -22,6 +22,7 @@ from typing import Any
 from photonstream.config.environment import DEMO_PID_ENV
 
 PROGRESS_EVERY_S = 0.5
+RESULT_TICK_S = 0.1  # the merger counts its results every this often (the demo's analysis lag, ``verdict.lag_at``)
 PARENT_ENV = DEMO_PID_ENV
 
 
@@ -144,7 +145,8 @@ def worker() -> None:
 
 class ResultTimes:
     """Passes the workers' records to the merger, timing the first result and the first indexed one and printing
-    running counts every ``PROGRESS_EVERY_S``."""
+    running counts every ``PROGRESS_EVERY_S``. ``timeline[i]``: the results that had come before
+    ``first_result_at + i × RESULT_TICK_S`` (so the demo can tell how far analysis was behind at a given moment)."""
 
     def __init__(self, records: Iterable[dict[str, Any]]) -> None:
         self.records = records
@@ -152,6 +154,7 @@ class ResultTimes:
         self.first_indexed_at: float | None = None
         self.last_result_at: float | None = None
         self.counts = {"frames": 0, "hits": 0, "indexed": 0}
+        self.timeline: list[int] = []
 
     def __iter__(self) -> Iterator[dict[str, Any]]:
         shown = 0.0
@@ -160,6 +163,9 @@ class ResultTimes:
                 now = time.time()
                 self.first_result_at = self.first_result_at or now
                 self.last_result_at = now
+                tick = int((now - self.first_result_at) / RESULT_TICK_S)
+                while len(self.timeline) <= tick:  # ticks this result is the first of: the count before it
+                    self.timeline.append(self.counts["frames"])
                 self.counts["frames"] += 1
                 self.counts["hits"] += bool(record.get("hit"))
                 if record.get("indexed"):
@@ -204,6 +210,8 @@ def merge() -> None:
         workers_missing=outcome.workers_missing,
         results_window_s=outcome.results_window_s,
         published=publisher.published,
+        results_timeline=timed.timeline,
+        results_tick_s=RESULT_TICK_S,
         **timed.times(),
     )
 

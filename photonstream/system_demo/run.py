@@ -29,8 +29,9 @@ from photonstream.config.environment import THREAD_VARIABLES
 from photonstream.errors import ConfigError, MissingDependencyError, PhotonstreamError
 from photonstream.system_demo.pki import make_pki
 from photonstream.system_demo.processes import RoleProcess, Roles, alive
-from photonstream.system_demo.report import KEEP_UP_DRAIN_S, RATE_REACHED, DemoReport, print_report
+from photonstream.system_demo.report import DemoReport, print_report
 from photonstream.system_demo.services import api_settings, start_api
+from photonstream.system_demo.verdict import keep_up_verdict, measure_throughput
 from photonstream.transport.ports import free_tcp_port
 
 EXPERIMENT = "demo00001"
@@ -499,9 +500,6 @@ def build_report(run: DemoRun, stream: Any, monitor: MonitorGroup) -> DemoReport
     workers = [w.final or {} for w in run.workers]
     frames = int(merged.get("frames") or 0)
     first_frames = [t for t in [monitor.first_frame_at, *(w.get("first_received_at") for w in workers)] if t]
-    created_first = [w["first_created_at"] for w in workers if w.get("first_created_at")]
-    created_last = [w["last_created_at"] for w in workers if w.get("last_created_at")]
-    first_result, last_result = final.get("first_result_at"), final.get("last_result_at")
     report = DemoReport(
         stream_id=run.stream_id,
         state=stream.state,
@@ -529,7 +527,7 @@ def build_report(run: DemoRun, stream: Any, monitor: MonitorGroup) -> DemoReport
         mean_multiplicity=merged.get("mean_multiplicity"),
         cell=(merged.get("cell") or {}).get("mean"),
         first_frame_s=_seconds_after(min(first_frames), run.requested_at) if first_frames else None,
-        first_result_s=_seconds_after(first_result, run.requested_at),
+        first_result_s=_seconds_after(final.get("first_result_at"), run.requested_at),
         first_indexed_s=_seconds_after(final.get("first_indexed_at"), run.requested_at),
         trainer=run.trainer.final and {k: v for k, v in run.trainer.final.items() if k not in ("type", "at")},
         problems=[*run.problems, *(f"{p.name}: {w}" for p in run.roles.processes for w in p.warnings)],
@@ -539,18 +537,14 @@ def build_report(run: DemoRun, stream: Any, monitor: MonitorGroup) -> DemoReport
     if workers and all(isinstance(n, int) for n in received + vetoed):
         report.frames_vetoed = sum(vetoed)
         report.frames_whole = sum(received) - report.frames_vetoed
-    if created_first and created_last and max(created_last) > min(created_first):
-        report.acquisition_fps = round(frames / (max(created_last) - min(created_first)), 2)
-    if first_result and last_result and last_result > first_result:
-        report.analysis_fps = round(frames / (last_result - first_result), 2)
-    if created_first and last_result:
-        report.end_to_end_fps = round(frames / (last_result - min(created_first)), 2)
-    if created_last and last_result:
-        report.drain_s = round(last_result - max(created_last), 3)
-        complete = report.frames_sent is None or frames >= report.frames_sent
-        report.keeps_up = report.drain_s <= KEEP_UP_DRAIN_S and complete
-    if report.acquisition_fps is not None:
-        report.rate_reached = report.acquisition_fps >= RATE_REACHED * options.rate_hz
+    speed = measure_throughput(frames, workers, final)
+    report.acquisition_fps, report.analysis_fps = speed.acquisition_fps, speed.analysis_fps
+    report.end_to_end_fps, report.drain_s, report.analysis_lag_frames = speed.end_to_end_fps, speed.drain_s, speed.lag
+    verdict = keep_up_verdict(rate_asked_hz=options.rate_hz, acquisition_fps=speed.acquisition_fps,
+                              frames_asked=options.events, frames_sent=report.frames_sent, frames_analysed=frames,
+                              drain_s=speed.drain_s, lag_frames=speed.lag)  # fmt: skip
+    report.keeps_up, report.rate_reached, report.keeps_up_text = verdict.keeps_up, verdict.rate_reached, verdict.text
+    report.analysis_kept_pace = verdict.analysis_kept_pace
     medians = sorted(w["latency_p50_ms"] for w in workers if w.get("latency_p50_ms") is not None)
     report.latency_p50_ms = medians[len(medians) // 2] if medians else None
     if monitor.error:
