@@ -130,22 +130,20 @@ def type_text(annotation: Any) -> str:
     return getattr(annotation, "__name__", str(annotation))
 
 
+BOUNDS = (  # annotated_types constraint, its attribute, how the reference writes it
+    (annotated_types.Ge, "ge", "≥ {}"),
+    (annotated_types.Gt, "gt", "> {}"),
+    (annotated_types.Le, "le", "≤ {}"),
+    (annotated_types.Lt, "lt", "< {}"),
+    (annotated_types.MinLen, "min_length", "min length {}"),
+    (annotated_types.MaxLen, "max_length", "max length {}"),
+)
+
+
 def bounds_text(field: FieldInfo) -> str:
     """The field's numeric and length bounds: ``≥ 1``, ``> 0``, ``min length 1``."""
-    found = []
-    for item in field.metadata:
-        if isinstance(item, annotated_types.Ge):
-            found.append(f"≥ {item.ge}")
-        elif isinstance(item, annotated_types.Gt):
-            found.append(f"> {item.gt}")
-        elif isinstance(item, annotated_types.Le):
-            found.append(f"≤ {item.le}")
-        elif isinstance(item, annotated_types.Lt):
-            found.append(f"< {item.lt}")
-        elif isinstance(item, annotated_types.MinLen):
-            found.append(f"min length {item.min_length}")
-        elif isinstance(item, annotated_types.MaxLen):
-            found.append(f"max length {item.max_length}")
+    found = [text.format(getattr(item, attribute)) for item in field.metadata
+             for kind, attribute, text in BOUNDS if isinstance(item, kind)]  # fmt: skip
     return ", ".join(found)
 
 

@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from photonstream.errors import ConfigError, MissingDependencyError
-from photonstream.sources._crystal import UnitCell, symmetry_unique
+from photonstream.sources._crystal import symmetry_unique
 
 MODELS_DIR = Path(__file__).parent / "models"
 BUNDLED = {"1aki": MODELS_DIR / "1aki.pdb"}  # hen egg-white lysozyme, P2₁2₁2₁ (see the file's REMARKs)
@@ -121,5 +121,7 @@ def _mask_factors(gemmi, structure, asu, d_min: float) -> np.ndarray:  # type: i
     return np.array([transform.get_value(*(int(v) for v in hkl)) for hkl in asu.miller_array], dtype=np.complex128)
 
 
-def model_unit_cell(model: AtomicModel) -> UnitCell:
-    return UnitCell(*model.cell)
+def simulated_model(name: str, resolution_limit_a: float, bulk_solvent: bool) -> AtomicModel:
+    """The model as ``synthetic-diffraction`` uses it (the source, and a merger rebuilding its reference): computed
+    a little beyond the limit, so a reflection right at it is not lost to the model's own cut."""
+    return load_model(str(resolve_model(name)), resolution_limit_a * 0.99, bulk_solvent)

@@ -42,7 +42,7 @@ import numpy as np
 
 from photonstream.config.base import PluginOptions
 from photonstream.frames import Calibration, Frame, Geometry
-from photonstream.sources._atomic_model import AtomicModel, load_model, resolve_model
+from photonstream.sources._atomic_model import AtomicModel, simulated_model
 from photonstream.sources._crystal import (
     StructureModel,
     UnitCell,
@@ -145,9 +145,7 @@ class SyntheticDiffraction:
         )
         self.model = None  # a real atomic model (the model option), else the random one of unit_cell/space_group
         if options.model is not None:
-            path = resolve_model(options.model)
-            # a little beyond the limit: a reflection right at it must not be missed by the model's own cut
-            self.model = load_model(str(path), options.resolution_limit_a * 0.99, options.bulk_solvent)
+            self.model = simulated_model(options.model, options.resolution_limit_a, options.bulk_solvent)
         self.cell = UnitCell(*(self.model.cell if self.model is not None else options.unit_cell))
         self.wavelength_a = HC_EV_ANGSTROM / options.photon_energy_ev
         self._shard = Shard()

@@ -33,6 +33,7 @@ from photonstream.consumers.xtal.statistics import (
     data_enough,
     merged_sigma,
     outer_shell,
+    pearson,
     run_statistics,
     scale_frames,
 )
@@ -55,11 +56,10 @@ def reference_from_source(source: dict[str, Any]) -> Callable[[np.ndarray], np.n
     if source.get("generator") != "synthetic-diffraction":
         return None
     if source.get("model"):  # a real atomic model: the simulator put its |F|² on the detector to the limit
-        from photonstream.sources._atomic_model import load_model, resolve_model
+        from photonstream.sources._atomic_model import simulated_model
 
         limit = float(source["resolution_limit_a"])
-        atomic = load_model(str(resolve_model(str(source["model"]))), limit * 0.99, bool(source.get("bulk_solvent")))
-        return atomic.intensities
+        return simulated_model(str(source["model"]), limit, bool(source.get("bulk_solvent"))).intensities
     model = random_structure(
         UnitCell(*source["unit_cell"]),
         int(source["seed"]),
@@ -68,12 +68,6 @@ def reference_from_source(source: dict[str, Any]) -> Callable[[np.ndarray], np.n
         b_factor=float(source["b_factor"]),
     )
     return model.intensities
-
-
-def pearson(x: np.ndarray, y: np.ndarray) -> float | None:
-    if len(x) < 3 or np.std(x) == 0 or np.std(y) == 0:
-        return None
-    return float(np.corrcoef(x, y)[0, 1])
 
 
 @dataclass

@@ -100,7 +100,7 @@ def cc_star(cc_half: float | None) -> float | None:
     return math.sqrt(2 * cc_half / (1 + cc_half))
 
 
-def _pearson(x: np.ndarray, y: np.ndarray) -> float | None:
+def pearson(x: np.ndarray, y: np.ndarray) -> float | None:
     if len(x) < 3 or np.std(x) == 0 or np.std(y) == 0:
         return None
     return float(np.corrcoef(x, y)[0, 1])
@@ -137,7 +137,7 @@ def _shell_row(
     mean_a, count_a, mean_b, count_b = halves
     here = selected & observed
     both = here & (count_a > 0) & (count_b > 0)
-    cc_half = _pearson(mean_a[both], mean_b[both])
+    cc_half = pearson(mean_a[both], mean_b[both])
     denominator = 0.5 * float(np.sum(mean_a[both] + mean_b[both]))
     r_split = float(np.sum(np.abs(mean_a[both] - mean_b[both])) / denominator / math.sqrt(2)) if denominator else None
     unique = int(here.sum())
