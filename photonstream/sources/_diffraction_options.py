@@ -6,14 +6,17 @@ import math
 from typing import Literal
 
 import numpy as np
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 
 from photonstream.config.base import PluginOptions
 from photonstream.sources._crystal import UnitCell
 from photonstream.sources._detector_layout import PRESETS
+from photonstream.sources._model_changes import ModelChanges
 
 LYSOZYME_CELL = (79.1, 79.1, 37.9, 90.0, 90.0, 90.0)
 MAX_REFLECTIONS = 3_000_000
+MAX_PATTERN = 64
+DEFAULT_PATTERN = "on,off"
 DataType = Literal["uint16", "uint32", "int32", "float32"]
 
 
@@ -61,6 +64,18 @@ class SyntheticDiffractionOptions(PluginOptions):
     bulk_solvent: bool = Field(
         True, description="with model: add a flat bulk-solvent contribution (k_sol 0.35, B_sol 46)"
     )
+    model_changes: ModelChanges | None = Field(
+        None,
+        description="with model: pump-probe runs, the laser-on (light) model is the model with these changes "
+        "applied in order, each {move: <gemmi selection>, by: [dx, dy, dz] Å}, {occupancy: <selection>, to: 0..1} "
+        "or {add: [{element, xyz: [x, y, z] Å, b, occupancy}, ...]}; events alternate per laser_pattern",
+    )
+    laser_pattern: str | None = Field(
+        None,
+        max_length=512,
+        description="with model_changes: the laser on/off pattern over events, repeated by event index, e.g. "
+        "'on,off' (the default) or 'on,off,off'; each event's metadata gets laser: true/false",
+    )
     atoms: int = Field(100, ge=1, le=5000, description="atoms per asymmetric unit of the random structure model")
     b_factor: float = Field(15.0, ge=0.0, le=200.0, description="isotropic B factor of the model (Å²)")
     resolution_limit_a: float = Field(2.0, ge=0.5, description="highest resolution d_min (Å)")
@@ -77,6 +92,23 @@ class SyntheticDiffractionOptions(PluginOptions):
     gain_adu_per_photon: float = Field(40.0, gt=0.0, description="mean gain (ADU per photon) with raw_adu")
     gain_spread: float = Field(0.03, ge=0.0, le=0.5, description="relative pixel-to-pixel gain spread")
     read_noise_adu: float = Field(0.0, ge=0.0, description="Gaussian read noise (ADU) with raw_adu")
+
+    @field_validator("laser_pattern")
+    @classmethod
+    def _pattern(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        tokens = [token.strip().lower() for token in value.split(",")]
+        wrong = [token for token in tokens if token not in ("on", "off")]
+        if wrong:
+            raise ValueError(f"give on/off tokens separated by commas, e.g. 'on,off'; got {wrong[0]!r}")
+        if len(tokens) > MAX_PATTERN:
+            raise ValueError(f"{len(tokens)} tokens; at most {MAX_PATTERN}")
+        return ",".join(tokens)
+
+    def laser_pattern_in_effect(self) -> str | None:
+        """The on/off pattern of a pump-probe run (``laser_pattern``, default on,off); None without model_changes."""
+        return None if self.model_changes is None else (self.laser_pattern or DEFAULT_PATTERN)
 
     def frame_bytes(self) -> tuple[int, str]:
         """Bytes of one frame's data array (detector shape × dtype), and the option that sizes it."""
@@ -99,6 +131,10 @@ class SyntheticDiffractionOptions(PluginOptions):
                 raise ValueError(f"{', '.join(clashing)}: the model file sets these; leave them out with model")
             if "\x00" in self.model or not self.model.strip():
                 raise ValueError("model: give a bundled model's name (1aki) or a file path")
+        elif self.model_changes is not None:
+            raise ValueError("model_changes: only with model (a real atomic model, e.g. '1aki')")
+        if self.laser_pattern is not None and self.model_changes is None:
+            raise ValueError("laser_pattern: only with model and model_changes (a pump-probe run)")
         if self.detector == "custom":
             if self.shape is None:
                 raise ValueError("detector 'custom' needs shape: [rows, cols] or [modules, rows, cols]")

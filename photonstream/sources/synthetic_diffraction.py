@@ -25,8 +25,11 @@ draws.
 
 Frame: ``arrays = {"data": ...}``; metadata ``true_hit`` (bool), ``orientation`` (U, 3×3 float64, hits only),
 ``spots`` (N×3 float32: flattened slow, fast, photons recorded) and ``hkl`` (N×3 int32) of the spots whose centre
-falls on a pixel. With ``raw_adu: true`` the data are ``pedestal + gain × photons`` (+ read noise), rounded and
-clipped to the dtype, and ``source.pedestal`` / ``source.gain`` (ADU, ADU per photon) hold the constants.
+falls on a pixel. Pump-probe (``model`` with ``model_changes``): ``laser`` (bool) on every event, by event index
+through ``laser_pattern`` (default on,off); laser-on hits diffract from the changed (light) model, normalised by
+the dark model's ⟨|F|²⟩, all else drawn alike. With ``raw_adu: true`` the data are ``pedestal + gain × photons``
+(+ read noise), rounded and clipped to the dtype, and ``source.pedestal`` / ``source.gain`` (ADU, ADU per photon)
+hold the constants.
 """
 
 from __future__ import annotations
@@ -34,27 +37,18 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
-from functools import lru_cache
 from typing import ClassVar
 
 import numpy as np
 
 from photonstream.config.base import PluginOptions
 from photonstream.frames import Calibration, Frame, Geometry
-from photonstream.sources._atomic_model import AtomicModel, simulated_model
-from photonstream.sources._crystal import (
-    StructureModel,
-    UnitCell,
-    enumerate_hkl,
-    random_rotation,
-    random_structure,
-    symmetry_unique,
-    times_transposed,
-)
+from photonstream.sources._atomic_model import simulated_model
+from photonstream.sources._crystal import StructureModel, UnitCell, random_rotation, random_structure
 from photonstream.sources._detector_layout import PRESETS, PanelLayout, square_grid
 from photonstream.sources._diffraction_options import SyntheticDiffractionOptions
 from photonstream.sources._pacing import paced_indices
+from photonstream.sources._reflection_table import Reflections, atomic_model_reflections, random_model_reflections
 from photonstream.sources.base import Shard, SourceInfo, registry
 
 HC_EV_ANGSTROM = 12398.41984
@@ -73,39 +67,6 @@ def structure_model_for(options: SyntheticDiffractionOptions) -> StructureModel:
 # this source (its start-up is part of a stream's request -> first frame time), for a few thousand values a frame.
 _erf = np.frompyfunc(math.erf, 1, 1)
 _lgamma = np.frompyfunc(math.lgamma, 1, 1)
-
-
-@dataclass(frozen=True, slots=True)
-class _Reflections:
-    hkl: np.ndarray  # (N, 3) int32
-    q_crystal: np.ndarray  # (N, 3) float64, B @ hkl
-    q_squared: np.ndarray  # (N,) |q|²
-    relative_intensity: np.ndarray  # (N,) |F|² / <|F|²>
-
-
-@lru_cache(maxsize=8)
-def _reflections(
-    cell: tuple[float, ...], space_group: str, seed: int, atoms: int, b_factor: float, d_min: float
-) -> _Reflections:
-    unit_cell = UnitCell(*cell)
-    hkl = enumerate_hkl(unit_cell, d_min)
-    model = random_structure(unit_cell, seed, space_group, atoms, b_factor=b_factor)
-    unique, inverse = symmetry_unique(hkl, space_group)
-    return _table(unit_cell, hkl, model.intensities(unique)[inverse])
-
-
-@lru_cache(maxsize=4)
-def _model_reflections(model: AtomicModel, d_min: float) -> _Reflections:
-    unit_cell = UnitCell(*model.cell)
-    hkl = enumerate_hkl(unit_cell, d_min)
-    return _table(unit_cell, hkl, model.intensities(hkl))
-
-
-def _table(unit_cell: UnitCell, hkl: np.ndarray, intensity: np.ndarray) -> _Reflections:
-    present = intensity > 1e-9 * intensity.max(initial=0.0)  # drops systematic absences
-    hkl, intensity = hkl[present], intensity[present]
-    q = times_transposed(hkl, unit_cell.reciprocal_basis())
-    return _Reflections(hkl, q, np.einsum("ij,ij->i", q, q), intensity / intensity.mean())
 
 
 def _truncated_poisson_cdf(mean: float) -> np.ndarray:
@@ -146,10 +107,17 @@ class SyntheticDiffraction:
         self.model = None  # a real atomic model (the model option), else the random one of unit_cell/space_group
         if options.model is not None:
             self.model = simulated_model(options.model, options.resolution_limit_a, options.bulk_solvent)
+        self.light_model = None  # pump-probe: the model with model_changes, for laser-on events
+        pattern = options.laser_pattern_in_effect()  # event i's laser state is cycle[i % len(cycle)]
+        self._laser_cycle = None if pattern is None else tuple(token == "on" for token in pattern.split(","))
+        if options.model is not None and options.model_changes is not None:
+            self.light_model = simulated_model(
+                options.model, options.resolution_limit_a, options.bulk_solvent, options.model_changes
+            )
         self.cell = UnitCell(*(self.model.cell if self.model is not None else options.unit_cell))
         self.wavelength_a = HC_EV_ANGSTROM / options.photon_energy_ev
         self._shard = Shard()
-        self._reflection_table: _Reflections | None = None
+        self._reflection_table: Reflections | None = None
         self._n_pixels = int(np.prod(self.layout.data_shape))
         self._background_cdf = (
             _truncated_poisson_cdf(options.background_photons) if options.background_photons > 0 else None
@@ -185,6 +153,8 @@ class SyntheticDiffraction:
             "atoms": self.model.atoms if self.model is not None else o.atoms,
             "model": o.model,
             "bulk_solvent": o.bulk_solvent if o.model is not None else None,
+            "model_changes": o.model_dump(mode="json")["model_changes"],
+            "laser_pattern": o.laser_pattern_in_effect(),
             "crystal_scale_spread": o.crystal_scale_spread,
             "crystal_b_spread": o.crystal_b_spread,
             "b_factor": o.b_factor,
@@ -231,22 +201,39 @@ class SyntheticDiffraction:
             photons = np.zeros(self._n_pixels, dtype=dtype)
             self._add_background(photons, rng)
         metadata: dict[str, object] = {"true_hit": is_hit}
+        laser = self.laser_on(index)
+        if laser is not None:
+            metadata["laser"] = laser
         if is_hit:
             orientation = random_rotation(rng)
-            spots, hkl = self._add_spots(photons, orientation, rng)
+            spots, hkl = self._add_spots(photons, orientation, rng, bool(laser))
             metadata.update(orientation=orientation, spots=spots, hkl=hkl)
         else:
             metadata.update(spots=np.zeros((0, 3), np.float32), hkl=np.zeros((0, 3), np.int32))
         data = self._to_output(photons, rng).reshape(self.layout.data_shape)
         return Frame(event=index, arrays={"data": data}, metadata=metadata, timestamp=time.time())
 
-    def _tables(self) -> _Reflections:
+    def laser_on(self, index: int) -> bool | None:
+        """Event ``index``'s laser state in a pump-probe run (``model_changes``), else None."""
+        if self._laser_cycle is None:
+            return None
+        return self._laser_cycle[index % len(self._laser_cycle)]
+
+    def relative_intensities(self, laser: bool = False) -> tuple[np.ndarray, np.ndarray]:
+        """The reflections this source can record (hkl, N×3) and each one's |F|² / ⟨|F|²⟩ of the dark model, in
+        the dark state or (``laser``, pump-probe) the light one: what a fully recorded spot's photons scale with."""
+        table = self._tables()
+        if laser and table.light_intensity is None:
+            raise ValueError("laser: this source has no model_changes (no light state)")
+        return table.hkl, table.light_intensity if laser else table.relative_intensity
+
+    def _tables(self) -> Reflections:
         if self._reflection_table is None:
             o = self.options
             if self.model is not None:
-                table = _model_reflections(self.model, o.resolution_limit_a)
+                table = atomic_model_reflections(self.model, o.resolution_limit_a, self.light_model)
             else:
-                table = _reflections(tuple(o.unit_cell), o.space_group, o.seed, o.atoms, o.b_factor,
+                table = random_model_reflections(tuple(o.unit_cell), o.space_group, o.seed, o.atoms, o.b_factor,
                                      o.resolution_limit_a)  # fmt: skip
             # Width of each reflection's partiality profile (1/Å): mosaic spread, bandwidth, crystal size.
             self._excitation_width = np.sqrt(
@@ -297,7 +284,7 @@ class SyntheticDiffraction:
         photons[positions] = values
 
     def _add_spots(
-        self, photons: np.ndarray, orientation: np.ndarray, rng: np.random.Generator
+        self, photons: np.ndarray, orientation: np.ndarray, rng: np.random.Generator, laser: bool = False
     ) -> tuple[np.ndarray, np.ndarray]:
         o = self.options
         table = self._tables()
@@ -312,7 +299,8 @@ class SyntheticDiffraction:
         near = (np.abs(excitation) < 3.0 * width[candidates]) & (q_z[candidates] + inv_wavelength > 0)
         idx = candidates[near]
         partiality = np.exp(-0.5 * (excitation[near] / width[idx]) ** 2)
-        expected = o.spot_photons * table.relative_intensity[idx] * partiality
+        relative = table.light_intensity if laser and table.light_intensity is not None else table.relative_intensity
+        expected = o.spot_photons * relative[idx] * partiality
         if o.crystal_scale_spread or o.crystal_b_spread:  # this crystal's own scale and B (drawn only then)
             scale = np.exp(o.crystal_scale_spread * rng.standard_normal())
             extra_b = o.crystal_b_spread * rng.standard_normal()
