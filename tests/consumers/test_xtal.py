@@ -19,6 +19,7 @@ from photonstream.consumers.xtal.indexing import KnownCellIndexer
 from photonstream.consumers.xtal.integrate import IntegrationSettings, Integrator
 from photonstream.consumers.xtal.local import LocalRun, run_local
 from photonstream.consumers.xtal.merge import Merger, reference_from_source
+from photonstream.consumers.xtal.scaling import FrameScaler
 from photonstream.consumers.xtal.spots import find_spots
 from photonstream.consumers.xtal.worker import XtalOptions, run_xtal_worker
 from photonstream.detector import DetectorModel
@@ -240,7 +241,7 @@ def test_integrated_intensities_follow_the_recorded_photons(source, detector) ->
     assert beta > 0  # excitation errors grow with resolution (mosaic spread)
 
 
-def test_merger_scales_frames_and_recovers_relative_intensities() -> None:
+def test_frames_scaled_to_a_reference_merge_to_the_relative_intensities() -> None:
     rng = np.random.default_rng(8)
     cell = UnitCell(79.1, 79.1, 37.9)
     source = {"generator": "synthetic-diffraction", "unit_cell": list(cell.as_tuple()), "seed": 2}
@@ -250,6 +251,7 @@ def test_merger_scales_frames_and_recovers_relative_intensities() -> None:
     all_hkl = symmetry_unique(hkl_box(11, 11, 7)[1:], "P43212")[0]
     truth = reference(all_hkl)
     merger = Merger(reference=reference)
+    scaler = FrameScaler("model", cell, reference)  # as a worker scaling to a reference model does
     frame_scale = {}
     for event in range(60):
         picked = rng.choice(len(all_hkl), 150, replace=False)
@@ -257,6 +259,7 @@ def test_merger_scales_frames_and_recovers_relative_intensities() -> None:
         frame_scale[event] = scale
         intensity = scale * truth[picked] * rng.uniform(0.7, 1.3, len(picked))
         reflections = {"hkl": all_hkl[picked], "I": intensity, "sigma": np.sqrt(np.abs(intensity) + 1)}
+        reflections["scale"] = scaler.scale(all_hkl[picked], intensity)
         indexed = event % 10 != 0
         merger.add(
             {"event": event, "hit": True, "true_hit": True, "indexed": indexed, "cell": cell.as_tuple()}

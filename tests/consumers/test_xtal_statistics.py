@@ -1,7 +1,8 @@
 """Merging statistics without ground truth (issue 15): checked against a truth the test knows.
 
 A P4₃2₁2 cell to 1.4 Å (24,313 unique reflections); true intensities from Wilson's distribution; 300 frames, each
-observing a random tenth of the reflections with a per-frame scale and noise that grows with resolution, so CC½
+observing a random tenth of the reflections with a per-frame scale (undone by the workers' Wilson scaling, see
+``scaling``) and noise that grows with resolution, so CC½
 falls from ~0.99 to ~0.25 over the shells: the range a resolution cut at CC½ = 0.3 looks at (much below it CC* is
 steep, dCC*/dCC½ > 1.5, and the sampling noise of CC½ alone nears 0.05). CC* from CC½ must match the correlation
 of the merged intensities with the truth within 0.05 in every shell with ≥ 100 reflections; completeness and
@@ -15,14 +16,9 @@ import math
 import numpy as np
 import pytest
 
-from photonstream.consumers.xtal.statistics import (
-    cc_star,
-    data_enough,
-    half_of,
-    merging_statistics,
-    scale_frames,
-    shell_edges,
-)
+from photonstream.consumers.xtal.partial_sums import PartialSums
+from photonstream.consumers.xtal.scaling import FrameScaler
+from photonstream.consumers.xtal.statistics import cc_star, data_enough, half_of, merging_statistics, shell_edges
 from photonstream.sources._crystal import UnitCell, enumerate_hkl, symmetry_unique
 
 CELL = UnitCell(79.1, 79.1, 37.9)  # tetragonal lysozyme
@@ -37,17 +33,18 @@ def run() -> dict:
     truth = rng.exponential(1000.0, len(possible))
     inverse_d = CELL.resolution(possible)
     noise = 0.2 + 6.0 * (inverse_d / inverse_d.max()) ** 4  # relative error per observation, by resolution
-    hkl, intensity, sigma, events = [], [], [], []
+    scaler = FrameScaler("wilson", CELL)
+    frames, sums = [], PartialSums()
     for event in range(FRAMES):
         seen = np.flatnonzero(rng.random(len(possible)) < 0.1)
         scale = rng.uniform(0.5, 2.0)
         error = noise[seen] * truth[seen].mean()
-        hkl.append(possible[seen])
-        intensity.append(scale * (truth[seen] + rng.normal(0, error)))
-        sigma.append(scale * error)
-        events.append(1000 + 3 * event)
-    observations = scale_frames(hkl, intensity, sigma, events)
-    return {"possible": possible, "truth": truth, "observations": observations, "hkl": hkl}
+        frame = (possible[seen], scale * (truth[seen] + rng.normal(0, error)), scale * error, 1000 + 3 * event)
+        k = scaler.scale(frame[0], frame[1])
+        assert k is not None
+        sums.add_frame(*frame[:3], k, frame[3])
+        frames.append(frame)
+    return {"possible": possible, "truth": truth, "table": sums.merged(), "frames": frames}
 
 
 def test_half_sets_split_the_frames_evenly_and_stably() -> None:
@@ -58,13 +55,13 @@ def test_half_sets_split_the_frames_evenly_and_stably() -> None:
 
 
 def test_cc_star_matches_the_correlation_with_the_truth_in_every_shell(run: dict) -> None:
-    obs, truth, possible = run["observations"], run["truth"], run["possible"]
-    table = merging_statistics(obs, CELL.resolution, possible)
+    merged_table, truth, possible = run["table"], run["truth"], run["possible"]
+    table = merging_statistics(merged_table, CELL.resolution, possible)
     assert table is not None and len(table["shells"]) == 10
     lookup = {row.tobytes(): value for row, value in zip(possible.astype(np.int32), truth, strict=True)}
-    true_of_unique = np.array([lookup[row.tobytes()] for row in obs.unique.astype(np.int32)])
-    merged = np.bincount(obs.which, obs.intensity, len(obs.unique)) / np.bincount(obs.which)
-    inverse_d = CELL.resolution(obs.unique)
+    true_of_unique = np.array([lookup[row.tobytes()] for row in merged_table.hkl.astype(np.int32)])
+    merged = merged_table.mean
+    inverse_d = CELL.resolution(merged_table.hkl)
     compared = []
     for row in table["shells"]:
         inside = (inverse_d >= 1 / row["d_max"] - 1e-6) & (inverse_d <= 1 / row["d_min"] + 1e-6)
@@ -80,21 +77,23 @@ def test_cc_star_matches_the_correlation_with_the_truth_in_every_shell(run: dict
 
 
 def test_completeness_and_multiplicity_equal_a_direct_count(run: dict) -> None:
-    obs, possible = run["observations"], run["possible"]
+    possible = run["possible"]
     kept = np.ones(len(possible), bool)
     kept[::7] = False  # reflections never observed: completeness must notice
     wanted = {row.tobytes() for row in possible[kept].astype(np.int32)}
-    keep = np.array([row.tobytes() in wanted for row in obs.unique.astype(np.int32)])[obs.which]
-    partial = scale_frames([obs.unique[obs.which[keep]]], [obs.intensity[keep]], [obs.sigma[keep]], [0], rounds=0)
-    partial = type(partial)(partial.unique, partial.which, partial.intensity, partial.sigma, obs.event[keep], {})
-    table = merging_statistics(partial, CELL.resolution, possible)
+    sums, observed = PartialSums(), []
+    for hkl, intensity, sigma, event in run["frames"]:
+        keep = np.array([row.tobytes() in wanted for row in hkl.astype(np.int32)])
+        sums.add_frame(hkl[keep], intensity[keep], sigma[keep], 1.0, event)
+        observed.append(hkl[keep])
+    unique, multiplicity = np.unique(np.concatenate(observed), axis=0, return_counts=True)  # the direct count
+    table = merging_statistics(sums.merged(), CELL.resolution, possible)
     assert table is not None
-    inverse_d_seen = CELL.resolution(partial.unique)
+    inverse_d_seen = CELL.resolution(unique)
     edges = shell_edges(inverse_d_seen, 10)  # the table's shells: equal volume between the extremes observed
     inverse_d_possible = CELL.resolution(possible)
     possible_shell = np.digitize(inverse_d_possible, edges[1:-1])
     seen_shell = np.digitize(inverse_d_seen, edges[1:-1])
-    multiplicity = np.bincount(partial.which, minlength=len(partial.unique))
     for index, row in enumerate(table["shells"]):
         seen = seen_shell == index
         assert row["unique"] == int(seen.sum()) and row["observations"] == int(multiplicity[seen].sum())
@@ -104,11 +103,11 @@ def test_completeness_and_multiplicity_equal_a_direct_count(run: dict) -> None:
     overall = table["overall"]
     assert overall["unique"] == int(kept.sum()) and overall["possible"] == len(possible)
     assert overall["completeness"] == pytest.approx(kept.sum() / len(possible), abs=1e-4)
-    assert overall["observations"] == int(keep.sum())
+    assert overall["observations"] == sum(len(hkl) for hkl in observed)
 
 
 def test_resolution_estimate_is_the_last_shell_above_the_cut(run: dict) -> None:
-    table = merging_statistics(run["observations"], CELL.resolution, run["possible"])
+    table = merging_statistics(run["table"], CELL.resolution, run["possible"])
     assert table is not None
     rows = table["shells"]
     above = [row["d_min"] for row in rows if row["cc_half"] is not None and row["cc_half"] >= 0.3]

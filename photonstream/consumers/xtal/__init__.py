@@ -5,11 +5,11 @@
     # once
     python -m photonstream.consumers.xtal merge --bind tcp://*:5700 --workers 8 --mtz run42.mtz
 
-Workers find hits and spots, index against the known cell, integrate and reduce to the asymmetric unit
-(``worker.run_xtal_worker``); the merger scales and averages, reports indexing rate, cell spread and (for
-synthetic runs) the CC with the true intensities, and writes MTZ (``merge.run_merger``). ``powder`` builds the
-virtual powder pattern with pyFAI. cctbx (``pip install cctbx-base``) must be imported before scipy's compiled
-modules, so this package imports it first (see ``_cctbx``).
+Workers find hits and spots, index against the known cell, integrate, reduce to the asymmetric unit and scale
+each frame against a shared reference (``worker.run_xtal_worker``); the merger adds the scaled intensities to
+running sums, reports indexing rate, cell spread and (for synthetic runs) the CC with the true intensities, and
+writes MTZ (``merge.run_merger``). ``powder`` builds the virtual powder pattern with pyFAI. cctbx (``pip install
+cctbx-base``) must be imported before scipy's compiled modules, so this package imports it first (see ``_cctbx``).
 """
 
 from photonstream.consumers.xtal import _cctbx

@@ -5,11 +5,15 @@
 ``Merger.add(result)`` takes the per-frame dicts the workers publish (see ``worker.FrameResult``); delivery is
 at-least-once (a worker killed after sending a frame's result but before acking the frame has it redelivered to
 another worker), so the first result of each event counts and later copies are only counted as ``duplicates``.
-``merged()`` scales each frame to the current merged set (k_f = Σ I_ref·I_f / Σ I_f², a few rounds, k_f limited
-to [``min_scale``, ``max_scale``]) and averages: I_h = mean over observations of k_f·I_fh, σ_h = the standard error
-of that mean (or the propagated σ for a single observation). ``report()`` gives the rates, the cell spread and,
-where a reference is known (a synthetic run: the structure model from the start message's source details), the
-Pearson CC of merged intensities with the reference |F|² over reflections seen at least ``min_observations`` times.
+Each result carries its frame's scale k_f (``reflections["scale"]``), which the worker computed alone against a
+shared reference (``scaling``); the merger adds k_f·I_fh to running sums per ASU reflection (``partial_sums``),
+kept apart by the result's ``group`` (pump-probe "on"/"off"; "all" without one) and by half-set. Nothing is
+rescaled later, so a report costs O(unique reflections), and mergers combine: ``batch()`` is a ``partial_sums``
+record of everything counted, and ``add_batch`` adds one (refused when any of its events was counted).
+``merged()``: I_h = the mean of k_f·I_fh, σ_h = the standard error of that mean (or the propagated σ for a single
+observation). ``report()`` gives the rates, the cell spread and, where a reference is known (a synthetic run: the
+structure model from the start message's source details), the Pearson CC of merged intensities with the reference
+|F|² over reflections seen at least ``min_observations`` times: a diagnostic only, never used for scaling.
 """
 
 from __future__ import annotations
@@ -26,20 +30,15 @@ import zmq
 
 from photonstream.consumers.pull import StreamTimeout
 from photonstream.consumers.xtal._wire import unpack
+from photonstream.consumers.xtal.partial_sums import DEFAULT_GROUP, PartialSums
 from photonstream.consumers.xtal.powder import PowderPattern
 from photonstream.consumers.xtal.published import ResultSink, with_results
-from photonstream.consumers.xtal.statistics import (
-    Observations,
-    data_enough,
-    merged_sigma,
-    outer_shell,
-    pearson,
-    run_statistics,
-    scale_frames,
-)
-from photonstream.sources._crystal import UnitCell, random_structure
+from photonstream.consumers.xtal.scaling import reference_from_source
+from photonstream.consumers.xtal.statistics import data_enough, outer_shell, pearson, run_statistics
 
 log = logging.getLogger(__name__)
+
+COUNTS = ("frames", "hits_found", "true_hits", "true_hits_found", "indexed", "indexed_true_hits", "unscaled")
 
 
 @dataclass(frozen=True)
@@ -51,32 +50,10 @@ class MergedIntensities:
     frame_scales: dict[int, float]
 
 
-def reference_from_source(source: dict[str, Any]) -> Callable[[np.ndarray], np.ndarray] | None:
-    """The ground-truth |F(hkl)|² of a synthetic-diffraction run, rebuilt from its start message's details."""
-    if source.get("generator") != "synthetic-diffraction":
-        return None
-    if source.get("model"):  # a real atomic model: the simulator put its |F|² on the detector to the limit
-        from photonstream.sources._atomic_model import simulated_model
-
-        limit = float(source["resolution_limit_a"])
-        return simulated_model(str(source["model"]), limit, bool(source.get("bulk_solvent"))).intensities
-    model = random_structure(
-        UnitCell(*source["unit_cell"]),
-        int(source["seed"]),
-        str(source["space_group"]),
-        int(source["atoms"]),
-        b_factor=float(source["b_factor"]),
-    )
-    return model.intensities
-
-
 @dataclass
 class Merger:
     min_observations: int = 2
-    scale_rounds: int = 3
-    min_scale: float = 0.2
-    max_scale: float = 5.0
-    reference: Callable[[np.ndarray], np.ndarray] | None = None
+    reference: Callable[[np.ndarray], np.ndarray] | None = None  # for ``cc_reference`` only
     symmetry: tuple[tuple[float, ...], str] | None = None  # (cell, space group): merging statistics by shell
     shells: int = 10
     frames: int = 0
@@ -85,16 +62,16 @@ class Merger:
     true_hits_found: int = 0
     indexed: int = 0
     indexed_true_hits: int = 0
+    unscaled: int = 0  # indexed frames whose worker could not determine a scale: not merged
     duplicates: int = 0  # results for an event already counted (redelivered frames), dropped
     by_worker: dict[str, int] = field(default_factory=dict)  # counted results per worker
     cells: list[tuple[float, ...]] = field(default_factory=list)
-    _seen: set[int] = field(default_factory=set)
-    _events: list[int] = field(default_factory=list)
-    _hkl: list[np.ndarray] = field(default_factory=list)
-    _intensity: list[np.ndarray] = field(default_factory=list)
-    _sigma: list[np.ndarray] = field(default_factory=list)
-    _reference_cache: dict[bytes, float] = field(default_factory=dict)
+    sums: PartialSums = field(default_factory=PartialSums)
+    frame_scales: dict[int, float] = field(default_factory=dict)  # merged frames' k_f
+    group_frames: dict[str, int] = field(default_factory=dict)  # merged frames per group label
     history: list[dict[str, Any]] = field(default_factory=list)
+    _seen: set[int] = field(default_factory=set)
+    _reference_cache: dict[bytes, float] = field(default_factory=dict)
     _first_at: float | None = None
 
     def add(self, result: dict[str, Any]) -> bool:
@@ -124,22 +101,61 @@ class Merger:
         reflections = result.get("reflections") or {}
         hkl = np.asarray(reflections.get("hkl", np.zeros((0, 3))), dtype=np.int32).reshape(-1, 3)
         if len(hkl):
-            self._events.append(event)
-            self._hkl.append(hkl)
-            self._intensity.append(np.asarray(reflections["I"], dtype=np.float64))
-            self._sigma.append(np.asarray(reflections["sigma"], dtype=np.float64))
+            scale = reflections.get("scale", 1.0)  # none: a result of a worker that does not scale
+            if scale is None:
+                self.unscaled += 1
+                return True
+            group = str(result.get("group") or DEFAULT_GROUP)
+            self.sums.add_frame(hkl, reflections["I"], reflections["sigma"], float(scale), event, group)
+            self.frame_scales[event] = float(scale)
+            self.group_frames[group] = self.group_frames.get(group, 0) + 1
+        return True
+
+    # -- combining mergers ------------------------------------------------------------------------------------
+    def batch(self, worker: str = "") -> dict[str, Any]:
+        """Everything counted so far as one ``partial_sums`` record (``_wire.pack``-able), for ``add_batch``."""
+        events = np.fromiter(self.frame_scales, dtype=np.int64, count=len(self.frame_scales))
+        return {
+            "type": "partial_sums",
+            "worker": worker,
+            "events": np.array(sorted(self._seen), dtype=np.int64),
+            "counts": {name: getattr(self, name) for name in COUNTS},
+            "by_worker": dict(self.by_worker),
+            "cells": np.array(self.cells, dtype=np.float64).reshape(-1, 6),
+            "frame_scales": {"events": events, "scales": np.array(list(self.frame_scales.values()))},
+            "group_frames": dict(self.group_frames),
+            "sums": self.sums.to_dict(),
+        }
+
+    def add_batch(self, record: dict[str, Any]) -> bool:
+        """Add another merger's ``batch``; False (its events counted as ``duplicates``) if any was counted here."""
+        events = [int(e) for e in np.asarray(record["events"], dtype=np.int64).reshape(-1)]
+        if self._first_at is None:
+            self._first_at = time.monotonic()
+        overlap = self._seen.intersection(events)
+        if overlap or len(set(events)) != len(events):
+            self.duplicates += len(events)
+            log.warning("xtal merger: refused a partial-sums batch of %d events from %r: %d already counted",
+                        len(events), record.get("worker", ""), len(overlap))  # fmt: skip
+            return False
+        self._seen.update(events)
+        for name in COUNTS:
+            setattr(self, name, getattr(self, name) + int(record["counts"].get(name, 0)))
+        for table, added in ((self.by_worker, record["by_worker"]), (self.group_frames, record["group_frames"])):
+            for key, count in added.items():
+                table[str(key)] = table.get(str(key), 0) + int(count)
+        self.cells.extend(tuple(float(v) for v in row) for row in np.asarray(record["cells"]).reshape(-1, 6))
+        scales = record["frame_scales"]
+        events_scaled, values = np.asarray(scales["events"]).tolist(), np.asarray(scales["scales"]).tolist()
+        self.frame_scales.update(zip(events_scaled, values, strict=True))
+        self.sums.combine(PartialSums.from_dict(record["sums"]))
         return True
 
     # -- merging ----------------------------------------------------------------------------------------------
-    def observations(self) -> Observations:
-        """Every observation so far, scaled (see ``statistics.scale_frames``)."""
-        return scale_frames(self._hkl, self._intensity, self._sigma, self._events, self.scale_rounds,
-                            (self.min_scale, self.max_scale))  # fmt: skip
-
-    def merged(self, observations: Observations | None = None) -> MergedIntensities:
-        obs = self.observations() if observations is None else observations
-        mean, sigma, multiplicity = merged_sigma(obs)
-        return MergedIntensities(obs.unique.astype(np.int32), mean, sigma, multiplicity, dict(obs.frame_scales))
+    def merged(self, group: str | None = None) -> MergedIntensities:
+        """The merged intensities of ``group`` (None: all groups together)."""
+        table = self.sums.merged(group)
+        return MergedIntensities(table.hkl, table.mean, table.sigma, table.counts, dict(self.frame_scales))
 
     def cc_with_reference(self, merged: MergedIntensities) -> tuple[float | None, int]:
         """Pearson CC with the reference over reflections seen ``min_observations`` times, and how many."""
@@ -166,23 +182,23 @@ class Merger:
         cells = np.array(self.cells)
         return {"mean": cells.mean(axis=0).round(4).tolist(), "std": cells.std(axis=0).round(4).tolist()}
 
-    def merging_statistics(self, observations: Observations) -> dict[str, Any] | None:
+    def merging_statistics(self, group: str | None = None) -> dict[str, Any] | None:
         """The shell table, overall row and resolution estimate (``statistics``); None without symmetry."""
         if self.symmetry is None:
             return None
-        return run_statistics(observations, self.symmetry[0], self.symmetry[1], self.shells)
+        return run_statistics(self.sums.merged(group), self.symmetry[0], self.symmetry[1], self.shells)
 
     def report(self) -> dict[str, Any]:
-        observations = self.observations()
-        merged = self.merged(observations)
+        merged = self.merged()
         cc, cc_reflections = self.cc_with_reference(merged)
-        statistics = self.merging_statistics(observations)
+        statistics = self.merging_statistics()
         summary = {
             "frames": self.frames,
             "duplicates": self.duplicates,
             "by_worker": dict(self.by_worker),
             "hits_found": self.hits_found,
             "indexed": self.indexed,
+            "unscaled": self.unscaled,
             "true_hits": self.true_hits,
             "indexed_true_hits": self.indexed_true_hits,
             "indexing_rate": round(self.indexed_true_hits / self.true_hits, 4) if self.true_hits else None,
@@ -194,6 +210,7 @@ class Merger:
             "mean_multiplicity": round(float(merged.multiplicity.mean()), 3) if len(merged.hkl) else 0.0,
             "cc_reference": None if cc is None else round(cc, 4),
             "cc_reflections": cc_reflections,
+            "groups": self.group_summary(),
         }
         point = {key: summary[key] for key in ("frames", "indexed", "cc_reference", "cc_reflections")}
         if statistics is not None:
@@ -205,6 +222,15 @@ class Merger:
             elapsed = time.monotonic() - self._first_at if self._first_at is not None else 0.0
             statistics["data_enough"] = data_enough(self.history, self.indexed / elapsed if elapsed > 0 else None)
         summary["merging"] = statistics
+        return summary
+
+    def group_summary(self) -> dict[str, dict[str, int]]:
+        """Merged frames, unique reflections and observations of each group label."""
+        summary = {}
+        for group in self.sums.groups:
+            counts = self.sums.merged(group).counts
+            summary[group] = {"frames": self.group_frames.get(group, 0), "unique_reflections": int(np.sum(counts > 0)),
+                              "observations": int(counts.sum())}  # fmt: skip
         return summary
 
 
@@ -306,10 +332,13 @@ def run_merger(
                 symmetry = {k: record[k] for k in ("unit_cell", "space_group", "wavelength_a")}
                 merger.reference = reference_from_source(record.get("source") or {})
                 merger.symmetry = (tuple(float(v) for v in symmetry["unit_cell"]), str(symmetry["space_group"]))
-        elif kind == "result":
+        elif kind in ("result", "partial_sums"):
             last_result = time.perf_counter()
             first_result = first_result or last_result
-            if merger.add(record) and on_report is not None and report_every and merger.frames % report_every == 0:
+            before = merger.frames
+            added = merger.add(record) if kind == "result" else merger.add_batch(record)
+            due = report_every and merger.frames // report_every > before // report_every
+            if added and on_report is not None and due:
                 on_report(merger.report())
         elif kind in ("powder", "end"):
             if record.get("powder") is not None:

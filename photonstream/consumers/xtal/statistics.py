@@ -1,7 +1,8 @@
 """Merging statistics without ground truth, by resolution shell: what an operator judges a serial run by.
 
-``merging_statistics(observations, cell, possible)`` takes every scaled observation (the merger's, see
-``Merger.observations``) and the reflections the space group allows to the data's resolution
+``merging_statistics(table, inverse_d_of, possible)`` takes the merged table (per unique reflection: mean, σ,
+multiplicity and each half-set's mean and count, made from running sums by ``partial_sums.PartialSums.merged``, so
+no observation list is kept) and the reflections the space group allows to the data's resolution
 (``_cctbx.possible_reflections``), and gives per shell and overall:
 
 - observations, unique reflections, completeness (unique / possible), multiplicity (observations / unique);
@@ -31,51 +32,18 @@ HASH_MULTIPLIER = 2654435761  # Knuth's multiplicative hash: a frame's half from
 
 
 @dataclass(frozen=True)
-class Observations:
-    """Every scaled observation of a run: ``which`` indexes ``unique`` (ASU Miller indices)."""
+class MergedTable:
+    """Per unique ASU reflection (``hkl`` sorted): the merged mean of the scaled observations, its σ, the
+    multiplicity, and the mean and count of each half-set of frames (see ``partial_sums.PartialSums.merged``)."""
 
-    unique: np.ndarray  # (U, 3) int32
-    which: np.ndarray  # (N,) index into unique
-    intensity: np.ndarray  # (N,) scaled
-    sigma: np.ndarray  # (N,) scaled
-    event: np.ndarray  # (N,) the event (frame) each observation came from
-    frame_scales: dict[int, float]  # event -> its scale factor
-
-
-def scale_frames(
-    hkl: list[np.ndarray],
-    intensity: list[np.ndarray],
-    sigma: list[np.ndarray],
-    events: list[int],
-    rounds: int = 3,
-    limits: tuple[float, float] = (0.2, 5.0),
-) -> Observations:
-    """Scale each frame's reflections to the merged set: k_f = Σ I_ref·I_f / Σ I_f² (``rounds`` rounds, k_f
-    within ``limits``, mean k 1), I_ref the mean over all frames of the scaled observations."""
-    if not hkl:
-        nothing = np.zeros(0)
-        return Observations(np.zeros((0, 3), np.int32), np.zeros(0, np.int64), nothing, nothing, nothing, {})
-    all_hkl = np.concatenate(hkl)
-    values = np.concatenate(intensity)
-    sigmas = np.concatenate(sigma)
-    frame_of = np.repeat(np.arange(len(hkl)), [len(h) for h in hkl])
-    unique, which = np.unique(all_hkl, axis=0, return_inverse=True)
-    which = which.reshape(-1)
-    n_unique, n_frames = len(unique), len(hkl)
-    multiplicity = np.bincount(which, minlength=n_unique)
-    scales = np.ones(n_frames)
-    for _ in range(rounds):
-        reference = (np.bincount(which, values * scales[frame_of], n_unique) / multiplicity)[which]
-        numerator = np.bincount(frame_of, reference * values, n_frames)
-        denominator = np.bincount(frame_of, values * values, n_frames)
-        with np.errstate(invalid="ignore", divide="ignore"):
-            fitted = np.where(denominator > 0, numerator / denominator, 1.0)
-        scales = np.clip(np.nan_to_num(fitted, nan=1.0), *limits)
-        scales /= np.mean(scales)  # the overall scale is arbitrary; keep it near the data's own
-    event_of = np.asarray(events, dtype=np.int64)
-    frame_scales = {int(e): float(k) for e, k in zip(events, scales, strict=True)}
-    scaled, scaled_sigma = values * scales[frame_of], sigmas * scales[frame_of]
-    return Observations(unique.astype(np.int32), which, scaled, scaled_sigma, event_of[frame_of], frame_scales)
+    hkl: np.ndarray  # (U, 3) int32
+    mean: np.ndarray
+    sigma: np.ndarray
+    counts: np.ndarray
+    mean_a: np.ndarray
+    count_a: np.ndarray
+    mean_b: np.ndarray
+    count_b: np.ndarray
 
 
 def half_of(events: np.ndarray) -> np.ndarray:
@@ -104,24 +72,6 @@ def pearson(x: np.ndarray, y: np.ndarray) -> float | None:
     if len(x) < 3 or np.std(x) == 0 or np.std(y) == 0:
         return None
     return float(np.corrcoef(x, y)[0, 1])
-
-
-def _means(which: np.ndarray, values: np.ndarray, size: int) -> tuple[np.ndarray, np.ndarray]:
-    counts = np.bincount(which, minlength=size)
-    sums = np.bincount(which, values, minlength=size)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        return np.where(counts > 0, sums / np.maximum(counts, 1), 0.0), counts
-
-
-def merged_sigma(obs: Observations) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(mean I, σ of the mean, multiplicity) per unique reflection, as the merger computes them."""
-    size = len(obs.unique)
-    mean, counts = _means(obs.which, obs.intensity, size)
-    spread = np.bincount(obs.which, (obs.intensity - mean[obs.which]) ** 2, size)
-    propagated = np.sqrt(np.bincount(obs.which, obs.sigma**2, size)) / np.maximum(counts, 1)
-    standard_error = np.sqrt(spread / np.maximum(counts - 1, 1) / np.maximum(counts, 1))
-    sigma = np.where(counts > 1, np.maximum(standard_error, 1e-6), propagated)
-    return mean, sigma, counts
 
 
 def _shell_row(
@@ -160,27 +110,23 @@ def _shell_row(
 
 
 def merging_statistics(
-    obs: Observations, inverse_d_of: Any, possible: np.ndarray, shells: int = 10
+    table: MergedTable, inverse_d_of: Any, possible: np.ndarray, shells: int = 10
 ) -> dict[str, Any] | None:
     """Shell table and overall row (see the module docstring). ``inverse_d_of(hkl)`` gives 1/d (1/Å) of each
     row; ``possible``: the allowed ASU reflections to at least the data's resolution (completeness counts
     against those within the observed range). None before there are observations."""
-    if len(obs.unique) == 0:
+    if len(table.hkl) == 0:
         return None
-    inverse_d = np.asarray(inverse_d_of(obs.unique), dtype=np.float64)
+    inverse_d = np.asarray(inverse_d_of(table.hkl), dtype=np.float64)
     edges = shell_edges(inverse_d, shells)
     shell = shell_of(inverse_d, edges)
     possible_d = np.asarray(inverse_d_of(possible), dtype=np.float64) if len(possible) else np.zeros(0)
     in_range = (possible_d >= edges[0] - 1e-9) & (possible_d <= edges[-1] + 1e-9)
     possible_shell = shell_of(possible_d[in_range], edges)
     allowed = {row.tobytes() for row in np.ascontiguousarray(possible, dtype=np.int32)}
-    observed = np.array([row.tobytes() in allowed for row in np.ascontiguousarray(obs.unique, dtype=np.int32)])
-    mean, sigma, counts = merged_sigma(obs)
-    half = half_of(obs.event)
-    size = len(obs.unique)
-    mean_a, count_a = _means(obs.which[half == 0], obs.intensity[half == 0], size)
-    mean_b, count_b = _means(obs.which[half == 1], obs.intensity[half == 1], size)
-    halves = (mean_a, count_a, mean_b, count_b)
+    observed = np.array([row.tobytes() in allowed for row in np.ascontiguousarray(table.hkl, dtype=np.int32)])
+    mean, sigma, counts, size = table.mean, table.sigma, table.counts, len(table.hkl)
+    halves = (table.mean_a, table.count_a, table.mean_b, table.count_b)
     rows = []
     for index in range(shells):
         row = _shell_row(shell == index, observed, int(np.sum(possible_shell == index)), mean, sigma, counts, halves)
@@ -225,18 +171,18 @@ def resolution_estimate(rows: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 def run_statistics(
-    obs: Observations, cell: tuple[float, ...], space_group: str, shells: int = 10
+    table: MergedTable, cell: tuple[float, ...], space_group: str, shells: int = 10
 ) -> dict[str, Any] | None:
     """``merging_statistics`` for a run of ``cell`` and ``space_group`` (the allowed reflections from cctbx)."""
     from photonstream.consumers.xtal._cctbx import possible_reflections
     from photonstream.sources._crystal import UnitCell
 
-    if len(obs.unique) == 0:
+    if len(table.hkl) == 0:
         return None
     unit_cell = UnitCell(*cell)
-    d_min = 1 / float(unit_cell.resolution(obs.unique).max())
+    d_min = 1 / float(unit_cell.resolution(table.hkl).max())
     possible = possible_reflections(tuple(cell), space_group, d_min)
-    return merging_statistics(obs, unit_cell.resolution, possible, shells)
+    return merging_statistics(table, unit_cell.resolution, possible, shells)
 
 
 def data_enough(

@@ -8,9 +8,11 @@ is judged by that verdict alone), then for hits spot finding, spot positions →
 known cell (from the start message's source details or ``XtalOptions.unit_cell``), summation integration and the
 reduction of Miller indices to the asymmetric unit (cctbx). Each frame gives a ``result`` record
 ``{type, worker, event, hit, n_peaks, true_hit, indexed, n_spots, n_indexed, cell, orientation, reflections:
-{hkl, I, sigma}, seconds: {hit, spots, index, integrate}}``; the stream's start and end give ``start`` and ``end``
-records (the end carries this worker's counts and, if enabled, its virtual powder pattern). Records go to a
-callable or, given an endpoint string, to a ZeroMQ PUSH socket connected to the merger.
+{hkl, I, sigma, scale}, seconds: {hit, spots, index, integrate}}`` (``scale``: the frame's k_f against the shared
+reference, see ``scaling``; ``group``: "on"/"off" where the frame's metadata has ``laser``); the stream's start
+and end give ``start`` and ``end`` records (the end carries this worker's counts and, if enabled, its virtual
+powder pattern). Records go to a callable or, given an endpoint string, to a ZeroMQ PUSH socket connected to the
+merger.
 
 ``messages`` is any iterator of photonstream messages: the buffer client's ``subscribe`` (every member of a
 work-sharing group gets the start and end messages) or ``photonstream.consumers.pull.read_stream``. A zmq-push
@@ -35,6 +37,7 @@ from photonstream.consumers.xtal._wire import pack
 from photonstream.consumers.xtal.indexing import IndexingSettings, KnownCellIndexer
 from photonstream.consumers.xtal.integrate import IntegrationSettings, Integrator
 from photonstream.consumers.xtal.powder import PowderAccumulator
+from photonstream.consumers.xtal.scaling import scaler_for
 from photonstream.consumers.xtal.spots import SpotFinderSettings, find_hit, find_spots
 from photonstream.detector import DetectorModel
 from photonstream.errors import ConfigError
@@ -71,6 +74,12 @@ class XtalOptions(BaseModel):
     cutoff_sigmas: float = Field(1.0, gt=0.0, description="integrate reflections within this many rms of the sphere")
     powder_bins: int = Field(0, ge=0, description="bins of the virtual powder pattern of hits (0: none)")
     powder_every: int = Field(0, ge=0, description="send the powder pattern every N hits too (0: at the end)")
+    reference_model: str | None = Field(
+        None,
+        max_length=4096,
+        description="scale each frame to this atomic model's |F|² ('1aki' or a PDB/mmCIF file); default: the "
+        "source's model where it names one, else a generic Wilson falloff (see xtal.scaling)",
+    )
 
 
 @dataclass
@@ -126,6 +135,8 @@ class XtalProcessor:
             IntegrationSettings(box_half=options.box_half, cutoff_sigmas=options.cutoff_sigmas),
         )
         self.powder = PowderAccumulator(self.detector, options.powder_bins) if options.powder_bins else None
+        d_min = 1 / self.detector.max_resolution_q()
+        self.scaler = scaler_for(start.source, options.reference_model, self.cell, d_min)
 
     def start_record(self, start: StartMessage) -> dict[str, Any]:
         return {
@@ -136,6 +147,7 @@ class XtalProcessor:
             "unit_cell": list(self.cell.as_tuple()),
             "space_group": self.space_group,
             "wavelength_a": self.detector.wavelength_a,
+            "scaling": self.scaler.describe(),
         }
 
     def process(self, frame: Frame) -> dict[str, Any]:
@@ -159,6 +171,9 @@ class XtalProcessor:
             "n_spots": 0,
             "seconds": seconds,
         }
+        laser = frame.metadata.get("laser")
+        if laser is not None:  # a pump-probe run: the merger keeps laser-on and laser-off frames apart
+            result["group"] = "on" if laser else "off"
         if not verdict.hit:
             return result
         if modules is None:
@@ -181,6 +196,8 @@ class XtalProcessor:
         self.integrator.learn(solution.hkl[solution.indexed], solution.orientation)
         reflections = self.integrator.integrate(modules, solution.orientation)
         asu = _cctbx.map_to_asu(reflections.hkl, self.cell.as_tuple(), self.space_group)
+        intensity = reflections.intensity.astype(np.float32)
+        scale = self.scaler.scale(asu, intensity)
         seconds["integrate"] = time.perf_counter() - clock
         result.update(
             indexed=True,
@@ -188,11 +205,7 @@ class XtalProcessor:
             cell=[round(v, 4) for v in solution.cell],
             orientation=solution.orientation,
             rmsd_q=solution.rmsd_q,
-            reflections={
-                "hkl": asu,
-                "I": reflections.intensity.astype(np.float32),
-                "sigma": reflections.sigma.astype(np.float32),
-            },
+            reflections={"hkl": asu, "I": intensity, "sigma": reflections.sigma.astype(np.float32), "scale": scale},
         )
         return result
 
