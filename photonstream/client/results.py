@@ -12,7 +12,8 @@ at ``GET /v1/streams/{id}/results`` and as ``result`` events on ``/v1/streams/{i
 Kinds and their fields (checked before sending; ``custom`` takes any JSON-like map):
 ``hit_rate`` (frames, hits[, rate]), ``indexing_rate`` (frames, indexed[, hits, rate]), ``unit_cell`` (a, b, c,
 alpha, beta, gamma[, std, count, lattice]), ``tof_histogram`` (quantity, edges, counts[, peaks]),
-``training_loss`` (step, loss[, epoch, learning_rate, samples]).
+``training_loss`` (step, loss[, epoch, learning_rate, samples]), ``merging`` (the merger's shell table, see
+``MergingStatistics``), ``structure`` (a structure-stage update: R factors, peaks, a map section).
 """
 
 from __future__ import annotations
@@ -100,6 +101,69 @@ class TrainingLoss(_Result):
     samples: int | None = Field(None, ge=0)
 
 
+Cell = float | int | str | None
+
+
+class MergingStatistics(_Result):
+    """The merger's shell table (``xtal.statistics``): per resolution shell and overall, with the resolution
+    estimate, the curves against indexed frames and the 'data enough?' readout."""
+
+    frames: int = Field(ge=0)
+    indexed: int = Field(ge=0)
+    shells: list[dict[str, Cell]] = Field(max_length=100)
+    overall: dict[str, Cell]
+    resolution: dict[str, Cell]
+    curves: list[dict[str, Cell]] = Field(default_factory=list, max_length=1000)
+    data_enough: dict[str, Cell | dict[str, Cell]] | None = None
+
+
+class Peak(_Result):
+    sign: Literal["+", "-"]
+    height_sigma: float
+    xyz: list[float] = Field(min_length=3, max_length=3)
+    residue: str = Field(max_length=64)
+    atom: str = Field(max_length=96)
+    distance_a: float = Field(ge=0)
+
+
+class MapSection(_Result):
+    map: str = Field(max_length=32)
+    centre: list[float] = Field(min_length=3, max_length=3)
+    step_a: float = Field(gt=0)
+    size: int = Field(ge=1, le=129)
+    values: list[list[float]] = Field(max_length=129)
+    density: list[list[float]] = Field(max_length=129)
+
+
+class StructureUpdate(_Result):
+    """One update of the structure stage (``consumers.structure``): R factors, the strongest peaks, a map section
+    around the first of them, the files written."""
+
+    update: int = Field(ge=1)
+    at_s: float = Field(ge=0)
+    frames: int = Field(ge=0)
+    indexed: int = Field(ge=0)
+    r_work: float = Field(ge=0)
+    r_free: float = Field(ge=0)
+    r_work_start: float | None = Field(None, ge=0)
+    r_free_start: float | None = Field(None, ge=0)
+    reflections: int = Field(ge=0)
+    free_reflections: int = Field(ge=0)
+    d_min: float = Field(gt=0)
+    seconds: float = Field(ge=0)
+    final: bool = False
+    model: str = Field(max_length=256)
+    pump_probe: bool = False
+    peak_map: str = Field(max_length=32)
+    peaks: list[Peak] = Field(default_factory=list, max_length=50)
+    section: MapSection | None = None
+    files: list[str] = Field(default_factory=list, max_length=10)
+    steps: list[str] = Field(default_factory=list, max_length=10)
+    k_sol: float | None = None
+    b_sol: float | None = None
+    light_dark_scale: float | None = None
+
+
 class Custom(BaseModel):
     model_config = ConfigDict(extra="allow", frozen=True)
 
@@ -110,6 +174,8 @@ RESULT_KINDS: dict[str, type[BaseModel]] = {
     "unit_cell": UnitCellResult,
     "tof_histogram": TofHistogram,
     "training_loss": TrainingLoss,
+    "merging": MergingStatistics,
+    "structure": StructureUpdate,
     "custom": Custom,
 }
 

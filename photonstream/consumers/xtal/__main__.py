@@ -5,6 +5,8 @@ the merger.
            [--options JSON]
     worker --pull tcp://HOST:5555 --results ...          (a zmq-push pipeline; one reader only, see worker.py)
     merge --bind tcp://*:5700 --workers N [--mtz out.mtz] [--report out.json] [--report-every 50] [--settle 2]
+          [--structure tcp://HOST:5710 [--structure-every 10]]
+    structure --bind tcp://*:5710 --model 1aki --out DIR [--publish stream.json]
 
 The merger prints one JSON line per report and writes the final report (with the CC history, per-worker counts and
 the powder pattern) to ``--report``. It finishes once ``--workers`` end records have arrived, or once every event of
@@ -27,7 +29,7 @@ from photonstream.consumers.xtal import XtalOptions, run_merger, run_xtal_worker
 from photonstream.errors import ConfigError
 
 xtal_app = typer.Typer(
-    help="Crystallography: workers index and integrate hits, a merger scales, merges and writes MTZ.",
+    help="Crystallography: workers index and integrate hits, a merger writes MTZ, a structure stage refines.",
     no_args_is_help=True,
     add_completion=False,
 )
@@ -89,8 +91,15 @@ def merge(
     settle: Annotated[
         float, typer.Option(min=0, help="once every event has a result, wait this long for end records")
     ] = 2.0,
+    structure: Annotated[
+        str | None, typer.Option(help="a structure stage's endpoint, tcp://HOST:PORT: send it the merged data")
+    ] = None,
+    structure_every: Annotated[float, typer.Option(min=1, help="seconds between merged-data snapshots")] = 10.0,
 ) -> None:
     """Merge the workers' results (one JSON line per report), then write MTZ and the final report."""
+    from photonstream.consumers.xtal.to_structure import StructureFeed
+
+    feed = None if structure is None else StructureFeed(structure, structure_every)
     publisher = None
     if publish is not None:
         from photonstream.client import ResultPublisher
@@ -106,10 +115,13 @@ def merge(
             idle_timeout_s=idle_timeout,
             settle_s=settle,
             publisher=publisher,
+            structure=feed,
         )
     finally:
         if publisher is not None:
             publisher.close()
+        if feed is not None:
+            feed.close()
     if report is not None:
         powder = outcome.powder
         document = {
@@ -123,6 +135,35 @@ def merge(
             "powder": None if powder is None else _powder_document(powder),
         }
         report.write_text(json.dumps(document))
+
+
+@xtal_app.command("structure")
+@friendly
+def structure_stage(
+    bind: Annotated[str, typer.Option(help="endpoint the merger sends merged data to, e.g. tcp://*:5710")],
+    out: Annotated[Path, typer.Option(help="folder for structure.mtz, the CCP4 maps and structure.json")],
+    model: Annotated[str, typer.Option(help="the atomic model to refine: a bundled name (1aki) or a PDB/mmCIF file")],
+    publish: Annotated[
+        Path | None, typer.Option(help="the stream's create response (JSON): publish each update as its result")
+    ] = None,
+    budget: Annotated[float, typer.Option(min=1, help="seconds after which an update starts no new step")] = 20.0,
+    idle_timeout: Annotated[float, typer.Option(help="give up after this many seconds without merged data")] = 300.0,
+) -> None:
+    """Refine the model against each newest merged snapshot (one JSON line per update) until the final one."""
+    from photonstream.consumers.structure import run_structure_stage
+
+    publisher = None
+    if publish is not None:
+        from photonstream.client import ResultPublisher
+
+        publisher = ResultPublisher.from_stream_info(str(publish), group="xtal-structure", worker="structure")
+    keys = ("update", "frames", "indexed", "r_work", "r_free", "d_min", "seconds", "final")
+    try:
+        run_structure_stage(bind, model, out, publisher=publisher, idle_timeout_s=idle_timeout, budget_s=budget,
+                            on_update=lambda s: print(json.dumps({k: s[k] for k in keys}), flush=True))  # fmt: skip
+    finally:
+        if publisher is not None:
+            publisher.close()
 
 
 def _powder_document(powder: Any) -> dict[str, Any]:

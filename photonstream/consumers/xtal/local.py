@@ -13,6 +13,9 @@ running reports, its final document, the MTZ path and the consumer group's buffe
 ``kill=WorkerKill(worker=1, after_results=30)`` SIGKILLs that worker once the merger's running report credits it
 with that many results (a fault test: its unacked frames are redelivered to the others, and the merger finishes
 without its end record once every event has a result; see ``merge.run_merger``).
+
+``structure="1aki"`` (a model) also runs a structure stage process on the merger's snapshots (every
+``structure_every_s``); its files go to ``folder/structure`` and its update lines to ``LocalRun.structure``.
 """
 
 from __future__ import annotations
@@ -56,6 +59,7 @@ class LocalRun:
     events: int
     group: dict[str, Any] = field(default_factory=dict)  # the buffer's statistics of the workers' group
     killed: list[str] = field(default_factory=list)  # worker ids killed on purpose (``kill``)
+    structure: list[dict[str, Any]] = field(default_factory=list)  # the structure stage's update lines
 
 
 def _free_port() -> int:
@@ -153,6 +157,8 @@ def run_local(
     timeout_s: float = 600.0,
     prefill: bool = False,
     kill: WorkerKill | None = None,
+    structure: str | None = None,
+    structure_every_s: float = 10.0,
 ) -> LocalRun:
     """Run ``source`` through a buffer to ``workers`` worker processes and a merger; see the module docstring."""
     from photonstream.buffer import BufferService, BufferSettings
@@ -168,10 +174,18 @@ def run_local(
         if prefill:
             end = _produce(config)
         began = time.perf_counter()
+        stage_args: tuple[str, ...] = ()
+        stage = None
+        if structure is not None:
+            stage_endpoint = f"tcp://127.0.0.1:{_free_port()}"
+            stage = _spawn(folder / "structure-stage", "structure", "--bind", stage_endpoint, "--model", structure,
+                           "--out", str(folder / "structure"))  # fmt: skip
+            processes.append(stage)
+            stage_args = ("--structure", stage_endpoint, "--structure-every", str(structure_every_s))
         merger = _spawn(
             folder / "merger",
             *("merge", "--bind", results, "--workers", str(workers), "--report-every", str(report_every)),
-            *("--mtz", str(folder / "merged.mtz"), "--report", str(folder / "report.json")),
+            *("--mtz", str(folder / "merged.mtz"), "--report", str(folder / "report.json"), *stage_args),
         )
         processes.append(merger)
         worker_args = ("worker", "--buffer", endpoint, "--stream", stream, "--group", GROUP, "--results", results)
@@ -194,6 +208,7 @@ def run_local(
             # The target of ``kill`` last: the killer thread is the one waiting on it until then.
             outputs = [_finish(p, folder / f"worker-{i}", timeout_s) for i, p in enumerate(pool) if i != target]
             merger_lines = _finish(merger, folder / "merger", timeout_s)
+            stage_lines = [] if stage is None else _finish(stage, folder / "structure-stage", timeout_s)
         finally:
             if killer is not None:
                 killer.done.set()
@@ -210,6 +225,7 @@ def run_local(
             events=end.events_sent,
             group=_group_stats(endpoint, stream),
             killed=[killer.worker_id] if killer is not None and killer.killed else [],
+            structure=[json.loads(line) for line in stage_lines],
         )
     finally:
         for process in processes:

@@ -35,6 +35,7 @@ from photonstream.consumers.xtal.powder import PowderPattern
 from photonstream.consumers.xtal.published import ResultSink, with_results
 from photonstream.consumers.xtal.scaling import reference_from_source
 from photonstream.consumers.xtal.statistics import data_enough, outer_shell, pearson, run_statistics
+from photonstream.consumers.xtal.to_structure import StructureFeed
 
 log = logging.getLogger(__name__)
 
@@ -289,6 +290,7 @@ def run_merger(
     idle_timeout_s: float = 60.0,
     settle_s: float = 2.0,
     publisher: ResultSink | None = None,
+    structure: StructureFeed | None = None,
 ) -> MergeOutcome:
     """Merge worker records until the run is done; write MTZ at the end if asked.
 
@@ -305,7 +307,8 @@ def run_merger(
     quarter second of silence; an iterable that blocks holds the merger until its next record (or its timeout).
 
     ``publisher`` (a ``photonstream.client.ResultPublisher``) gets each report as typed results for the API: hit
-    rate, indexing rate and the mean unit cell.
+    rate, indexing rate and the mean unit cell. ``structure`` gets the merged data every ``every_s`` while
+    frames are indexed, and once more, marked final, at the end (``to_structure``).
     """
     on_report = with_results(on_report, publisher)
     tick_s = max(min(settle_s, 0.25), 0.01)
@@ -340,6 +343,8 @@ def run_merger(
             due = report_every and merger.frames // report_every > before // report_every
             if added and on_report is not None and due:
                 on_report(merger.report())
+            if added and structure is not None and symmetry and structure.due(merger.indexed):
+                structure.send(merger, symmetry)
         elif kind in ("powder", "end"):
             if record.get("powder") is not None:
                 pattern = PowderPattern.from_dict(record["powder"])
@@ -362,6 +367,8 @@ def run_merger(
     if on_report is not None:
         on_report(report)
     merged = merger.merged()
+    if structure is not None and symmetry:
+        structure.send(merger, symmetry, final=True)
     written = None
     if mtz_path is not None and symmetry and len(merged.hkl):
         from photonstream.consumers.xtal._cctbx import write_mtz

@@ -7,6 +7,7 @@ import logging
 from collections.abc import Callable
 from typing import Any, Protocol
 
+from photonstream.consumers.xtal.statistics import outer_shell
 from photonstream.errors import PhotonstreamError
 
 log = logging.getLogger(__name__)
@@ -32,17 +33,42 @@ def report_results(report: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
     return found
 
 
+MAX_CURVE_POINTS = 1000
+
+
+def merging_result(report: dict[str, Any], curves: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """The ``merging`` result of a report: its shell table with the curves so far (None without statistics)."""
+    statistics = report.get("merging")
+    if not statistics:
+        return None
+    return {"frames": report["frames"], "indexed": report["indexed"], "shells": statistics["shells"],
+            "overall": statistics["overall"], "resolution": statistics["resolution"],
+            "curves": curves[-MAX_CURVE_POINTS:], "data_enough": statistics.get("data_enough")}  # fmt: skip
+
+
 def with_results(
     on_report: Callable[[dict[str, Any]], None] | None, results: ResultSink | None
 ) -> Callable[[dict[str, Any]], None] | None:
     """``on_report`` that also publishes each report's results (a refused publish is logged, not fatal)."""
     if results is None:
         return on_report
+    curves: list[dict[str, Any]] = []
 
     def report_and_publish(report: dict[str, Any]) -> None:
         if on_report is not None:
             on_report(report)
-        for kind, data in report_results(report):
+        found = report_results(report)
+        if report.get("merging"):
+            statistics = report["merging"]
+            outer = outer_shell(statistics)
+            point = {"frames": report["frames"], "indexed": report["indexed"],
+                     "cc_half": statistics["overall"].get("cc_half"),
+                     "completeness": statistics["resolution"].get("completeness"),
+                     "outer_cc_half": outer.get("cc_half"),
+                     "outer_completeness": outer.get("completeness")}  # fmt: skip
+            curves.append(point)
+            found.append(("merging", merging_result(report, curves) or {}))
+        for kind, data in found:
             try:
                 results.publish(kind, data)
             except PhotonstreamError as exc:
