@@ -133,13 +133,13 @@ def write_mtz(path: Path, refinement: Refinement, coefficients: dict[str, Any], 
     for name, array in coefficients.items():
         amplitude, phase = labels[name]
         dataset.add_miller_array(array, column_root_label=amplitude)
-        mtz_dataset_rename(dataset, f"PHI{amplitude}", phase)
+        _rename_column(dataset, f"PHI{amplitude}", phase)
     mtz = dataset.mtz_object()
     mtz.set_title("photonstream structure")
     mtz.write(str(path))
 
 
-def mtz_dataset_rename(dataset: Any, old: str, new: str) -> None:
+def _rename_column(dataset: Any, old: str, new: str) -> None:
     for column in dataset.columns():
         if column.label() == old:
             column.set_label(new)

@@ -310,10 +310,10 @@ def run_merger(
     rate, indexing rate and the mean unit cell. ``structure`` gets the merged data every ``every_s`` while
     frames are indexed, and once more, marked final, at the end (``to_structure``).
     """
-    on_report = with_results(on_report, publisher)
     tick_s = max(min(settle_s, 0.25), 0.01)
     records = _receive(results, idle_timeout_s, tick_s=tick_s) if isinstance(results, str) else iter(results)
     merger = Merger()
+    on_report = with_results(on_report, publisher, merger.history)
     powder: PowderPattern | None = None
     started: list[str] = []
     finished: dict[str, dict[str, Any]] = {}

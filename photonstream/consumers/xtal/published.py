@@ -7,7 +7,6 @@ import logging
 from collections.abc import Callable
 from typing import Any, Protocol
 
-from photonstream.consumers.xtal.statistics import outer_shell
 from photonstream.errors import PhotonstreamError
 
 log = logging.getLogger(__name__)
@@ -47,27 +46,22 @@ def merging_result(report: dict[str, Any], curves: list[dict[str, Any]]) -> dict
 
 
 def with_results(
-    on_report: Callable[[dict[str, Any]], None] | None, results: ResultSink | None
+    on_report: Callable[[dict[str, Any]], None] | None,
+    results: ResultSink | None,
+    curves: list[dict[str, Any]] | None = None,
 ) -> Callable[[dict[str, Any]], None] | None:
-    """``on_report`` that also publishes each report's results (a refused publish is logged, not fatal)."""
+    """``on_report`` that also publishes each report's results (a refused publish is logged, not fatal);
+    ``curves`` is the merger's history (``Merger.history``), published with the shell table."""
     if results is None:
         return on_report
-    curves: list[dict[str, Any]] = []
 
     def report_and_publish(report: dict[str, Any]) -> None:
         if on_report is not None:
             on_report(report)
         found = report_results(report)
-        if report.get("merging"):
-            statistics = report["merging"]
-            outer = outer_shell(statistics)
-            point = {"frames": report["frames"], "indexed": report["indexed"],
-                     "cc_half": statistics["overall"].get("cc_half"),
-                     "completeness": statistics["resolution"].get("completeness"),
-                     "outer_cc_half": outer.get("cc_half"),
-                     "outer_completeness": outer.get("completeness")}  # fmt: skip
-            curves.append(point)
-            found.append(("merging", merging_result(report, curves) or {}))
+        merging = merging_result(report, curves or [])
+        if merging is not None:
+            found.append(("merging", merging))
         for kind, data in found:
             try:
                 results.publish(kind, data)
