@@ -32,7 +32,7 @@ from photonstream.api.errors import CredentialLifetimeError
 from photonstream.api.launcher import Backends, Launcher
 from photonstream.api.middleware import ApiMetrics, BodySizeLimitMiddleware, RequestContextMiddleware, request_id_of
 from photonstream.api.monitor import Monitor
-from photonstream.api.routers import admin, datasets, events, health, internal, pools, streams
+from photonstream.api.routers import admin, analysis, datasets, events, health, internal, pools, streams
 from photonstream.api.settings import ApiSettings
 from photonstream.api.strict import install_body_schemas
 from photonstream.config.pipeline import PLUGIN_NAMES
@@ -288,7 +288,7 @@ def create_app(settings: ApiSettings | None = None, backends: dict[str, JobBacke
     app.state.services = svc
     install_error_handlers(app)
     install_openapi(app)
-    for module in (streams, events, pools, datasets, health, admin, internal):
+    for module in (streams, analysis, events, pools, datasets, health, admin, internal):
         app.include_router(module.router)
     monitor = Monitor(link.stats, link.subscriber(), results=results_reader(svc.launcher.reports))
     ui.install(app, monitor)

@@ -133,20 +133,21 @@ def check_pool_requests(body: StreamRequest, settings: ApiSettings, principal: P
                 f"{where}.group: group {pool.group!r} has policy {group.policy}; only lossless (work-sharing, acked) "
                 "groups are scaled by their lag"
             )
-        if pool.group in pooled:
-            raise ConfigError(f"{where}.group: group {pool.group!r} has a pool already (one pool per group)")
-        pooled.add(pool.group)
         kind = kinds.get(pool.kind)
         if kind is None:
             raise ConfigError(f"{where}.kind: {pool.kind!r} is not a worker kind of this service "
                               f"(kinds: {', '.join(sorted(kinds))})")  # fmt: skip
+        if not kind.single:  # a single kind's pool only follows its group's end; it may share it
+            if pool.group in pooled:
+                raise ConfigError(f"{where}.group: group {pool.group!r} has a pool already (one pool per group)")
+            pooled.add(pool.group)
         if kind.roles is not None and not set(kind.roles) & set(principal.roles):
             raise PermissionDeniedError(
                 f"{where}.kind: worker kind {pool.kind!r} is for the roles {', '.join(kind.roles)}; "
                 f"{principal.identity!r} holds {', '.join(sorted(principal.roles))}"
             )
         pool_options(index, pool, kind)
-    total = sum(pool.max_workers for pool in body.worker_pools)
+    total = sum(1 if kinds[pool.kind].single else pool.max_workers for pool in body.worker_pools)
     if total > settings.max_pool_workers_per_request:
         raise ConfigError(
             f"worker_pools: {total} workers in all (max_workers summed) is more than this service runs for one "
@@ -154,10 +155,14 @@ def check_pool_requests(body: StreamRequest, settings: ApiSettings, principal: P
         )
 
 
-def worker_pool(index: int, pool: PoolRequest, kind: WorkerKind, run_command: list[str]) -> WorkerPool:
-    """The elastic pool that runs ``pool`` (a checked request) with ``kind``'s command."""
+def worker_pool(index: int, pool: PoolRequest, kind: WorkerKind, run_command: list[str], artifacts: Path) -> WorkerPool:
+    """The elastic pool that runs ``pool`` (a checked request) with ``kind``'s command; ``artifacts`` is the
+    stream's folder for what the workers write for the API (``{artifacts}``)."""
     tuning = pool.model_dump(exclude={"name", "group", "kind", "options", "resources"})
-    command = kind.template(pool_options(index, pool, kind), run_command)
+    if kind.single:
+        tuning.update(min_workers=1, max_workers=1, replace_completed=False)
+    values = {**pool_options(index, pool, kind), "artifacts": str(artifacts)}
+    command = kind.template(values, run_command)
     return WorkerPool(name=pool.name, group=pool.group, command=command, resources=pool.resources, **tuning)
 
 
@@ -292,6 +297,7 @@ class PoolManager:
         secrets = {CREDENTIALS_ENV: credentials.to_json()} if credentials is not None else {}
         workdir = Path(stream.workdir or self.settings.workdirs / stream.id) / "pools"
         workdir.mkdir(parents=True, exist_ok=True)
+        artifacts = self.settings.artifacts(stream.id, stream.workdir)
         kinds = merged_worker_kinds(self.settings.worker_kinds)
         pools: dict[str, RunningPool] = {}
         for index, request in enumerate(requests):
@@ -299,7 +305,7 @@ class PoolManager:
             try:
                 if kind is None:
                     raise ConfigError(f"worker kind {request.kind!r} is no longer in this service's catalog")
-                spec = worker_pool(index, request, kind, list(self.settings.run_command))
+                spec = worker_pool(index, request, kind, list(self.settings.run_command), artifacts)
             except (ConfigError, ValueError) as error:
                 self._record(stream.id, PoolEvent(utcnow().timestamp(), request.name, "error", 0, None,
                                                   detail=f"cannot run the pool: {error}"))  # fmt: skip

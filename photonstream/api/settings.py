@@ -376,6 +376,10 @@ class ApiSettings(BaseModel):
     def workdirs(self) -> Path:
         return self.state_dir / "streams"
 
+    def artifacts(self, stream_id: str, workdir: str | None = None) -> Path:
+        """A stream's folder for what its workers write for the API to serve (a worker kind's {artifacts})."""
+        return Path(workdir or self.workdirs / stream_id) / "artifacts"
+
 
 def load_settings(path: str | Path | None = None, **overrides: Any) -> ApiSettings:
     """Settings from a YAML file (optional) with ``overrides`` on top; one-line ConfigError when invalid."""

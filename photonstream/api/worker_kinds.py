@@ -3,10 +3,13 @@
 A request never names a command: it names a *kind* from the service's catalog (``ApiSettings.worker_kinds``, on top
 of the built-in ones below) and fills the kind's declared options, each checked against the kind's pattern. The
 catalog's argv template may use the pool placeholders ({endpoint} {stream} {group} {pool} {worker} {index}, filled
-per worker by ``photonstream.jobs.elastic``), the kind's options, and ``{photonstream}`` as a whole argument (the
-service's ``run_command``). Values go in as single argv elements (no shell), and the default pattern refuses
-anything that could read as a flag. The buffer credential reaches a worker as its job secret
-``PHOTONSTREAM_BUFFER_CREDENTIALS`` (``photonstream.job_secrets``: a 0600 file), never its command line.
+per worker by ``photonstream.jobs.elastic``), the kind's options, ``{artifacts}`` (a folder of the stream's, filled
+in by the service: what a worker writes there the API may serve) and ``{photonstream}`` as a whole argument (the
+service's ``run_command``). A ``single`` kind runs one worker for the stream, not scaled, not started again once it
+completed; its pool's group is only the one whose end it follows, and may be another pool's. Values go in as single
+argv elements (no shell), and the default pattern refuses anything that could read as a flag. The buffer credential
+reaches a worker as its job secret ``PHOTONSTREAM_BUFFER_CREDENTIALS`` (``photonstream.job_secrets``: a 0600 file),
+never its command line.
 """
 
 from __future__ import annotations
@@ -17,11 +20,13 @@ import string
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from photonstream.jobs.elastic import PLACEHOLDERS
+from photonstream.sources._atomic_model import BUNDLED
 
 OPTION_NAME = r"^[a-z][a-z0-9_]{0,31}$"
 DEFAULT_OPTION_PATTERN = r"^[A-Za-z0-9_.:/@+=][A-Za-z0-9_.:/@+=-]{0,255}$"  # never a flag (no leading '-')
 PHOTONSTREAM = "{photonstream}"
 ENDPOINT_OPTION = r"^tcp://[A-Za-z0-9][A-Za-z0-9.-]{0,252}:[0-9]{1,5}$"
+SERVICE_VALUES = ("artifacts",)
 
 
 class WorkerOption(BaseModel):
@@ -54,18 +59,19 @@ class WorkerKind(BaseModel):
     )
     roles: list[str] | None = Field(None, description="roles that may run this kind (None: anyone granted the data)")
     description: str = Field("", description="what the worker does, shown to users in GET /v1/worker-kinds")
+    single: bool = Field(False, description="one worker per stream, run once (not scaled by the group's lag)")
 
     @field_validator("options")
     @classmethod
     def _option_names(cls, options: dict[str, WorkerOption]) -> dict[str, WorkerOption]:
         for name in options:
-            if not re.match(OPTION_NAME, name) or name in PLACEHOLDERS or name == "photonstream":
-                raise ValueError(f"option name {name!r}: lower-case identifier, not a pool placeholder")
+            if not re.match(OPTION_NAME, name) or name in (*PLACEHOLDERS, *SERVICE_VALUES, "photonstream"):
+                raise ValueError(f"option name {name!r}: lower-case identifier, not a placeholder")
         return options
 
     @model_validator(mode="after")
     def _known_placeholders(self) -> WorkerKind:
-        known = {*PLACEHOLDERS, *self.options}
+        known = {*PLACEHOLDERS, *SERVICE_VALUES, *self.options}
         for argument in self.command:
             if argument == PHOTONSTREAM:
                 continue
@@ -79,7 +85,8 @@ class WorkerKind(BaseModel):
         return self
 
     def template(self, values: dict[str, str], run_command: list[str]) -> list[str]:
-        """The pool's command: options filled in (escaped), pool placeholders left for each worker."""
+        """The pool's command: options and service values filled in (escaped), pool placeholders left for each
+        worker."""
         out: list[str] = []
         for argument in self.command:
             if argument == PHOTONSTREAM:
@@ -128,6 +135,31 @@ def builtin_worker_kinds() -> dict[str, WorkerKind]:
                 "{photonstream} tof {endpoint} {stream} --group {group} --worker-id {worker} --batch-size {batch_size}"
             ),
             options={"batch_size": WorkerOption(pattern=r"^[1-9][0-9]{0,4}$", default="64")},
+        ),
+        "structure": WorkerKind(
+            description="structure stage (photonstream xtal structure): refines a model against the merged data a "
+            "merger sends (xtal merge --structure-bind), publishes R-work/R-free, peaks and a map section as "
+            "stream results and writes MTZ and maps the API serves (GET /v1/streams/{id}/structure)",
+            single=True,
+            command=words(
+                "{photonstream} xtal structure --connect {merger} --model {model} --out {artifacts}/structure "
+                "--buffer {endpoint} --stream {stream} --worker-id {worker} --budget {budget} "
+                "--idle-timeout {idle_timeout}"
+            ),
+            options={
+                "merger": WorkerOption(
+                    pattern=ENDPOINT_OPTION, description="where the merger offers its merged data, tcp://HOST:PORT"
+                ),
+                "model": WorkerOption(
+                    pattern=f"^({'|'.join(sorted(BUNDLED))})$",
+                    default="1aki",
+                    description=f"the atomic model, one the service ships: {', '.join(sorted(BUNDLED))}",
+                ),
+                "budget": WorkerOption(pattern=r"^[1-9][0-9]{0,2}$", default="20", description="seconds per update"),
+                "idle_timeout": WorkerOption(
+                    pattern=r"^[1-9][0-9]{0,4}$", default="600", description="seconds without merged data: give up"
+                ),
+            },
         ),
     }
 

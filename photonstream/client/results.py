@@ -21,7 +21,7 @@ from __future__ import annotations
 import json
 import time
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 import msgpack
 import zmq
@@ -135,6 +135,23 @@ class MapSection(_Result):
     density: list[list[float]] = Field(max_length=129)
 
 
+StructureFile = Literal["structure.mtz", "2mFo-DFc.ccp4", "mFo-DFc.ccp4", "light-dark.ccp4", "structure.json"]
+STRUCTURE_FILES: tuple[str, ...] = get_args(StructureFile)
+"""The files a structure stage writes (and the API serves from the stream's artifacts folder), no others."""
+
+
+class RefinementPoint(_Result):
+    """One update of the structure stage, as its history keeps it."""
+
+    update: int = Field(ge=1)
+    at_s: float = Field(ge=0)
+    frames: int = Field(ge=0)
+    indexed: int = Field(ge=0)
+    r_work: float = Field(ge=0)
+    r_free: float = Field(ge=0)
+    seconds: float = Field(ge=0)
+
+
 class StructureUpdate(_Result):
     """One update of the structure stage (``consumers.structure``): R factors, the strongest peaks, a map section
     around the first of them, the files written."""
@@ -157,7 +174,8 @@ class StructureUpdate(_Result):
     peak_map: str = Field(max_length=32)
     peaks: list[Peak] = Field(default_factory=list, max_length=50)
     section: MapSection | None = None
-    files: list[str] = Field(default_factory=list, max_length=10)
+    files: list[StructureFile] = Field(default_factory=list, max_length=len(STRUCTURE_FILES))
+    history: list[RefinementPoint] = Field(default_factory=list, max_length=500)
     steps: list[str] = Field(default_factory=list, max_length=10)
     k_sol: float | None = None
     b_sol: float | None = None

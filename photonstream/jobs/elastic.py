@@ -101,6 +101,9 @@ class WorkerPool(BaseModel):
     join_timeout_s: float = Field(
         60.0, ge=0.0, le=86_400.0, description="how long new workers may take to join before the pool adds more"
     )
+    replace_completed: bool = Field(
+        True, description="start workers again after one completed while the group has work (False: a run-once pool)"
+    )
 
     @field_validator("command")
     @classmethod
@@ -270,6 +273,7 @@ class ElasticPool:
         self._gave_up = False
         self._last_reading: LagReading | None = None
         self._completed_at: float | None = None  # when a worker last ended on its own (completed)
+        self._completed = 0
 
     # --- what others read ------------------------------------------------------------------------------------
 
@@ -291,7 +295,8 @@ class ElasticPool:
             before = self._emitted
             now = self.clock()
             reading = self._read()
-            if self._reap(reading):
+            if completed := self._reap(reading):
+                self._completed += completed
                 # a worker that ended on its own has usually seen the group's end: the reading taken before may
                 # predate its last acks, and would have the minimum kept with workers that get nothing to do
                 self._completed_at = now
@@ -383,7 +388,7 @@ class ElasticPool:
 
     def _keep_minimum(self, reading: LagReading | None, now: float) -> None:
         missing = self.pool.min_workers - len(self.workers)
-        if missing <= 0 or self._gave_up:
+        if missing <= 0 or self._gave_up or (self._completed and not self.pool.replace_completed):
             return
         if self._completed_at is not None and now - self._completed_at < self.reading_max_age_s:
             return  # a worker just ended on its own: wait for a reading that is newer than its end

@@ -186,6 +186,12 @@ class ReportStore:
             rows = session.scalars(query.order_by(StreamResult.id).limit(limit)).all()
         return list(rows)
 
+    def newest_result(self, stream_id: str, kind: str) -> StreamResult | None:
+        """The stream's most recent result of ``kind`` (the highest id), if any."""
+        query = select(StreamResult).where(StreamResult.stream_id == stream_id, StreamResult.kind == kind)
+        with self.db.session() as session:
+            return session.scalars(query.order_by(StreamResult.id.desc()).limit(1)).first()
+
     def newest_result_id(self, stream_id: str) -> int:
         with self.db.session() as session:
             value = session.scalar(select(func.max(StreamResult.id)).where(StreamResult.stream_id == stream_id))

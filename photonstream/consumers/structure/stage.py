@@ -22,13 +22,14 @@ from typing import Any
 
 import numpy as np
 
+from photonstream.client.results import STRUCTURE_FILES
 from photonstream.consumers.structure import maps
 from photonstream.consumers.structure.model import StructureModel, load_structure_model
 from photonstream.consumers.structure.refine import MergedData, RefineSettings, observed_amplitudes, refine
 from photonstream.errors import ConfigError
 
 MAX_HISTORY = 500
-FILES = ("structure.mtz", "2mFo-DFc.ccp4", "mFo-DFc.ccp4", "light-dark.ccp4", "structure.json")
+FILES = STRUCTURE_FILES
 
 
 def _merged(snapshot: dict[str, Any], label: str) -> MergedData:

@@ -31,7 +31,7 @@ MAX_SNAPSHOT_BYTES = 512 << 20  # ~10 million reflections per group; anything la
 MAX_GROUPS = 4
 PUBLISHED_KEYS = ("update", "at_s", "frames", "indexed", "r_work", "r_free", "r_work_start", "r_free_start",
                   "reflections", "free_reflections", "d_min", "seconds", "final", "model", "pump_probe", "peak_map",
-                  "peaks", "section", "files", "steps", "k_sol", "b_sol", "light_dark_scale")  # fmt: skip
+                  "peaks", "section", "files", "history", "steps", "k_sol", "b_sol", "light_dark_scale")  # fmt: skip
 
 
 def check_snapshot(record: Any) -> dict[str, Any]:

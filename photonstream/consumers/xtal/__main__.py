@@ -5,8 +5,9 @@ the merger.
            [--options JSON]
     worker --pull tcp://HOST:5555 --results ...          (a zmq-push pipeline; one reader only, see worker.py)
     merge --bind tcp://*:5700 --workers N [--mtz out.mtz] [--report out.json] [--report-every 50] [--settle 2]
-          [--structure tcp://HOST:5710 [--structure-every 10]]
-    structure --bind tcp://*:5710 --model 1aki --out DIR [--publish stream.json]
+          [--structure tcp://HOST:5710 | --structure-bind tcp://*:5710] [--structure-every 10]
+    structure (--bind tcp://*:5710 | --connect tcp://MERGER:5710) --model 1aki --out DIR
+          [--publish stream.json | --buffer tcp://BUFFER:5600 --stream EXP/RUN/ID]
 
 The merger prints one JSON line per report and writes the final report (with the CC history, per-worker counts and
 the powder pattern) to ``--report``. It finishes once ``--workers`` end records have arrived, or once every event of
@@ -94,12 +95,19 @@ def merge(
     structure: Annotated[
         str | None, typer.Option(help="a structure stage's endpoint, tcp://HOST:PORT: send it the merged data")
     ] = None,
+    structure_bind: Annotated[
+        str | None, typer.Option(help="offer the merged data here for a structure stage that connects, tcp://*:PORT")
+    ] = None,
     structure_every: Annotated[float, typer.Option(min=1, help="seconds between merged-data snapshots")] = 10.0,
 ) -> None:
     """Merge the workers' results (one JSON line per report), then write MTZ and the final report."""
     from photonstream.consumers.xtal.to_structure import StructureFeed
 
-    feed = None if structure is None else StructureFeed(structure, structure_every)
+    if structure is not None and structure_bind is not None:
+        raise ConfigError("merge: give at most one of --structure and --structure-bind")
+    feed = None
+    if structure is not None or structure_bind is not None:
+        feed = StructureFeed(structure or str(structure_bind), structure_every, bind=structure_bind is not None)
     publisher = None
     if publish is not None:
         from photonstream.client import ResultPublisher
@@ -140,26 +148,44 @@ def merge(
 @xtal_app.command("structure")
 @friendly
 def structure_stage(
-    bind: Annotated[str, typer.Option(help="endpoint the merger sends merged data to, e.g. tcp://*:5710")],
     out: Annotated[Path, typer.Option(help="folder for structure.mtz, the CCP4 maps and structure.json")],
     model: Annotated[str, typer.Option(help="the atomic model to refine: a bundled name (1aki) or a PDB/mmCIF file")],
+    bind: Annotated[str | None, typer.Option(help="take merged data a merger sends here, e.g. tcp://*:5710")] = None,
+    connect: Annotated[
+        str | None, typer.Option(help="take merged data from a merger's --structure-bind, tcp://HOST:PORT")
+    ] = None,
     publish: Annotated[
         Path | None, typer.Option(help="the stream's create response (JSON): publish each update as its result")
     ] = None,
+    buffer: Annotated[
+        str | None, typer.Option(help="publish to this buffer (with --stream; credential from the environment)")
+    ] = None,
+    stream: Annotated[str, typer.Option(help="EXPERIMENT/RUN/STREAM_ID the results belong to")] = "",
+    worker_id: Annotated[str, typer.Option(help="this stage's name in its results")] = "structure",
     budget: Annotated[float, typer.Option(min=1, help="seconds after which an update starts no new step")] = 20.0,
     idle_timeout: Annotated[float, typer.Option(help="give up after this many seconds without merged data")] = 300.0,
 ) -> None:
     """Refine the model against each newest merged snapshot (one JSON line per update) until the final one."""
+    from photonstream.client import ResultPublisher
     from photonstream.consumers.structure import run_structure_stage
 
+    if (bind is None) == (connect is None):
+        raise ConfigError("structure: give exactly one of --bind and --connect")
+    if publish is not None and buffer is not None:
+        raise ConfigError("structure: give at most one of --publish and --buffer")
+    if buffer is not None and not stream:
+        raise ConfigError("--buffer needs --stream")
     publisher = None
     if publish is not None:
-        from photonstream.client import ResultPublisher
+        publisher = ResultPublisher.from_stream_info(str(publish), group="xtal-structure", worker=worker_id)
+    elif buffer is not None:
+        from photonstream.buffer.credentials import Credentials
 
-        publisher = ResultPublisher.from_stream_info(str(publish), group="xtal-structure", worker="structure")
+        publisher = ResultPublisher(buffer, stream, Credentials.from_env(), group="xtal-structure", worker=worker_id)
     keys = ("update", "frames", "indexed", "r_work", "r_free", "d_min", "seconds", "final")
     try:
-        run_structure_stage(bind, model, out, publisher=publisher, idle_timeout_s=idle_timeout, budget_s=budget,
+        run_structure_stage(str(bind or connect), model, out, bind=bind is not None, publisher=publisher,
+                            idle_timeout_s=idle_timeout, budget_s=budget,
                             on_update=lambda s: print(json.dumps({k: s[k] for k in keys}), flush=True))  # fmt: skip
     finally:
         if publisher is not None:

@@ -51,9 +51,10 @@ def snapshot_record(groups: dict[str, Any], symmetry: dict[str, Any], *, frames:
 
 
 class StructureFeed:
-    """Sends the merger's snapshots to a structure stage at ``endpoint`` (connects; the stage binds)."""
+    """Sends the merger's snapshots to a structure stage at ``endpoint`` (connects; the stage binds), or, with
+    ``bind``, offers them at ``endpoint`` for a stage that connects (the service's, wherever its job runs)."""
 
-    def __init__(self, endpoint: str, every_s: float = DEFAULT_EVERY_S) -> None:
+    def __init__(self, endpoint: str, every_s: float = DEFAULT_EVERY_S, *, bind: bool = False) -> None:
         self.endpoint = endpoint
         self.every_s = every_s
         self.sent = 0
@@ -65,7 +66,7 @@ class StructureFeed:
         self._socket = self._context.socket(zmq.PUSH)
         self._socket.setsockopt(zmq.SNDHWM, QUEUE)
         self._socket.setsockopt(zmq.LINGER, 30_000)
-        self._socket.connect(endpoint)
+        (self._socket.bind if bind else self._socket.connect)(endpoint)
 
     def due(self, indexed: int) -> bool:
         if indexed == self._indexed_sent:
