@@ -346,16 +346,21 @@ def demo(
     backend: str = typer.Option(
         "local", "--backend", help="job backend: local | slurm (a Slurm that runs jobs on this machine)"
     ),
+    model: str = typer.Option("1aki", "--model", help="the crystal's atomic model, a bundled one (1aki: lysozyme)"),
+    pump_probe: bool = typer.Option(
+        False, "--pump-probe", help="laser on/off frames, Trp62 moved when on: the light-dark map shows it"
+    ),
     keep_running: bool = typer.Option(False, "--keep-running", help="after the report, keep the API and dashboard"),
     as_json: bool = typer.Option(False, "--json", help="also print the report as one JSON line on stdout"),
 ) -> None:
-    """The whole system here: CA, buffer, API + dashboard, a user's request, the job, crystallography workers,
-    a hit-classifier trainer; live progress, then a report; everything it started is stopped."""
+    """The whole system here: CA, buffer, API + dashboard, a user's request, the job, crystallography workers
+    merging as they go, a structure stage refining the model with maps, a hit-classifier trainer; live progress,
+    then a report; everything it started is stopped."""
     from photonstream.system_demo.report import print_report, print_stopped
     from photonstream.system_demo.run import DemoOptions, run_system_demo
 
     options = DemoOptions(duration_s=duration, rate_hz=rate, detector=detector, workers=workers, backend=backend,
-                          keep_running=keep_running)  # fmt: skip
+                          keep_running=keep_running, model=model, pump_probe=pump_probe)  # fmt: skip
     report = run_system_demo(options, err_console)
     if keep_running:
         print_stopped(report, err_console)

@@ -84,12 +84,18 @@ def test_short_demo_reports_the_run_and_leaves_nothing_running() -> None:
     channel = report["results_channel"]
     assert channel["kinds"].get("hit_rate", 0) >= 1 and channel["kinds"].get("indexing_rate", 0) >= 1
     assert channel["hit_rate"] == pytest.approx(report["hit_rate"], abs=1e-3)
+    # statistics without truth and the structure: 1AKI refined against the merged data as the run went
+    assert report["model"] == "1aki" and report["cc_half"] is not None and 0 < report["completeness"] <= 1
+    assert report["structure_updates"] >= 1 and report["r_free"] < 0.45 and report["r_work"] < report["r_free"] + 0.05
+    assert report["final_map_s"] is not None and 0 < report["final_map_s"] < 30
+    assert report["peak_map"] == "mFo-DFc" and channel["kinds"].get("structure", 0) == report["structure_updates"]
     # the human report on stderr names the figures
-    for words in ("hit rate", "indexing rate", "merged CC", "request → first indexed", "nothing left running", "veto"):
+    for words in ("hit rate", "indexing rate", "merged CC", "request → first indexed", "nothing left running", "veto",
+                  "CC½", "R-free", "final map"):  # fmt: skip
         assert words in result.stderr
     # nothing the demo started outlives it: its consumer processes and the job's process group
     processes = report["processes"]
-    assert len(processes["consumers"]) == 4 and processes["job_process_group"] is not None
+    assert len(processes["consumers"]) == 5 and processes["job_process_group"] is not None
     assert processes["left"] == []
     assert [pid for pid in processes["consumers"] if alive(pid)] == []
     assert job_group_members(processes["job_process_group"]) == []

@@ -220,8 +220,8 @@ class ApiSettings(BaseModel):
 
     worker_kinds: dict[str, WorkerKind | None] = Field(
         default_factory=dict,
-        description="worker kinds requests may run in elastic pools, on top of the built-in pull, xtal and tof "
-        "(name: {command, options, roles}; null removes a built-in one); see photonstream.api.worker_kinds",
+        description="worker kinds requests may run in elastic pools, on top of the built-in pull, xtal, tof and "
+        "structure (name: {command, options, roles}; null removes a built-in one); see photonstream.api.worker_kinds",
     )
     max_pool_workers_per_request: int = Field(
         16, ge=1, description="the sum of max_workers over a request's worker_pools (422 beyond)"

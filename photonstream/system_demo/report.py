@@ -52,6 +52,19 @@ class DemoReport:
     keeps_up_text: str = "–"  # the verdict as the report says it: "no — acquisition 104.6 of 120 frames/s ..."
     latency_p50_ms: float | None = None  # frame creation → a worker, median over workers' medians
     trainer: dict[str, Any] | None = None
+    model: str = ""  # the atomic model the crystal was simulated from and the structure stage refines
+    cc_half: float | None = None  # overall CC½ of the merged data (random half-sets of frames)
+    completeness: float | None = None  # within the resolution estimate
+    resolution_a: float | None = None  # the CC½ ≥ 0.3 estimate
+    outer_cc_half: float | None = None
+    first_cc_half_s: float | None = None  # first indexed result → first report with a CC½
+    r_work: float | None = None
+    r_free: float | None = None
+    structure_updates: int = 0
+    longest_update_s: float | None = None  # the structure stage's slowest update
+    final_map_s: float | None = None  # last frame created → the final maps written
+    peak_map: str = ""
+    top_peaks: list[dict[str, Any]] = field(default_factory=list)
     results_channel: dict[str, Any] = field(default_factory=dict)  # GET /v1/streams/{id}/results at the end
     total_s: float = 0.0
     workdir: str = ""  # the temporary directory (CA, state, logs), removed at the end
@@ -60,6 +73,25 @@ class DemoReport:
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+    def add_crystallography(self, merged: dict[str, Any], structure: dict[str, Any], last_frame_at: float | None,
+                            first_indexed_at: float | None, first_cc_half_at: float | None) -> None:  # fmt: skip
+        """The merger's statistics without truth (its final report) and the structure stage's final update."""
+        statistics = merged.get("merging") or {}
+        overall, resolution = statistics.get("overall") or {}, statistics.get("resolution") or {}
+        self.cc_half, self.completeness = overall.get("cc_half"), resolution.get("completeness")
+        self.resolution_a = cut = resolution.get("cc_half")
+        shells = statistics.get("shells") or []
+        within = [row for row in shells if cut is not None and row.get("d_min") is not None and row["d_min"] >= cut]
+        self.outer_cc_half = within[-1]["cc_half"] if within else None
+        if first_indexed_at and first_cc_half_at:
+            self.first_cc_half_s = round(max(0.0, first_cc_half_at - first_indexed_at), 2)
+        self.r_work, self.r_free = structure.get("r_work"), structure.get("r_free")
+        self.structure_updates = int(structure.get("updates") or 0)
+        self.longest_update_s = structure.get("longest_update_s")
+        if last_frame_at and structure.get("final_map_at"):
+            self.final_map_s = round(structure["final_map_at"] - last_frame_at, 2)
+        self.peak_map, self.top_peaks = str(structure.get("peak_map") or ""), list(structure.get("top_peaks") or [])
 
 
 def _value(value: Any, unit: str = "", digits: int = 2) -> str:
@@ -112,6 +144,7 @@ def print_report(report: DemoReport, console: Console) -> None:
                 f"(majority {_value(t.get('majority_baseline'), digits=3)}), trained on {t.get('train_events')}",
             )
         )
+    rows.extend(crystallography_rows(report))
     rows.append(("monitor", f"the latest group saw {report.monitor_frames} frames (it never holds the run back)"))
     channel = report.results_channel
     if channel:
@@ -131,6 +164,22 @@ def print_report(report: DemoReport, console: Console) -> None:
     console.print(table)
     for problem in report.problems:
         console.print(f"[yellow]note:[/] {problem}")
+
+
+def crystallography_rows(report: DemoReport) -> list[tuple[str, str]]:
+    peak = report.top_peaks[0] if report.top_peaks else None
+    peak_text = (f"top {report.peak_map} peak {peak['sign']}{peak['height_sigma']:.1f}σ at "
+                 f"{peak['atom']} ({peak['distance_a']:.1f} Å off)") if peak else "no peak above the noise"  # fmt: skip
+    return [
+        ("merging", f"CC½ {_value(report.cc_half, digits=3)} overall, {_value(report.outer_cc_half, digits=3)} in "
+                    f"the outer shell; completeness {_percent(report.completeness)} to "
+                    f"{_value(report.resolution_a, ' Å')} (CC½ ≥ 0.3); first CC½ "
+                    f"{_value(report.first_cc_half_s, ' s', 1)} after the first indexed frame"),
+        ("structure", f"{report.model}: R-work {_value(report.r_work, digits=3)}, R-free "
+                      f"{_value(report.r_free, digits=3)} after {report.structure_updates} updates (slowest "
+                      f"{_value(report.longest_update_s, ' s', 1)}); final map {_value(report.final_map_s, ' s', 1)} "
+                      f"after the last frame; {peak_text}"),
+    ]  # fmt: skip
 
 
 def pipeline_text(report: DemoReport) -> str:

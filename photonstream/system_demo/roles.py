@@ -1,4 +1,4 @@
-"""The demo's consumer processes: ``python -m photonstream.system_demo.roles worker|merge|trainer``.
+"""The demo's consumer processes: ``python -m photonstream.system_demo.roles worker|merge|trainer|structure``.
 
 Each process first imports what its work needs (cctbx before anything else for ``worker`` and ``merge``; torch for
 ``trainer``), prints ``{"type": "ready"}`` and then reads one JSON line from stdin: its setup (the stream's buffer
@@ -188,21 +188,28 @@ def merge() -> None:
     import photonstream.consumers.xtal  # noqa: F401  (cctbx first)
     from photonstream.client import ResultPublisher
     from photonstream.consumers.xtal.merge import receive_results, run_merger
+    from photonstream.consumers.xtal.to_structure import StructureFeed
 
     setup = read_setup()
     timed = ResultTimes(receive_results(setup["bind"], setup["idle_timeout_s"]))
     # the merger's figures (hit rate, indexing rate, cell) go to the API's results channel as it reports them
     publisher = ResultPublisher.from_stream_info(setup["stream_info"], group=setup["group"], worker="merger")
+    feed = StructureFeed(setup["structure"], setup["structure_every_s"]) if setup.get("structure") else None
+    first_cc_half_at: list[float] = []
+
+    def on_report(report: dict[str, Any]) -> None:
+        overall = (report.get("merging") or {}).get("overall") or {}
+        if overall.get("cc_half") is not None and not first_cc_half_at:
+            first_cc_half_at.append(time.time())
+        emit("report", **report)
+
     try:
-        outcome = run_merger(
-            timed,
-            setup["workers"],
-            report_every=setup.get("report_every", 60),
-            on_report=lambda report: emit("report", **report),
-            publisher=publisher,
-        )
+        outcome = run_merger(timed, setup["workers"], report_every=setup.get("report_every", 60), on_report=on_report,
+                             publisher=publisher, structure=feed)  # fmt: skip
     finally:
         publisher.close()
+        if feed is not None:
+            feed.close()
     emit(
         "final",
         report=outcome.report,
@@ -212,8 +219,38 @@ def merge() -> None:
         published=publisher.published,
         results_timeline=timed.timeline,
         results_tick_s=RESULT_TICK_S,
+        first_cc_half_at=first_cc_half_at[0] if first_cc_half_at else None,
         **timed.times(),
     )
+
+
+STRUCTURE_KEYS = ("update", "frames", "indexed", "r_work", "r_free", "d_min", "seconds", "final", "reflections")
+
+
+def structure() -> None:
+    """The structure stage on the merger's snapshots; each update's summary goes to the API's results channel."""
+    from pathlib import Path
+
+    import photonstream.consumers.structure  # noqa: F401  (cctbx first)
+    from photonstream.client import ResultPublisher
+    from photonstream.consumers.structure import run_structure_stage
+
+    os.nice(10)  # the crystallography workers first: refinement takes what the cores have left
+    setup = read_setup()
+    publisher = ResultPublisher.from_stream_info(setup["stream_info"], group=setup["group"], worker="structure")
+    try:
+        summaries = run_structure_stage(
+            setup["bind"], setup["model"], Path(setup["out"]), publisher=publisher,
+            idle_timeout_s=setup["idle_timeout_s"], budget_s=setup["budget_s"],
+            on_update=lambda s: emit("update", **{k: s[k] for k in STRUCTURE_KEYS}),
+        )  # fmt: skip
+    finally:
+        publisher.close()
+    last = summaries[-1]
+    emit("final", final_map_at=time.time(), updates=len(summaries), pump_probe=last["pump_probe"],
+         peak_map=last["peak_map"], top_peaks=last["peaks"][:3], out=setup["out"], files=last["files"],
+         first_update_s=summaries[0]["seconds"], longest_update_s=max(s["seconds"] for s in summaries),
+         **{k: last[k] for k in STRUCTURE_KEYS})  # fmt: skip
 
 
 # --- trainer -----------------------------------------------------------------------------------------------------
@@ -250,7 +287,7 @@ def trainer() -> None:
     emit("final", **report.as_dict(), **(latency_ms(subscriptions[0]) if subscriptions else {}))
 
 
-ROLES: dict[str, Callable[[], None]] = {"worker": worker, "merge": merge, "trainer": trainer}
+ROLES: dict[str, Callable[[], None]] = {"worker": worker, "merge": merge, "trainer": trainer, "structure": structure}
 
 
 def main(argv: list[str] | None = None) -> int:

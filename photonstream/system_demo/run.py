@@ -54,6 +54,8 @@ BACKENDS = ("local", "slurm")
 BACKGROUND_BANK = 8  # frames' worth of pre-drawn background noise the source takes each frame's from
 THUMBNAIL, THUMBNAIL_SIZE = "thumbnail", 64  # every frame's small picture: what the trainer learns from
 MONITOR_SAMPLE_EVERY = 50  # one miss in this many keeps its full image (for the monitors)
+STRUCTURE_EVERY_S, STRUCTURE_BUDGET_S = 5.0, 8.0  # merged data to the structure stage; its time per update
+PUMP_PROBE_MOVE = {"move": "//A/62/CD1,CD2,NE1,CE2,CE3,CZ2,CZ3,CH2", "by": [1.5, 0.0, 0.0]}  # Trp62's rings, in Å
 
 
 class DemoError(PhotonstreamError):
@@ -71,6 +73,8 @@ class DemoOptions:
     seed: int = 42
     keep_running: bool = False
     show_progress: bool = True
+    model: str = "1aki"  # the crystal's atomic model (a bundled name): the source's and the structure stage's
+    pump_probe: bool = False  # alternate laser on/off with a moved Trp62 side chain: a light-dark map to find
 
     def __post_init__(self) -> None:
         if self.detector not in DETECTORS:
@@ -81,6 +85,10 @@ class DemoOptions:
             raise ConfigError("--duration and --rate: both must be positive")
         if self.workers < 1:
             raise ConfigError("--workers: at least one crystallography worker")
+        from photonstream.sources._atomic_model import BUNDLED
+
+        if self.model not in BUNDLED:
+            raise ConfigError(f"--model: {self.model!r} is not one of the bundled models ({', '.join(BUNDLED)})")
 
     @property
     def events(self) -> int:
@@ -101,7 +109,9 @@ def stream_request(options: DemoOptions) -> dict[str, Any]:
     """
     source = {"type": "synthetic-diffraction", **DETECTORS[options.detector], "events": options.events,
               "hit_fraction": options.hit_fraction, "rate_hz": options.rate_hz, "seed": options.seed,
-              "background_bank": BACKGROUND_BANK}  # fmt: skip
+              "background_bank": BACKGROUND_BANK, "model": options.model}  # fmt: skip
+    if options.pump_probe:
+        source.update(model_changes=[PUMP_PROBE_MOVE], laser_pattern="on,off")
     hitfinder = {"type": "hitfinder", "algorithm": "numpy", "min_peaks": 10, "threshold": 2.0, "min_snr": 5.0}
     thumbnail = {"type": "thumbnail", "array": "data", "output": THUMBNAIL, "size": THUMBNAIL_SIZE}
     veto = {"type": "veto", "arrays": ["data"], "keep_every": MONITOR_SAMPLE_EVERY}
@@ -220,6 +230,10 @@ class DemoRun:
         return self.roles.named("merger")
 
     @property
+    def structure(self) -> RoleProcess:
+        return self.roles.named("structure")
+
+    @property
     def trainer(self) -> RoleProcess:
         return self.roles.named("trainer")
 
@@ -317,6 +331,7 @@ def demonstrate(run: DemoRun, stack: contextlib.ExitStack, began: float) -> Demo
     for index in range(options.workers):
         roles.spawn("worker", f"worker-{index}")
     roles.spawn("trainer", "trainer")
+    roles.spawn("structure", "structure")
 
     pki = make_pki(run.root, USER, EXPERIMENT)
     api_port = free_tcp_port()
@@ -366,8 +381,13 @@ def say(run: DemoRun, text: str) -> None:
 def start_consumers(run: DemoRun, link: dict[str, Any], created: dict[str, Any]) -> None:
     results = f"tcp://127.0.0.1:{free_tcp_port()}"
     report_every = max(20, round(run.options.rate_hz / 2))
+    snapshots = f"tcp://127.0.0.1:{free_tcp_port()}"
+    run.structure.send({"bind": snapshots, "model": run.options.model, "out": str(run.root / "structure"),
+                        "idle_timeout_s": IDLE_TIMEOUT_S + DRAIN_GRACE_S, "budget_s": STRUCTURE_BUDGET_S,
+                        "group": "xtal-structure", "stream_info": created})  # fmt: skip
     run.merger.send({"bind": results, "workers": len(run.workers), "report_every": report_every,
-                     "idle_timeout_s": IDLE_TIMEOUT_S, "group": XTAL_GROUP, "stream_info": created})  # fmt: skip
+                     "idle_timeout_s": IDLE_TIMEOUT_S, "group": XTAL_GROUP, "stream_info": created,
+                     "structure": snapshots, "structure_every_s": STRUCTURE_EVERY_S})  # fmt: skip
     for index, worker in enumerate(run.workers):
         worker.send({"link": link, "group": XTAL_GROUP, "results": results, "worker_id": f"worker-{index}",
                      "idle_timeout_s": IDLE_TIMEOUT_S})  # fmt: skip
@@ -545,6 +565,10 @@ def build_report(run: DemoRun, stream: Any, monitor: MonitorGroup) -> DemoReport
                               drain_s=speed.drain_s, lag_frames=speed.lag)  # fmt: skip
     report.keeps_up, report.rate_reached, report.keeps_up_text = verdict.keeps_up, verdict.rate_reached, verdict.text
     report.analysis_kept_pace = verdict.analysis_kept_pace
+    created_last = [w["last_created_at"] for w in workers if w.get("last_created_at")]
+    report.model = options.model
+    report.add_crystallography(merged, run.structure.final or {}, max(created_last) if created_last else None,
+                               final.get("first_indexed_at"), final.get("first_cc_half_at"))  # fmt: skip
     medians = sorted(w["latency_p50_ms"] for w in workers if w.get("latency_p50_ms") is not None)
     report.latency_p50_ms = medians[len(medians) // 2] if medians else None
     if monitor.error:

@@ -128,3 +128,21 @@ except ImportError as exc:
     assert done.returncode == 0, done.stderr[-2000:]
     assert done.stdout.startswith("ImportOrderError"), done.stdout
     assert "scipy.special" in done.stdout and "python -m photonstream.consumers.xtal" in done.stdout
+
+
+def test_many_maps_in_one_process_all_get_written(tmp_path: Path) -> None:
+    """cctbx's as_ccp4_map grows its default labels list on every call and asserts at ten: a long run's stage
+    writes far more maps than that."""
+    from cctbx import crystal, miller
+    from cctbx.array_family import flex
+
+    from photonstream.consumers.structure.maps import write_ccp4
+
+    symmetry = crystal.symmetry(unit_cell=(59.06, 68.45, 30.52, 90, 90, 90), space_group_symbol="P212121")
+    indices = miller.build_set(symmetry, anomalous_flag=False, d_min=4.0)
+    rng = np.random.default_rng(1)
+    data = flex.complex_double([complex(a, b) for a, b in rng.normal(size=(indices.size(), 2))])
+    fft = indices.array(data=data).fft_map(resolution_factor=0.33)
+    for number in range(12):
+        write_ccp4(tmp_path / f"map-{number}.ccp4", fft)
+    assert all((tmp_path / f"map-{number}.ccp4").stat().st_size > 10_000 for number in range(12))

@@ -147,4 +147,5 @@ def _rename_column(dataset: Any, old: str, new: str) -> None:
 
 def write_ccp4(path: Path, fft: Any) -> None:
     """The whole unit cell as a CCP4/MRC map (Coot, PyMOL, ChimeraX read it)."""
-    fft.as_ccp4_map(file_name=str(path))
+    # a list of our own each time: cctbx appends to its default labels list, and asserts at ten (the 9th map)
+    fft.as_ccp4_map(file_name=str(path), labels=["photonstream structure stage"])

@@ -80,6 +80,8 @@ class StructureFeed:
         groups = {label: merger.merged(label) for label in labels} if {"on", "off"} <= set(labels) else {}
         groups = groups or {"all": merger.merged()}
         record = snapshot_record(groups, symmetry, frames=merger.frames, indexed=merger.indexed, final=final)
+        if not record["groups"]:
+            return  # nothing merged yet (a final one too: a stage has nothing to refine against)
         payload = pack(record)
         try:
             if final:
