@@ -264,6 +264,20 @@ def bench_tof(as_json: bool = typer.Option(False, "--json", help="only the JSON 
     bench_main(json_only=as_json)
 
 
+@bench_app.command("structure")
+@friendly
+def bench_structure(
+    rounds: int = typer.Option(3, "--rounds", min=1, help="interleaved rounds (medians are shown)"),
+    as_json: bool = typer.Option(False, "--json", help="only the JSON line"),
+) -> None:
+    """Merge and structure update times vs frames, last frame → final map, frames/s with 1, 2, 4 workers."""
+    import os
+
+    # A fresh interpreter: cctbx must be imported before scipy/hdf5plugin, which this process already loaded.
+    arguments = ["--rounds", str(rounds), *(["--json"] if as_json else [])]
+    os.execv(sys.executable, [sys.executable, "-m", "benchmarks.structure", *arguments])
+
+
 @bench_app.command("buffer")
 @friendly
 def bench_buffer(
