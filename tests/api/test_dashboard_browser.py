@@ -212,6 +212,69 @@ def test_stream_page_shows_its_worker_pools(session: tuple[str, LiveStream, Any]
     assert browser.find_element(By.ID, "pools-card").screenshot(str(REPO / "artifacts" / "dashboard-pools.png"))
 
 
+def _crystallography_results(live: LiveStream, folder: Path) -> tuple[dict[str, Any], dict[str, Any]]:
+    """A real merger's ``merging`` result and a real structure stage's ``structure`` result for 60 1AKI stills,
+    stored for the live stream the way the API stores what the buffer hands it."""
+    pytest.importorskip("gemmi")
+    from benchmarks.structure import indexed_results, merger_of, snapshot
+    from photonstream.client.results import MergingStatistics, StructureUpdate
+    from photonstream.consumers.structure.stage import StructureStage
+    from photonstream.consumers.structure.worker import PUBLISHED_KEYS
+    from photonstream.consumers.xtal.published import merging_result
+
+    results, symmetry = indexed_results(60)
+    merger = merger_of(results, symmetry)
+    merging = merging_result(merger.report(), merger.history)
+    assert merging is not None
+    stage = StructureStage("1aki", folder)
+    summary = stage.update(snapshot(merger, symmetry, final=True))
+    structure = {key: summary[key] for key in PUBLISHED_KEYS if key in summary}
+    items = []
+    for number, (kind, data, model) in enumerate([("merging", merging, MergingStatistics),
+                                                  ("structure", structure, StructureUpdate)]):  # fmt: skip
+        model.model_validate(data)  # what the buffer would have let through
+        items.append({"address": live.address, "kind": kind, "group": "xtal", "worker": "merger", "first_frame": None,
+                      "last_frame": None, "published_at": time.time(), "publisher": "test", "data": data,
+                      "buffer_id": 10_000 + number})  # fmt: skip
+    assert live.api.services().launcher.reports.add_results({live.address: live.stream_id}, "browser-test", items) == 2
+    return merging, structure
+
+
+def test_stream_page_shows_merging_statistics_r_free_and_a_map_section(
+    session: tuple[str, LiveStream, Any], tmp_path: Path
+) -> None:
+    from selenium.webdriver.common.by import By
+
+    url, live, browser = session
+    merging, structure = _crystallography_results(live, tmp_path)
+    browser.get(f"{url}/ui/streams/{live.stream_id}")
+    eventually(lambda: browser.find_element(By.ID, "xtal-card").is_displayed(), 15, "the merging statistics card")
+    rows = browser.find_elements(By.CSS_SELECTOR, "#shells tbody tr")
+    assert len(rows) == len(merging["shells"]) + 1  # ten shells and the overall row
+    overall = [cell.text for cell in rows[-1].find_elements(By.TAG_NAME, "td")]
+    assert overall[0] == "overall" and overall[6] == f"{merging['overall']['cc_half']:.3f}"
+    assert overall[2] == str(merging["overall"]["unique"])
+    readout = browser.find_element(By.ID, "xtal-readout").text
+    assert f"resolution {merging['resolution']['cc_half']:.2f} Å" in readout and "data enough?" in readout
+    assert "CC½" in browser.find_element(By.CSS_SELECTOR, "#chart-merging .u-legend").text
+    caption = eventually(lambda: browser.find_element(By.ID, "structure-caption").text, 10, "the structure caption")
+    assert f"R-free {structure['r_free']:.3f}" in caption and "(final)" in caption
+    assert "R-free" in browser.find_element(By.CSS_SELECTOR, "#chart-rfree .u-legend").text
+    peaks = browser.find_element(By.ID, "structure-peaks").text
+    assert peaks.startswith("mFo-DFc peaks:") and structure["peaks"][0]["atom"] in peaks
+    drawn = eventually(lambda: browser.execute_script("return document.getElementById('map-section').dataset.drawn"),
+                       10, "the map section")  # fmt: skip
+    assert int(drawn) == structure["section"]["size"]
+    # the picture is the density: some pixels are dark (protein), some white (solvent)
+    greys = browser.execute_script(
+        "const c = document.getElementById('map-section'); const d = c.getContext('2d')"
+        ".getImageData(0, 0, c.width, c.height).data; let dark = 0, white = 0;"
+        "for (let i = 0; i < d.length; i += 4) { if (d[i] === d[i+1] && d[i] < 128) dark++;"
+        " if (d[i] === 255 && d[i+1] === 255) white++; } return [dark, white];"
+    )
+    assert greys[0] > 100 and greys[1] > 100, greys
+
+
 def test_another_users_stream_is_refused(session: tuple[str, LiveStream, Any], pki: Pki) -> None:
     from selenium.webdriver.common.by import By
 

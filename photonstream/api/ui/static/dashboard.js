@@ -109,6 +109,8 @@
     }
   }
 
+  window.PhotonstreamChart = Chart; // for crystallography.js
+
   // --- event streams ------------------------------------------------------------------------------------------
 
   function follow(url, onUpdate, onGone) {
