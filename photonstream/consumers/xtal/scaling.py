@@ -63,17 +63,13 @@ class FrameScaler:
         return {"reference": self.reference} | ({} if self.model is not None else {"wilson_b": self.wilson_b})
 
 
-def scaler_for(source: dict[str, Any], reference_model: str | None, cell: UnitCell, d_min: float) -> FrameScaler:
+def scaler_for(reference_model: str | None, cell: UnitCell, d_min: float) -> FrameScaler:
     """The scaler of a stream: ``reference_model`` (a bundled name or a PDB/mmCIF path, to ``d_min`` Å), else the
-    source's atomic model as the simulator used it, else the Wilson falloff."""
-    from photonstream.sources._atomic_model import load_model, resolve_model, simulated_model
+    Wilson falloff. Never the simulator's own model: that is the truth no facility has."""
+    from photonstream.sources._atomic_model import load_model, resolve_model
 
     if reference_model:
         model = load_model(str(resolve_model(reference_model)), d_min, True)
-        return FrameScaler("model", cell, model.intensities)
-    if source.get("model") and source.get("resolution_limit_a"):
-        limit = float(source["resolution_limit_a"])
-        model = simulated_model(str(source["model"]), limit, bool(source.get("bulk_solvent")))
         return FrameScaler("model", cell, model.intensities)
     return FrameScaler("wilson", cell)
 

@@ -151,8 +151,12 @@ def outer_shell(table: dict[str, Any]) -> dict[str, Any]:
     return (within or rows or table["shells"])[-1]
 
 
+MIN_CC_HALF_PAIRS = 20
+
+
 def resolution_estimate(rows: list[dict[str, Any]]) -> dict[str, Any]:
-    """d_min of the last shell, from low resolution, with CC½ ≥ 0.3; and with ⟨I/σI⟩ ≥ 1 (None: not even the first)."""
+    """d_min of the last shell, from low resolution, with CC½ ≥ 0.3 over at least ``MIN_CC_HALF_PAIRS``
+    reflections measured in both halves; and with ⟨I/σI⟩ ≥ 1 (None: not even the first)."""
 
     def last_shell(key: str, cutoff: float) -> float | None:
         reached = None
@@ -160,13 +164,15 @@ def resolution_estimate(rows: list[dict[str, Any]]) -> dict[str, Any]:
             value = row[key]
             if value is None or value < cutoff:
                 break
+            if key == "cc_half" and row.get("in_both_halves", MIN_CC_HALF_PAIRS) < MIN_CC_HALF_PAIRS:
+                break  # a correlation of a handful of pairs is noise, however high
             reached = row["d_min"]
         return reached
 
     return {
         "cc_half": last_shell("cc_half", CC_HALF_CUTOFF),
         "i_over_sigma": last_shell("i_over_sigma", I_OVER_SIGMA_CUTOFF),
-        "criteria": f"CC½ ≥ {CC_HALF_CUTOFF}; ⟨I/σI⟩ ≥ {I_OVER_SIGMA_CUTOFF:g}",
+        "criteria": f"CC½ ≥ {CC_HALF_CUTOFF} (≥ {MIN_CC_HALF_PAIRS} pairs); ⟨I/σI⟩ ≥ {I_OVER_SIGMA_CUTOFF:g}",
     }
 
 

@@ -136,7 +136,7 @@ class XtalProcessor:
         )
         self.powder = PowderAccumulator(self.detector, options.powder_bins) if options.powder_bins else None
         d_min = 1 / self.detector.max_resolution_q()
-        self.scaler = scaler_for(start.source, options.reference_model, self.cell, d_min)
+        self.scaler = scaler_for(options.reference_model, self.cell, d_min)
 
     def start_record(self, start: StartMessage) -> dict[str, Any]:
         return {
