@@ -74,16 +74,14 @@ class DemoReport:
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
 
-    def add_crystallography(self, merged: dict[str, Any], structure: dict[str, Any], last_frame_at: float | None,
-                            first_indexed_at: float | None, first_cc_half_at: float | None) -> None:  # fmt: skip
-        """The merger's statistics without truth (its final report) and the structure stage's final update."""
-        statistics = merged.get("merging") or {}
+    def add_crystallography(self, merger: dict[str, Any], structure: dict[str, Any], last_frame_at: float | None,
+                            first_indexed_at: float | None) -> None:  # fmt: skip
+        """The merger's statistics without truth (its final line) and the structure stage's final update."""
+        statistics = (merger.get("report") or {}).get("merging") or {}
         overall, resolution = statistics.get("overall") or {}, statistics.get("resolution") or {}
         self.cc_half, self.completeness = overall.get("cc_half"), resolution.get("completeness")
-        self.resolution_a = cut = resolution.get("cc_half")
-        shells = statistics.get("shells") or []
-        within = [row for row in shells if cut is not None and row.get("d_min") is not None and row["d_min"] >= cut]
-        self.outer_cc_half = within[-1]["cc_half"] if within else None
+        self.resolution_a, self.outer_cc_half = resolution.get("cc_half"), merger.get("outer_cc_half")
+        first_cc_half_at = merger.get("first_cc_half_at")
         if first_indexed_at and first_cc_half_at:
             self.first_cc_half_s = round(max(0.0, first_cc_half_at - first_indexed_at), 2)
         self.r_work, self.r_free = structure.get("r_work"), structure.get("r_free")

@@ -220,6 +220,7 @@ def merge() -> None:
         results_timeline=timed.timeline,
         results_tick_s=RESULT_TICK_S,
         first_cc_half_at=first_cc_half_at[0] if first_cc_half_at else None,
+        outer_cc_half=(outcome.history[-1] if outcome.history else {}).get("outer_cc_half"),
         **timed.times(),
     )
 
@@ -247,9 +248,8 @@ def structure() -> None:
     finally:
         publisher.close()
     last = summaries[-1]
-    emit("final", final_map_at=time.time(), updates=len(summaries), pump_probe=last["pump_probe"],
-         peak_map=last["peak_map"], top_peaks=last["peaks"][:3], out=setup["out"], files=last["files"],
-         first_update_s=summaries[0]["seconds"], longest_update_s=max(s["seconds"] for s in summaries),
+    emit("final", final_map_at=time.time(), updates=len(summaries), peak_map=last["peak_map"],
+         top_peaks=last["peaks"][:3], longest_update_s=max(s["seconds"] for s in summaries),
          **{k: last[k] for k in STRUCTURE_KEYS})  # fmt: skip
 
 

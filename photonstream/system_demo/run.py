@@ -567,8 +567,8 @@ def build_report(run: DemoRun, stream: Any, monitor: MonitorGroup) -> DemoReport
     report.analysis_kept_pace = verdict.analysis_kept_pace
     created_last = [w["last_created_at"] for w in workers if w.get("last_created_at")]
     report.model = options.model
-    report.add_crystallography(merged, run.structure.final or {}, max(created_last) if created_last else None,
-                               final.get("first_indexed_at"), final.get("first_cc_half_at"))  # fmt: skip
+    report.add_crystallography(final, run.structure.final or {}, max(created_last) if created_last else None,
+                               final.get("first_indexed_at"))  # fmt: skip
     medians = sorted(w["latency_p50_ms"] for w in workers if w.get("latency_p50_ms") is not None)
     report.latency_p50_ms = medians[len(medians) // 2] if medians else None
     if monitor.error:

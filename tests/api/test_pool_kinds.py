@@ -13,8 +13,9 @@ import json
 import os
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 import pytest
@@ -24,6 +25,7 @@ from tests.api.harness import ApiHarness, Pki, stream_request
 from tests.api.test_pools import close_api, make_api, pools_of, step_while
 
 REPO = Path(__file__).resolve().parents[2]
+T = TypeVar("T")
 FAST_POOL = {"min_workers": 1, "target_lag": 1000, "scale_up_cooldown_s": 60.0, "scale_down_cooldown_s": 60.0,
              "stop_grace_s": 30.0, "interval_s": 0.2}  # fmt: skip
 
@@ -192,6 +194,22 @@ XTAL_DETECTOR = {"detector": "custom", "shape": [4, 192, 192], "pixel_size_m": 2
                  "module_gap_px": 6, "resolution_limit_a": 3.0, "spot_photons": 300.0}  # fmt: skip
 
 
+def beside_a_merger(arguments: list[str], run: Callable[[], T]) -> T:
+    """``run()`` with ``python -m photonstream.consumers.xtal merge ARGUMENTS`` running beside it; its result, once
+    the merger exited 0 (it is killed if it outlives the test)."""
+    merger = subprocess.Popen([sys.executable, "-m", "photonstream.consumers.xtal", "merge", *arguments], cwd=REPO,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # fmt: skip
+    try:
+        outcome = run()
+        _, merger_errors = merger.communicate(timeout=60)
+    finally:
+        if merger.poll() is None:
+            merger.kill()
+            merger.wait()
+    assert merger.returncode == 0, merger_errors
+    return outcome
+
+
 def free_port() -> int:
     import socket
 
@@ -223,19 +241,9 @@ def test_an_xtal_pool_indexes_the_true_hits_and_the_merged_results_reach_the_api
     info = tmp_path / "created.json"
     info.write_text(json.dumps(created))
     report = tmp_path / "merged.json"
-    merger = subprocess.Popen(
-        [sys.executable, "-m", "photonstream.consumers.xtal", "merge", "--bind", results, "--workers", "2",
-         "--publish", str(info), "--report", str(report), "--report-every", "1000", "--idle-timeout", "120"],
-        cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-    )  # fmt: skip
-    try:
-        history = run_to_the_end(kinds_api, stream_id, timeout=180)
-        _, merger_errors = merger.communicate(timeout=60)
-    finally:
-        if merger.poll() is None:
-            merger.kill()
-            merger.wait()
-    assert merger.returncode == 0, merger_errors
+    arguments = ["--bind", results, "--workers", "2", "--publish", str(info), "--report", str(report),
+                 "--report-every", "1000", "--idle-timeout", "120"]  # fmt: skip
+    history = beside_a_merger(arguments, lambda: run_to_the_end(kinds_api, stream_id, timeout=180))
     assert_every_worker_ended_on_its_own(kinds_api, history, 2)
 
     truth = SyntheticDiffraction(SyntheticDiffractionOptions(**{k: v for k, v in source.items() if k != "type"}))

@@ -6,15 +6,13 @@ stream's authorization. Real buffer (CURVE), real local jobs, cctbx and gemmi re
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from tests.api.harness import ApiHarness, Pki, stream_request
-from tests.api.test_pool_kinds import FAST_POOL, REPO, XTAL_DETECTOR, free_port, results_of
+from tests.api.test_pool_kinds import FAST_POOL, XTAL_DETECTOR, beside_a_merger, free_port, results_of
 from tests.api.test_pools import close_api, make_api, pools_of, step_while
 
 pytest.importorskip("cctbx")
@@ -70,20 +68,9 @@ def test_the_structure_stage_pool_refines_1aki_and_the_api_serves_statistics_map
     assert alice.get(f"{base}/merging").status_code == 404
     info = tmp_path / "created.json"
     info.write_text(json.dumps(created.json()))
-    merger = subprocess.Popen(
-        [sys.executable, "-m", "photonstream.consumers.xtal", "merge", "--bind", results, "--workers", "2",
-         "--publish", str(info), "--report-every", "40", "--idle-timeout", "120", "--structure-bind", snapshots,
-         "--structure-every", "2"],
-        cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-    )  # fmt: skip
-    try:
-        events = run_to_the_end(api, stream_id, timeout=240)
-        _, merger_errors = merger.communicate(timeout=60)
-    finally:
-        if merger.poll() is None:
-            merger.kill()
-            merger.wait()
-    assert merger.returncode == 0, merger_errors
+    arguments = ["--bind", results, "--workers", "2", "--publish", str(info), "--report-every", "40",
+                 "--idle-timeout", "120", "--structure-bind", snapshots, "--structure-every", "2"]  # fmt: skip
+    events = beside_a_merger(arguments, lambda: run_to_the_end(api, stream_id, timeout=240))
     stage_events = [e for e in events if e["pool"] == "structure"]
     assert [e["action"] for e in stage_events].count("start-worker") == 1, stage_events  # one, never restarted
     assert any(e["action"] == "worker-ended" and "completed" in e["detail"] for e in stage_events), stage_events

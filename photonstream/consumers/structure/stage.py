@@ -29,7 +29,6 @@ from photonstream.consumers.structure.refine import MergedData, RefineSettings, 
 from photonstream.errors import ConfigError
 
 MAX_HISTORY = 500
-FILES = STRUCTURE_FILES
 
 
 def _merged(snapshot: dict[str, Any], label: str) -> MergedData:
@@ -107,7 +106,7 @@ class StructureStage:
                 **maps.section(fft[peak_map], centre),
                 "density": maps.section(fft["2mFo-DFc"], centre)["values"],
             },
-            "files": [name for name in FILES if (self.out_dir / name).exists() and name != "structure.json"],
+            "files": [name for name in STRUCTURE_FILES if (self.out_dir / name).exists() and name != "structure.json"],
             "history": self.history,
         }
         _replace(self.out_dir / "structure.json", json.dumps(summary).encode())
