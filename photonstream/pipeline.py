@@ -34,7 +34,7 @@ from photonstream.processing.base import Step, StepOutput
 from photonstream.processing.base import registry as step_registry
 from photonstream.serializers.base import Serializer
 from photonstream.serializers.base import registry as serializer_registry
-from photonstream.sources.base import Shard, Source
+from photonstream.sources.base import Shard, Source, outcome_counts
 from photonstream.sources.base import registry as source_registry
 
 ProgressCallback = Callable[["RunStats"], None]
@@ -169,6 +169,10 @@ class Pipeline:
             self.stats.expected_events = info.expected_events if limit is None else limit
             if limit is not None and self.shard.size > 1:  # max_events counts the whole run: split it
                 limit = len(range(self.shard.rank, limit, self.shard.size))
+            details = dict(info.details)
+            if self.shard.size == 1 and info.expected_events is not None:  # a rank alone cannot know the run's
+                limited = info.expected_events if cfg.max_events is None else min(info.expected_events, cfg.max_events)
+                details.setdefault("expected_events", limited)
             start = StartMessage(
                 stream_id=cfg.stream.stream_id,
                 experiment=cfg.stream.experiment,
@@ -178,7 +182,7 @@ class Pipeline:
                 calibration=info.calibration,
                 arrays=dict(info.arrays),
                 pipeline=cfg.model_dump(mode="json"),
-                source=dict(info.details),
+                source=details,
                 serializer=cfg.serializer.type,
             )
             for step in self.steps:
@@ -220,6 +224,8 @@ class Pipeline:
         if progress is not None and reported != self.stats.counts["read"]:
             progress(self.stats)  # the final figures, unless the loop just reported them
         self.stats.counts["dropped"] = self.stats.counts["read"] - self.stats.events_sent
+        with contextlib.suppress(Exception):  # counts a source cannot give must not hide the run's outcome
+            self.stats.counts.update(outcome_counts(self.source))
         end = EndMessage(
             stream_id=cfg.stream.stream_id,
             events_sent=self.stats.events_sent,

@@ -59,9 +59,29 @@ def encode(message: dict[str, Any]) -> bytes:
 
 
 def start_message(
-    series_id: int, channels: list[str], shape: tuple[int, int], mask: np.ndarray, image_dtype: str
+    series_id: int,
+    channels: list[str],
+    shape: tuple[int, int],
+    mask: np.ndarray,
+    image_dtype: str,
+    masks: dict[str, np.ndarray] | None = None,
+    countrate_table: np.ndarray | None = None,
 ) -> bytes:
-    return encode(
+    """A start as a detector sends it with ``header_detail: all``; ``masks`` per channel replace ``mask``."""
+    message = start_fields(series_id, channels, shape, mask, image_dtype)
+    if masks is not None:
+        message["pixel_mask"] = {c: multidim(m.astype(np.uint32), "bslz4") for c, m in masks.items()}
+    if countrate_table is not None:
+        message["countrate_correction_lookup_table"] = cbor2.CBORTag(
+            typed_tag(countrate_table.dtype), countrate_table.tobytes()
+        )
+    return encode(message)
+
+
+def start_fields(
+    series_id: int, channels: list[str], shape: tuple[int, int], mask: np.ndarray, image_dtype: str
+) -> dict[str, Any]:
+    return dict(
         {
             "type": "start",
             "series_id": series_id,
@@ -99,8 +119,11 @@ def start_message(
     )
 
 
-def image_message(series_id: int, image_id: int, data: dict[str, tuple[np.ndarray, str | None]]) -> bytes:
+def image_message(
+    series_id: int, image_id: int, data: dict[str, tuple[np.ndarray, str | None]], user_data: Any = None
+) -> bytes:
     start = image_id * 100_000
+    extra = {} if user_data is None else {"user_data": user_data}
     return encode(
         {
             "type": "image",
@@ -112,6 +135,7 @@ def image_message(series_id: int, image_id: int, data: dict[str, tuple[np.ndarra
             "start_time": [start, TIME_BASE],
             "stop_time": [start + 99_000, TIME_BASE],
             "data": {channel: multidim(array, codec) for channel, (array, codec) in data.items()},
+            **extra,
         }
     )
 

@@ -9,7 +9,7 @@ from pydantic import Field
 
 from photonstream.config.base import PluginOptions
 from photonstream.errors import StepError
-from photonstream.frames import Frame
+from photonstream.frames import Frame, StartMessage
 
 
 class ArrayStepOptions(PluginOptions):
@@ -38,3 +38,13 @@ def require_image(array: np.ndarray, name: str, step: str, event: int) -> None:
             f"step {step!r}: array {name!r} of event {event} has shape {array.shape}; it needs 2-D or "
             "(panels, rows, cols)"
         )
+
+
+def images_become(start: StartMessage, dtype: np.dtype | None) -> None:
+    """A step that turns the image into another dtype says so in the start's ``image_dtype`` (None: unknown);
+    the detector's saturation value no longer describes the new values."""
+    if dtype is None:
+        start.source.pop("image_dtype", None)
+    else:
+        start.source["image_dtype"] = np.dtype(dtype).name
+    start.source.pop("saturation_value", None)

@@ -19,7 +19,7 @@ from pydantic import Field
 from photonstream.config.base import PluginOptions
 from photonstream.errors import StepError
 from photonstream.frames import Frame, StartMessage
-from photonstream.processing._common import ArrayStepOptions, frame_arrays, require_image
+from photonstream.processing._common import ArrayStepOptions, frame_arrays, images_become, require_image
 from photonstream.processing.base import StepBase, StepOutput, registry
 
 
@@ -82,6 +82,9 @@ class Bin(StepBase):
         mask = start.arrays.get("mask")
         if mask is not None and mask.ndim >= 2:
             start.arrays["mask"] = blocks(mask != 0, n).any(axis=(-3, -1)).astype(mask.dtype)
+        if "data" in self.options.arrays:
+            before = start.source.get("image_dtype")
+            images_become(start, sum_dtype(np.dtype(before)) if isinstance(before, str) else None)
 
     def apply(self, frame: Frame) -> StepOutput:
         n = self.options.factor

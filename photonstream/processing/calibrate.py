@@ -32,7 +32,7 @@ from pydantic import BaseModel, ConfigDict, Field, PositiveInt, model_validator
 from photonstream.config.base import PluginOptions
 from photonstream.errors import ConfigError, StepError
 from photonstream.frames import Calibration, CalibrationMessage, Frame, StartMessage
-from photonstream.processing._common import ArrayStepOptions, frame_arrays, require_image
+from photonstream.processing._common import ArrayStepOptions, frame_arrays, images_become, require_image
 from photonstream.processing._constants import Constant, ConstantFile, fingerprint, load_constant
 from photonstream.processing.base import StepBase, StepOutput, registry
 
@@ -215,6 +215,8 @@ class Calibrate(StepBase):
 
     def setup(self, start: StartMessage) -> None:
         self._version_base = start.calibration.version
+        if "data" in self.options.arrays:
+            images_become(start, self._dtype)
         first = self._sets[0]
         source_mask = start.arrays.get("mask")
         if source_mask is not None:

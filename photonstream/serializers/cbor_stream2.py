@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from datetime import UTC, datetime
 from typing import Any, ClassVar, Literal
 
 import cbor2
@@ -34,10 +33,12 @@ from photonstream.frames import (
     StartMessage,
     message_from_dict,
 )
+from photonstream.serializers import _stream2_fields as fields
 from photonstream.serializers.base import Buffer, registry
 
 OURS = "photonstream"  # the key of our part of user_data
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: arrays that are not declared channels travel in our user_data ("extra")
+READABLE_VERSIONS = (1, 2)
 MASK_REFERENCE = "stream2_pixel_mask"  # in our start tree: this array travels as the spec's pixel_mask
 
 
@@ -104,6 +105,12 @@ class CborStream2Serializer:
     def __init__(self, options: CborStream2Options | None = None) -> None:
         self.options = options or CborStream2Options()
         self._series: tuple[int, str] | None = None  # (series_id, series_unique_id) of the last start
+        self._channel_names: list[str] = []
+        self._image_dtype: str | None = None
+        self._start_dims: list[int] | None = None
+        self._last_image: dict[str, tuple[str, list[int]]] = {}  # channel -> (dtype, wire dims) last sent
+        self._nodata_cache: dict[tuple[str, tuple[int, ...]], cbor2.CBORTag] = {}
+        self._clock = fields.ImageClock({}, None)
 
     # -- encoding -------------------------------------------------------------------------------------------
     def encode(self, message: Message) -> list[Buffer]:
@@ -173,36 +180,49 @@ class CborStream2Serializer:
         return ["data"]
 
     def _start(self, message: StartMessage) -> dict[str, Any]:
-        geometry = message.geometry
-        series_id = message.run
-        unique_id = "/".join(str(p) for p in (message.experiment, message.run, message.stream_id) if p != "")
+        details, geometry = message.source, message.geometry
+        our_unique_id = "/".join(str(p) for p in (message.experiment, message.run, message.stream_id) if p != "")
+        series_id, unique_id = fields.relayed_series(details) or (message.run, our_unique_id)
         self._series = (series_id, unique_id)
         channels = self._channels(message)
+        self._channel_names = channels
+        self._last_image = {}
         body: dict[str, Any] = {"type": "start", "series_id": series_id, "series_unique_id": unique_id}
-        if message.created_ns:
-            body["arm_date"] = datetime.fromtimestamp(message.created_ns / 1e9, tz=UTC)
-        body["beam_center_x"] = float(geometry.beam_center_px[0])
-        body["beam_center_y"] = float(geometry.beam_center_px[1])
+        armed = fields.arm_date(details, message.created_ns)
+        if armed is not None:
+            body["arm_date"] = armed
+        body.update(fields.geometry_fields(geometry, self._dims_2d))
+        body.update(fields.relayed_geometry(details, geometry))
         body["channels"] = channels
         body["detector_description"] = message.detector
-        body["detector_distance"] = float(geometry.distance_m)
-        body["detector_translation"] = [0.0, 0.0, float(geometry.distance_m)]
-        if geometry.detector_shape:
-            rows, columns = self._dims_2d(geometry.detector_shape)
-            body["image_size_x"], body["image_size_y"] = columns, rows
-        body["incident_energy"] = float(geometry.photon_energy_ev)
-        body["incident_wavelength"] = geometry.wavelength_m * 1e10
-        body["pixel_size_x"] = body["pixel_size_y"] = float(geometry.pixel_size_m)
-        body.update(_passthrough(message.source))
+        body.update(fields.detector_fields(details))
+        expected = details.get("expected_events")
+        if "number_of_images" not in body and isinstance(expected, int) and expected >= 0:
+            body["number_of_images"] = expected
+        self._image_dtype = body.get("image_dtype")
+        self._start_dims = self._dims(tuple(geometry.detector_shape)) if geometry.detector_shape else None
+        self._clock = fields.ImageClock(details, armed)
         tree = message.to_dict()
-        mask = message.arrays.get("mask")
-        if mask is not None and _fits_uint32(mask):
-            item, _ = self._spec_array(mask.astype(np.uint32))
-            body["pixel_mask"] = dict.fromkeys(channels, item)
-            body["pixel_mask_enabled"] = True
-            tree["arrays"] = dict(tree["arrays"])
-            tree["arrays"]["mask"] = {MASK_REFERENCE: channels[0], "dtype": mask.dtype.str, "shape": list(mask.shape)}
-        body["user_data"] = {OURS: {"version": FORMAT_VERSION, "message": tree}}
+        tree["arrays"] = dict(tree["arrays"])
+        masks = fields.channel_masks(message.arrays, channels)
+        if masks:
+            body["pixel_mask"] = {c: self._spec_array(m.astype(np.uint32))[0] for c, m in masks.items()}
+        for name, array in message.arrays.items():  # masks that travel as a channel's pixel_mask are not repeated
+            channel = next((c for c, m in masks.items() if m is array), None)
+            if channel is not None:
+                tree["arrays"][name] = {MASK_REFERENCE: channel, "dtype": array.dtype.str, "shape": list(array.shape)}
+        body.setdefault("pixel_mask_enabled", bool(masks))
+        calibration = message.calibration.arrays
+        flatfields = fields.channel_flatfields(calibration, channels)
+        if flatfields:
+            body["flatfield"] = {c: self._spec_array(a)[0] for c, a in flatfields.items()}
+        body.setdefault("flatfield_enabled", False)
+        table = calibration.get("countrate_correction_lookup_table")
+        if isinstance(table, np.ndarray) and table.ndim == 1 and table.dtype.str in DTYPE_TAGS:
+            body["countrate_correction_lookup_table"] = cbor2.CBORTag(DTYPE_TAGS[table.dtype.str], table.tobytes())
+        body.setdefault("countrate_correction_enabled", False)
+        ours = {"version": FORMAT_VERSION, "message": tree}
+        body["user_data"] = fields.with_ours(details.get("user_data"), ours, OURS)
         return body
 
     @staticmethod
@@ -216,21 +236,46 @@ class CborStream2Serializer:
             raise SerializerError(f"cbor-stream2: image_id must be unsigned, event index is {frame.event}")
         body: dict[str, Any] = {"type": "image", **self._series_fields(frame.run, frame.stream_id)}
         body["image_id"] = frame.event
-        for key in ("real_time", "start_time", "stop_time"):  # carried through from a Stream V2 source
-            if _rational(frame.metadata.get(key)):
-                body[key] = list(frame.metadata[key])
-        series_date = _aware_datetime(frame.metadata.get("series_date"))
-        if series_date is not None:
-            body["series_date"] = series_date
-        data: dict[str, Any] = {}
+        body.update(self._clock.fields(frame))
+        channels = self._channel_names or ["data"]
+        encoded: dict[str, Any] = {}
         restore: dict[str, Any] = {}
         for name, value in frame.arrays.items():
-            data[name], restore[name] = self._spec_array(value)
+            encoded[name], restore[name] = self._spec_array(value)
+        data: dict[str, Any] = {}
+        for channel in channels:  # the spec: image channel data in the order of the start's channels
+            if channel in encoded:
+                data[channel] = encoded[channel]
+                self._last_image[channel] = (restore[channel]["dtype"], encoded[channel].value[0])
+            else:  # vetoed, or a channel this frame lacks: an image of NODATA pixels, as a detector marks them
+                data[channel] = self._nodata(channel)
         body["data"] = data
         tree = frame.to_dict()
         del tree["arrays"]
-        body["user_data"] = {OURS: {"version": FORMAT_VERSION, "message": tree, "arrays": restore}}
+        ours: dict[str, Any] = {"version": FORMAT_VERSION, "message": tree}
+        ours["arrays"] = {name: spec for name, spec in restore.items() if name in data}
+        extra = {name: {"array": encoded[name], **spec} for name, spec in restore.items() if name not in data}
+        if extra:
+            ours["extra"] = extra
+        body["user_data"] = fields.with_ours(frame.metadata.get("user_data"), ours, OURS)
         return body
+
+    def _nodata(self, channel: str) -> cbor2.CBORTag:
+        """bslz4-compressed (a few bytes per block whatever the compression option), cached per dtype and size."""
+        from photonstream.codecs import bslz4_compress
+
+        dtype_name, dims = self._last_image.get(channel, (None, None))
+        if dtype_name is None:
+            dtype_name = np.dtype(self._image_dtype or "uint16").str
+            dims = list(self._start_dims) if self._start_dims else [0, 0]
+        key = (dtype_name, tuple(dims))
+        if key not in self._nodata_cache:
+            dtype = np.dtype(dtype_name)
+            payload = ["bslz4", dtype.itemsize, bslz4_compress(fields.nodata(dtype, dims))]
+            typed = cbor2.CBORTag(DTYPE_TAGS[dtype.str], cbor2.CBORTag(TAG_COMPRESSED, payload))
+            self._nodata_cache.clear()
+            self._nodata_cache[key] = cbor2.CBORTag(TAG_MULTIDIM, [list(dims), typed])
+        return self._nodata_cache[key]
 
     def _closing(self, message: CalibrationMessage | EndMessage) -> dict[str, Any]:
         kind = "calibration" if isinstance(message, CalibrationMessage) else "end"
@@ -269,19 +314,11 @@ class CborStream2Serializer:
         if kind == "image":
             data = body["data"]
             tree["arrays"] = {name: _array_back(data[name], spec) for name, spec in ours["arrays"].items()}
+            for name, spec in (ours.get("extra") or {}).items():
+                tree["arrays"][name] = _array_back(spec["array"], spec)
         elif kind == "start":
             tree["arrays"] = {name: _start_array_back(body, value) for name, value in tree["arrays"].items()}
         return message_from_dict(tree)
-
-
-def _aware_datetime(value: Any) -> datetime | None:
-    if not isinstance(value, str):
-        return None
-    try:
-        moment = datetime.fromisoformat(value)
-    except ValueError:
-        return None
-    return moment if moment.tzinfo is not None else None
 
 
 def _our_part(body: dict[str, Any]) -> dict[str, Any] | None:
@@ -289,8 +326,8 @@ def _our_part(body: dict[str, Any]) -> dict[str, Any] | None:
     ours = user_data.get(OURS) if isinstance(user_data, dict) else None
     if not isinstance(ours, dict) or "message" not in ours:
         return None
-    if ours.get("version") != FORMAT_VERSION:
-        raise Stream2FormatError(f"user_data format version {ours.get('version')!r} is not {FORMAT_VERSION}")
+    if ours.get("version") not in READABLE_VERSIONS:
+        raise Stream2FormatError(f"user_data format version {ours.get('version')!r} is not one of {READABLE_VERSIONS}")
     return ours
 
 
@@ -311,42 +348,3 @@ def _start_array_back(body: dict[str, Any], value: Any) -> Any:
         return value
     mask = _stream2.materialize(body["pixel_mask"][value[MASK_REFERENCE]])
     return mask.astype(np.dtype(value["dtype"])).reshape(value["shape"])
-
-
-def _fits_uint32(mask: np.ndarray) -> bool:
-    """Whether the mask's values are those of the spec's uint32 pixel_mask (so the trip is exact)."""
-    if mask.dtype.kind == "b":
-        return True
-    if mask.dtype.kind not in "iu":
-        return False
-    return mask.size == 0 or (int(mask.min()) >= 0 and int(mask.max()) <= 0xFFFFFFFF)
-
-
-def _passthrough(source: dict[str, Any]) -> dict[str, Any]:
-    """Spec start fields a Stream V2 source recorded, converted to the spec's types; others are dropped."""
-    fields: dict[str, Any] = {}
-    for keys, convert in (
-        (_stream2.PASSTHROUGH_FLOAT, float),
-        (_stream2.PASSTHROUGH_BOOL, bool),
-        (_stream2.PASSTHROUGH_INT, int),
-        (_stream2.PASSTHROUGH_TEXT, str),
-    ):
-        for key in keys:
-            if key in source and isinstance(source[key], int | float | str | bool):
-                try:
-                    fields[key] = convert(source[key])
-                except ValueError:
-                    continue
-    energies = source.get("threshold_energy")
-    if isinstance(energies, dict) and all(isinstance(v, int | float) for v in energies.values()):
-        fields["threshold_energy"] = {str(k): float(v) for k, v in energies.items()}
-    goniometer = source.get("goniometer")
-    if isinstance(goniometer, dict):
-        axes = {
-            str(axis): {k: float(v) for k, v in spec.items() if k in ("start", "increment")}
-            for axis, spec in goniometer.items()
-            if isinstance(spec, dict) and all(isinstance(v, int | float) for v in spec.values())
-        }
-        if axes:
-            fields["goniometer"] = axes
-    return fields

@@ -38,6 +38,14 @@ PRESETS: dict[str, DetectorPreset] = {
 }
 
 
+# The presets' sensors (material, thickness in m), as the real detectors are built.
+SENSORS: dict[str, tuple[str, float]] = {
+    "epix10k2m": ("Si", 500e-6),
+    "jungfrau4m": ("Si", 320e-6),
+    "eiger16m": ("Si", 450e-6),
+}
+
+
 def square_grid(n_modules: int) -> tuple[int, int]:
     """The (rows, cols) factorisation of ``n_modules`` closest to square, rows ≥ cols."""
     cols = max(c for c in range(1, int(np.sqrt(n_modules)) + 1) if n_modules % c == 0)

@@ -36,6 +36,9 @@ class SyntheticDiffractionOptions(PluginOptions):
     hit_fraction: float = Field(0.1, ge=0.0, le=1.0, description="probability that an event is a hit")
     seed: int = Field(0, ge=0, description="seed of everything random (same seed, same frames)")
     rate_hz: float = Field(0.0, ge=0.0, description="events per second; 0 = as fast as possible")
+    count_time_s: float | None = Field(
+        None, gt=0.0, le=3600.0, description="exposure per image the detector reports (default: 1/rate_hz if paced)"
+    )
     photon_energy_ev: float = Field(9500.0, ge=1000.0, le=100000.0, description="photon energy (eV)")
     distance_m: float = Field(0.1, gt=0.0, le=100.0, description="sample-detector distance (m)")
     beam_center_px: tuple[float, float] | None = Field(

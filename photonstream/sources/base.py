@@ -4,7 +4,9 @@ A source is created from its validated Options, opened once (``open`` returns wh
 detector name, geometry, calibration, a mask), then iterated (``events``) and closed. It yields ``Frame`` objects
 with ``event`` (the index within the run), ``timestamp``, ``arrays`` and ``metadata`` filled in; the pipeline
 assigns stream id, run and sequence numbers. Sources raise ``SourceError`` with one readable line for input they
-cannot read. Heavy imports (psana, ...) happen inside ``open``, never at module import.
+cannot read. Heavy imports (psana, ...) happen inside ``open``, never at module import. A source may also have
+``outcome_counts()``: outcomes only it sees (events skipped for a missing field, frames a detector or IOC dropped
+before they reached us), added to the end message's counts.
 """
 
 from __future__ import annotations
@@ -52,6 +54,14 @@ class Source(Protocol):
     def events(self) -> Iterator[Frame]: ...
 
     def close(self) -> None: ...
+
+
+def outcome_counts(source: Source) -> dict[str, int]:
+    """The source's own outcome counts (``outcome_counts()``, optional), non-negative integers only."""
+    counts = getattr(source, "outcome_counts", None)
+    if counts is None:
+        return {}
+    return {str(key): int(value) for key, value in counts().items() if int(value) > 0}
 
 
 registry: Registry[Source] = Registry("source", "photonstream.sources")

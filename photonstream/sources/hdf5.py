@@ -3,7 +3,8 @@
 The files' events are concatenated into one run; ``start``/``stop``/``stride``/``max_events`` select from it
 and an MPI shard then takes every ``size``-th selected event. Events are read ``read_events`` at a time with
 one HDF5 call (fresh arrays each call, so frames never share a reused buffer). Geometry and the pixel mask
-come from the first file, with the options' overrides applied. Extra per-event datasets ride along as
+come from the first file, with the options' overrides applied; an EIGER filewriter master file also gives its
+flatfield, count-rate table and detector settings (``_eiger_filewriter``). Extra per-event datasets ride along as
 arrays or metadata.
 
     source: {type: hdf5, files: ["/data/run7/*_master.h5"], metadata: {energy_ev: /entry/photon_energy}}
@@ -22,6 +23,7 @@ from pydantic import Field, field_validator, model_validator
 from photonstream.config.base import PluginOptions
 from photonstream.errors import SourceError
 from photonstream.frames import Frame
+from photonstream.sources._eiger_filewriter import add_filewriter_facts
 from photonstream.sources._hdf5_files import (
     Hdf5ReadOptions,
     RunFile,
@@ -135,6 +137,7 @@ class Hdf5Source:
                 if info is None:
                     assert frame_shape is not None
                     info = describe(run_file, layout, opts, frame_shape, dtype)
+                    add_filewriter_facts(info, run_file, layout, opts, frame_shape, dtype)
             finally:
                 run_file.close()
             self._files.append((path, layout))

@@ -26,6 +26,7 @@ from photonstream._data_root import outside_data_root
 from photonstream.config.base import PluginOptions
 from photonstream.errors import SourceError
 from photonstream.frames import Frame
+from photonstream.sources._eiger_filewriter import add_filewriter_facts
 from photonstream.sources._hdf5_files import (
     Hdf5ReadOptions,
     RunFile,
@@ -247,6 +248,7 @@ class Hdf5FollowSource:
                         layout = detect_layout(run_file, opts.layout)
                         shape, dtype = self._frame_format  # type: ignore[misc]
                         info = describe(run_file, layout, opts, shape, dtype)
+                        add_filewriter_facts(info, run_file, layout, opts, shape, dtype)
                         info.details.update({"directory": str(self.directory), "pattern": opts.pattern})
                         return info
                 finally:

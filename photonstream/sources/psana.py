@@ -126,6 +126,7 @@ class PsanaSource:
         self._datasource: Any = None
         self._frames: Iterator[Frame] | None = None
         self._warned_missing: set[str] = set()
+        self.skipped_missing = 0  # events left out under missing: skip
 
     def set_shard(self, shard: Shard) -> None:
         """Read only the selected events this shard owns (the pipeline calls this under MPI)."""
@@ -220,6 +221,7 @@ class PsanaSource:
                 "detectors": sorted(first_run.detnames),
                 "fields": {a.name: a.spec for a in self.accessors},
                 "truncated": [str(s.path) for s in scans if s.truncated],
+                **self._dtype_of(first),
             },
         )
 
@@ -293,6 +295,7 @@ class PsanaSource:
                     self._warned_missing.add(name)
                     log.warning("%s: event %d has no %s (missing=%s)", what, index, name, self.options.missing)
                 if self.options.missing == "skip":
+                    self.skipped_missing += 1
                     return None
                 continue
             if isinstance(value, np.ndarray) and value.ndim > 0:
@@ -300,6 +303,17 @@ class PsanaSource:
             else:
                 metadata[name] = value.item() if isinstance(value, np.generic | np.ndarray) else value
         return Frame(event=index, arrays=arrays, metadata=metadata, timestamp=to_unix_seconds(timestamp))
+
+    def outcome_counts(self) -> dict[str, int]:
+        return {"skipped_missing": self.skipped_missing}
+
+    @staticmethod
+    def _dtype_of(frame: Frame | None) -> dict[str, str]:
+        """``image_dtype`` (the Stream V2 start field) of the first event's image, when it has one."""
+        if frame is None or not frame.arrays:
+            return {}
+        array = frame.arrays.get("data", next(iter(frame.arrays.values())))
+        return {"image_dtype": np.dtype(array.dtype).name}
 
     def _shape_of(self, frame: Frame | None) -> tuple[int, ...]:
         if frame is None or not frame.arrays:

@@ -37,7 +37,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Iterator
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import numpy as np
 
@@ -45,7 +45,7 @@ from photonstream.config.base import PluginOptions
 from photonstream.frames import Calibration, Frame, Geometry
 from photonstream.sources._atomic_model import simulated_model
 from photonstream.sources._crystal import StructureModel, UnitCell, random_rotation, random_structure
-from photonstream.sources._detector_layout import PRESETS, PanelLayout, square_grid
+from photonstream.sources._detector_layout import PRESETS, SENSORS, PanelLayout, square_grid
 from photonstream.sources._diffraction_options import SyntheticDiffractionOptions
 from photonstream.sources._pacing import paced_indices
 from photonstream.sources._reflection_table import Reflections, atomic_model_reflections, random_model_reflections
@@ -167,6 +167,7 @@ class SyntheticDiffraction:
             "background_photons": o.background_photons,
             "units": "adu" if o.raw_adu else "photons",
             "dtype": self.dtype.name,
+            **stream2_details(o, self.dtype),
             "layout": self.layout.describe(),
             "reciprocal_basis_per_angstrom": self.cell.reciprocal_basis().tolist(),
             "orientation_convention": "q_lab = orientation @ B @ hkl; beam along +z; lab x = fast, y = slow",
@@ -334,7 +335,7 @@ class SyntheticDiffraction:
         pixel, which = np.unique(linear, return_inverse=True)
         total = photons[pixel] + np.bincount(which, weights=counts[hit_pixels])
         if photons.dtype.kind in "iu":
-            total = np.minimum(total, np.iinfo(photons.dtype).max)  # saturation, as a real detector would
+            total = np.minimum(total, saturation_value(photons.dtype))  # saturation, as a real detector would
         photons[pixel] = total
 
         spot_slow, spot_fast, centre_on_pixel = self.layout.assembled_to_flat(slow, fast)
@@ -355,6 +356,30 @@ class SyntheticDiffraction:
             return adu.astype(self.dtype, copy=False)
         info = np.iinfo(self.dtype)
         return np.clip(np.rint(adu), info.min, info.max).astype(self.dtype)
+
+
+def saturation_value(dtype: np.dtype) -> int:
+    """The largest count a photon-counting image holds; the top value is the NODATA marker (EIGER convention)."""
+    return int(np.iinfo(dtype).max) - 1
+
+
+def stream2_details(o: SyntheticDiffractionOptions, dtype: np.dtype) -> dict[str, Any]:
+    """What the simulated detector knows of itself, under the Stream V2 start fields' names."""
+    details: dict[str, Any] = {"image_dtype": dtype.name, "flatfield_enabled": False}
+    details["countrate_correction_enabled"] = False
+    sensor = SENSORS.get(o.detector)
+    if sensor is not None:
+        details["sensor_material"], details["sensor_thickness"] = sensor
+    if o.rate_hz > 0:
+        details["frame_time"] = 1.0 / o.rate_hz
+    count_time = o.count_time_s if o.count_time_s is not None else details.get("frame_time")
+    if count_time is not None:
+        details["count_time"] = count_time
+    if o.detector == "eiger16m":  # photon counting: the usual threshold at half the photon energy
+        details["threshold_energy"] = {"data": o.photon_energy_ev / 2}
+    if not o.raw_adu and dtype.kind == "u":
+        details["saturation_value"] = saturation_value(dtype)
+    return details
 
 
 def _pixel_integrated_gaussian(pixels: np.ndarray, centre: np.ndarray, sigma: float) -> np.ndarray:

@@ -2,7 +2,8 @@
 
 It follows the public spec (dectris/documentation: stream_v2/README.md, cbor/dectris-compression-tag.md) and
 is as strict as DECTRIS' example C parser: the self-describe prefix is required, ``type`` must be the first
-key, multi-dimensional arrays have exactly two dimensions, floats must be CBOR floats and integers unsigned.
+key, the image, mask and flatfield arrays have exactly two dimensions, floats must be CBOR floats and integers
+unsigned.
 Decompression uses ``dectris-compression`` directly. Nothing from photonstream is imported.
 """
 
@@ -53,9 +54,9 @@ def _hook(tag: cbor2.CBORTag, immutable: bool) -> Any:
         return np.frombuffer(tag.value, dtype=typed_array_dtype(tag.tag))
     if tag.tag == 40:
         dims, array = tag.value
-        if len(dims) != 2 or not all(isinstance(n, int) and n >= 0 for n in dims):
-            raise SpecViolation(f"multi-dimensional array dims {dims} are not two unsigned integers")
-        if not isinstance(array, np.ndarray) or array.size != dims[0] * dims[1]:
+        if not all(isinstance(n, int) and n >= 0 for n in dims):
+            raise SpecViolation(f"multi-dimensional array dims {dims} are not unsigned integers")
+        if not isinstance(array, np.ndarray) or array.size != int(np.prod(dims)):
             raise SpecViolation(f"dims {dims} do not match the typed array")
         return array.reshape(dims)
     raise SpecViolation(f"unexpected tag {tag.tag}")
@@ -75,11 +76,30 @@ def _is_float(v: Any) -> bool:
 
 
 def _is_rational(v: Any) -> bool:
-    return isinstance(v, list) and len(v) == 2 and all(_is_uint(x) for x in v)
+    return isinstance(v, list) and len(v) == 2 and all(_is_uint(x) for x in v) and v[1] > 0
 
 
 def _is_channel_map(v: Any) -> bool:
-    return isinstance(v, dict) and all(isinstance(k, str) and isinstance(a, np.ndarray) for k, a in v.items())
+    """Channel -> image: the C parser reads these arrays with exactly two dims (elsewhere, e.g. in user_data,
+    which it does not parse, any dims are valid RFC 8746)."""
+    return isinstance(v, dict) and all(
+        isinstance(k, str) and isinstance(a, np.ndarray) and a.ndim == 2 for k, a in v.items()
+    )
+
+
+def _is_float_map(v: Any) -> bool:
+    return isinstance(v, dict) and all(isinstance(k, str) and _is_float(x) for k, x in v.items())
+
+
+def _is_typed_array(v: Any) -> bool:
+    return isinstance(v, np.ndarray) and v.ndim == 1
+
+
+def _is_goniometer(v: Any) -> bool:
+    return isinstance(v, dict) and all(
+        isinstance(axis, str) and isinstance(spec, dict) and all(map(_is_float, spec.values()))
+        for axis, spec in v.items()
+    )
 
 
 START_FLOATS = (
@@ -94,6 +114,13 @@ START_FLOATS = (
     "sensor_thickness",
 )
 START_UINTS = ("image_size_x", "image_size_y", "number_of_images", "saturation_value")
+START_BOOLS = (
+    "countrate_correction_enabled",
+    "flatfield_enabled",
+    "pixel_mask_enabled",
+    "virtual_pixel_interpolation_enabled",
+)
+START_TEXTS = ("detector_description", "detector_serial_number", "sensor_material")
 
 
 def decode(message: bytes) -> dict[str, Any]:
@@ -118,18 +145,26 @@ def decode(message: bytes) -> dict[str, Any]:
             _need(decoded, key, _is_float, "a float")
         for key in START_UINTS:
             _need(decoded, key, _is_uint, "an unsigned integer")
+        for key in START_BOOLS:
+            _need(decoded, key, lambda v: isinstance(v, bool), "a boolean")
+        for key in START_TEXTS:
+            _need(decoded, key, lambda v: isinstance(v, str), "text")
         _need(decoded, "arm_date", lambda v: isinstance(v, datetime), "a tag-0 date/time")
+        _need(decoded, "threshold_energy", _is_float_map, "a map of channel to float")
+        _need(decoded, "countrate_correction_lookup_table", _is_typed_array, "a typed array")
+        _need(decoded, "goniometer", _is_goniometer, "a map of axis to {start, increment}")
         _need(decoded, "channels", lambda v: all(isinstance(c, str) for c in v), "a list of text")
         _need(decoded, "detector_translation", lambda v: len(v) == 3 and all(map(_is_float, v)), "3 floats")
-        _need(decoded, "pixel_mask", _is_channel_map, "a map of channel to array")
+        _need(decoded, "pixel_mask", _is_channel_map, "a map of channel to 2-d array")
         _need(decoded, "pixel_mask", lambda v: all(a.dtype == np.uint32 for a in v.values()), "32-bit")
-        _need(decoded, "flatfield", _is_channel_map, "a map of channel to array")
+        _need(decoded, "flatfield", _is_channel_map, "a map of channel to 2-d array")
         _need(decoded, "image_dtype", lambda v: v in ("uint8", "uint16", "uint32"), "a known dtype name")
     elif kind == "image":
         _need(decoded, "image_id", _is_uint, "an unsigned integer")
-        _need(decoded, "data", _is_channel_map, "a map of channel to array")
+        _need(decoded, "data", _is_channel_map, "a map of channel to 2-d array")
         for key in ("real_time", "start_time", "stop_time"):
             _need(decoded, key, _is_rational, "a rational [num, den]")
+        _need(decoded, "series_date", lambda v: isinstance(v, datetime), "a tag-0 date/time")
         if "image_id" not in decoded or "data" not in decoded:
             raise SpecViolation("image without image_id or data")
     return decoded

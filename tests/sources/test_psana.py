@@ -92,12 +92,19 @@ def test_default_field_is_the_raw_array(runs):
     assert copied[0].arrays["data"].flags.writeable
 
 
-def test_events_missing_a_field_are_skipped_by_default(runs):
+def test_events_missing_a_field_are_skipped_by_default_and_counted(runs):
     written = runs["fakecam"]
     _, frames = read_all(files=[str(written.path)], detector=written.detector, fields=written.fields)
     assert [f.event for f in frames] == list(range(0, EVENTS, written.waveform_every))
     for frame in frames:
         assert_matches(frame, written)
+    source = {"type": "psana", "files": [str(written.path)], "detector": written.detector, "fields": written.fields}
+    end = Pipeline(validate_pipeline({"source": source, "handlers": [{"type": "null"}]})).run()
+    assert end.reason == "completed" and end.events_sent == len(frames)
+    assert end.counts["skipped_missing"] == EVENTS - len(frames) > 0
+    kept = dict(source, missing="keep")
+    kept_end = Pipeline(validate_pipeline({"source": kept, "handlers": [{"type": "null"}]})).run()
+    assert "skipped_missing" not in kept_end.counts
 
 
 @pytest.mark.parametrize(
