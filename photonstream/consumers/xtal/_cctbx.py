@@ -22,7 +22,10 @@ from photonstream.config.environment import OMP_NUM_THREADS_ENV
 from photonstream.errors import MissingDependencyError, PhotonstreamError
 
 # Modules whose import (before cctbx) makes a later cctbx import crash; checked, not exhaustive.
-_CLASHING_MODULES = ("scipy.special", "scipy.linalg", "scipy.ndimage", "scipy.optimize", "hdf5plugin", "pyFAI")
+# pvaccess (boost.python) and cctbx's boost.python refuse each other's converters (TypeError) or crash (SIGSEGV).
+_CLASHING_MODULES = (
+    "scipy.special", "scipy.linalg", "scipy.ndimage", "scipy.optimize", "hdf5plugin", "pyFAI", "pvaccess",
+)  # fmt: skip
 
 
 class ImportOrderError(PhotonstreamError, ImportError):
