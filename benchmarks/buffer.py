@@ -12,12 +12,15 @@ as received by one consumer (the first to the last message it got).
 - buffer_bcast4 vs zmq_pub4: the buffer to 4 groups (one consumer each) vs PUB to 4 SUBs (GB/s per consumer)
 - nats / redis / buffer_1mb: always 1 MB frames: NATS JetStream (memory storage, async acked publish, ordered
   push consumer) at 127.0.0.1:4222, Redis Streams (pipelined XADD, XREAD) at 127.0.0.1:6379, our buffer
-- p50_ms / p99_ms: producer → buffer → consumer latency of 1 MB frames paced at 1 kHz
-- disk_write_gbps (context): plain sequential 4 MB writes into the data directory's file system
+- latency: producer → buffer → consumer p50/p99 of 1 MB frames paced at ``--rate-hz``; when the machine
+  delivers less than 95 % of that rate it says "saturated at N/s" instead (latencies would be queueing)
+- disk_write: plain sequential writes of the same block size into a temporary file (durable's bound)
 
-With ``repeat`` > 1 each case runs that many times and the best run counts (a shared machine is noisy).
+Cases run in ``--rounds`` interleaved rounds (every case once per round); figures are medians over rounds and
+every ratio is the median over rounds of the two cases' figures in the same round, with min and max, naming
+its numerator and denominator. The load average is printed before and after.
 
-    python -m benchmarks.buffer [--frame-mb 4] [--seconds 3] [--json]
+    python -m benchmarks.buffer [--frame-mb 4] [--seconds 3] [--rounds 3] [--json]
 """
 
 from __future__ import annotations
@@ -36,6 +39,7 @@ from typing import Any
 import zmq
 
 from benchmarks._report import machine, report
+from benchmarks._rounds import load_average, median, ratio
 
 MB = 1_000_000
 NATS_URL = "nats://127.0.0.1:4222"
@@ -498,21 +502,34 @@ def disk_write(total_bytes: int = 1 << 30, block: int = 4 * MB) -> dict[str, Any
 
 
 # -- the whole run ---------------------------------------------------------------------------------------------
-def _attempt(name: str, call: Callable[[], dict[str, Any]]) -> dict[str, Any]:
-    try:
-        return call()
-    except Exception as exc:  # a missing NATS or Redis must not hide the other figures
-        return {"gbps": None, "error": f"{name}: {type(exc).__name__}: {exc}"}
+SATURATED_BELOW = 0.95  # a paced case that delivers less than this share of its asked rate is saturated
+RATIOS = {  # name: (numerator, denominator), both cases of the same round
+    "mem_vs_proxy": ("buffer_mem", "zmq_proxy"),
+    "mem_vs_raw": ("buffer_mem", "raw_zmq"),
+    "disk_vs_mem": ("buffer_disk", "buffer_mem"),
+    "disk_vs_file_write": ("buffer_disk", "disk_write"),
+    "auth_vs_plain": ("buffer_auth", "buffer_plain"),
+    "curve_vs_plain": ("buffer_curve", "buffer_plain"),
+    "bcast4_vs_pub4": ("buffer_bcast4", "zmq_pub4"),
+    "vs_nats": ("buffer_1mb", "nats"),
+    "vs_redis": ("buffer_1mb", "redis"),
+}
 
 
-def _best(call: Callable[[], dict[str, Any]], repeat: int) -> dict[str, Any]:
-    results = [call() for _ in range(max(1, repeat))]
-    if "p99_ms" in results[0] and results[0].get("rate_hz"):
-        return min(results, key=lambda r: r["p99_ms"])
-    return max(results, key=lambda r: r.get("gbps") or 0.0)
+def paced_verdict(result: dict[str, Any]) -> dict[str, Any]:
+    """A paced case's latency, or "saturated at N/s" when the machine did not reach the asked rate (its
+    latencies then measure queueing, not the hop)."""
+    asked = result.get("rate_hz") or 0.0
+    achieved = result["messages"] / result["seconds"] if result.get("seconds") else 0.0
+    verdict = {"asked_hz": asked, "achieved_hz": round(achieved, 1)}
+    if asked and achieved < SATURATED_BELOW * asked:
+        return {**verdict, "saturated": f"saturated at {achieved:,.0f}/s", "p50_ms": None, "p99_ms": None}
+    return {**verdict, "saturated": None, "p50_ms": result.get("p50_ms"), "p99_ms": result.get("p99_ms")}
 
 
-def run(frame_mb: float = 4.0, seconds: float = 3.0, repeat: int = 1) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+def run(
+    frame_mb: float = 4.0, seconds: float = 3.0, rounds: int = 3, only: tuple[str, ...] = (), rate_hz: float = 1000.0
+) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     size = int(frame_mb * MB)
     one_mb = MB
     cases: list[tuple[str, str, Callable[[], dict[str, Any]]]] = [
@@ -520,6 +537,7 @@ def run(frame_mb: float = 4.0, seconds: float = 3.0, repeat: int = 1) -> tuple[l
         ("zmq_proxy", f"PUSH→zmq.proxy→PULL, {frame_mb:g} MB", lambda: zmq_proxy(size, seconds)),
         ("buffer_mem", f"buffer in memory, {frame_mb:g} MB", lambda: buffer_case(size, seconds)),
         ("buffer_disk", f"buffer durable, {frame_mb:g} MB", lambda: buffer_case(size, seconds, durable=True)),
+        ("disk_write", f"plain file writes, {frame_mb:g} MB blocks", lambda: disk_write(block=size)),
         ("buffer_plain", f"buffer, no authentication, {frame_mb:g} MB", lambda: buffer_case(size, seconds)),
         ("buffer_auth", f"buffer, token auth (plaintext), {frame_mb:g} MB",
          lambda: buffer_case(size, seconds, security="token")),
@@ -531,52 +549,65 @@ def run(frame_mb: float = 4.0, seconds: float = 3.0, repeat: int = 1) -> tuple[l
         ("nats", "NATS JetStream, 1 MB", lambda: nats_case(one_mb, seconds)),
         ("redis", "Redis Streams, 1 MB", lambda: redis_case(one_mb, seconds)),
         ("buffer_1mb", "buffer in memory, 1 MB", lambda: buffer_case(one_mb, seconds)),
-        ("latency", "buffer, 1 MB paced at 1 kHz", lambda: buffer_case(one_mb, seconds, rate_hz=1000.0)),
-        ("disk_write", "plain file writes, 4 MB blocks (context)", lambda: disk_write()),
+        ("latency", f"buffer, 1 MB paced at {rate_hz:g} Hz", lambda: buffer_case(one_mb, seconds, rate_hz=rate_hz)),
     ]  # fmt: skip
+    if only:
+        cases = [case for case in cases if case[0] in only]
+    load_before = load_average()
+    results: dict[str, list[dict[str, Any]]] = {key: [] for key, _, _ in cases}
+    for _ in range(rounds):  # interleaved: every case once per round
+        for key, _, call in cases:
+            results[key].append(_attempt(key, call))
+    samples = {key: [r.get("gbps") for r in runs] for key, runs in results.items()}
+    summary: dict[str, Any] = {"frame_mb": frame_mb, "seconds": seconds, "rounds": rounds}
     rows: list[dict[str, Any]] = []
-    summary: dict[str, Any] = {"frame_mb": frame_mb}
     nan = float("nan")
-    for key, label, call in cases:
-        result = _attempt(key, lambda call=call: _best(call, repeat))
-        gbps = result.get("gbps")
+    for key, label, _ in cases:
+        gbps = median(samples[key])
+        errors = sorted({r["error"] for r in results[key] if "error" in r})
+        row = {"case": label, "GB/s (median)": nan if gbps is None else gbps}
+        known = [v for v in samples[key] if v is not None]
+        row |= {"min": min(known) if known else nan, "max": max(known) if known else nan}
         if key == "latency":
-            summary["p50_ms"] = result.get("p50_ms")
-            summary["p99_ms"] = result.get("p99_ms")
+            verdicts = [paced_verdict(r) for r in results[key] if "error" not in r]
+            achieved = median([v["achieved_hz"] for v in verdicts])
+            saturated = [f"saturated at {achieved:,.0f}/s" for v in verdicts if v["saturated"]]
+            summary["latency"] = {
+                "asked_hz": rate_hz,
+                "achieved_hz": achieved,
+                "saturated": saturated[0] if saturated else None,
+                "p50_ms": None if saturated else median([v["p50_ms"] for v in verdicts]),
+                "p99_ms": None if saturated else median([v["p99_ms"] for v in verdicts]),
+            }
+            row["note"] = saturated[0] if saturated else (
+                f"p50 {summary['latency']['p50_ms']:.2f} ms, p99 {summary['latency']['p99_ms']:.2f} ms"
+                if verdicts else "; ".join(errors))  # fmt: skip
         else:
-            summary[f"{key}_gbps"] = round(gbps, 3) if gbps is not None else None
-        rows.append({
-            "case": label, "GB/s": gbps if gbps is not None else float("nan"),
-            "p50 ms": result.get("p50_ms", nan) if key == "latency" else nan,
-            "p99 ms": result.get("p99_ms", nan) if key == "latency" else nan,
-            "note": result.get("error", ""),
-        })  # fmt: skip
-    summary.update(_ratios(summary))
+            summary[f"{key}_gbps"] = None if gbps is None else round(gbps, 3)
+            row["note"] = "; ".join(errors)
+        rows.append(row)
+    summary["ratios"] = {name: ratio(samples, a, b) for name, (a, b) in RATIOS.items() if a in samples and b in samples}
+    summary["load_average"] = {"before": load_before, "after": load_average()}
     summary["machine"] = machine()
     return rows, summary
 
 
-def _ratios(s: dict[str, Any]) -> dict[str, Any]:
-    def ratio(a: str, b: str) -> float | None:
-        x, y = s.get(a), s.get(b)
-        return round(x / y, 3) if x and y else None
-
-    return {
-        "mem_vs_proxy": ratio("buffer_mem_gbps", "zmq_proxy_gbps"),
-        "mem_vs_raw": ratio("buffer_mem_gbps", "raw_zmq_gbps"),
-        "disk_vs_mem": ratio("buffer_disk_gbps", "buffer_mem_gbps"),
-        "auth_vs_plain": ratio("buffer_auth_gbps", "buffer_plain_gbps"),
-        "curve_vs_plain": ratio("buffer_curve_gbps", "buffer_plain_gbps"),
-        "bcast4_vs_pub4": ratio("buffer_bcast4_gbps", "zmq_pub4_gbps"),
-        "vs_nats": ratio("buffer_1mb_gbps", "nats_gbps"),
-        "vs_redis": ratio("buffer_1mb_gbps", "redis_gbps"),
-    }
+def _attempt(name: str, call: Callable[[], dict[str, Any]]) -> dict[str, Any]:
+    try:
+        return call()
+    except Exception as exc:  # a missing NATS or Redis must not hide the other figures
+        return {"gbps": None, "error": f"{name}: {type(exc).__name__}: {exc}"}
 
 
-def main(frame_mb: float = 4.0, seconds: float = 3.0, json_only: bool = False, repeat: int = 1) -> dict[str, Any]:
+def main(
+    frame_mb: float = 4.0, seconds: float = 3.0, json_only: bool = False, rounds: int = 3, rate_hz: float = 1000.0
+) -> dict[str, Any]:
     """Run every case, print the table (unless ``json_only``) and the JSON line; return the JSON object."""
-    rows, summary = run(frame_mb, seconds, repeat)
-    report(f"buffer throughput ({frame_mb:g} MB frames, {seconds:g} s per case)", rows, summary, json_only)
+    rows, summary = run(frame_mb, seconds, rounds, rate_hz=rate_hz)
+    load = summary["load_average"]
+    title = (f"buffer ({frame_mb:g} MB frames, {seconds:g} s per case, {rounds} interleaved rounds, medians; "
+             f"load {load['before']} → {load['after']})")  # fmt: skip
+    report(title, rows, summary, json_only)
     return summary
 
 
@@ -584,10 +615,11 @@ def cli(argv: list[str] | None = None) -> dict[str, Any]:
     parser = argparse.ArgumentParser(prog="photonstream bench buffer", description=__doc__.splitlines()[0])
     parser.add_argument("--frame-mb", type=float, default=4.0, help="payload size of the main cases (MB)")
     parser.add_argument("--seconds", type=float, default=3.0, help="how long each case sends")
-    parser.add_argument("--repeat", type=int, default=1, help="runs per case; the best counts")
+    parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds (medians of per-round ratios)")
+    parser.add_argument("--rate-hz", type=float, default=1000.0, help="the paced latency case's rate")
     parser.add_argument("--json", action="store_true", help="only the JSON line")
     args = parser.parse_args(argv)
-    return main(args.frame_mb, args.seconds, args.json, args.repeat)
+    return main(args.frame_mb, args.seconds, args.json, args.rounds, args.rate_hz)
 
 
 if __name__ == "__main__":

@@ -18,13 +18,13 @@ from photonstream.api.cli import ca_app, db_app, policy_app
 from photonstream.api.request_cli import request_app
 from photonstream.api.serve_cli import serve_command
 from photonstream.api.ui.status import status_command
+from photonstream.bench_cli import bench_app
 from photonstream.buffer.cli import buffer_app, consume
 from photonstream.cli_support import console, err_console, friendly, plugin_summary, say_error
 from photonstream.consumers.cli import tof, train_app
 from photonstream.errors import ConfigError, PhotonstreamError
 
 app = typer.Typer(help="Stream X-ray experiment data on request.", no_args_is_help=True)
-bench_app = typer.Typer(help="Benchmarks (table for people, one JSON object on the last line).", no_args_is_help=True)
 app.add_typer(bench_app, name="bench")
 app.add_typer(buffer_app, name="buffer")
 app.add_typer(train_app, name="train", help="Train models live on a stream (PyTorch).")
@@ -229,110 +229,6 @@ def receive(
             f"{result['events_per_s']:,.0f} ev/s, {result['mb_per_s']:,.0f} MB/s, "
             f"median latency {result['latency_p50_ms']} ms"
         )
-
-
-@bench_app.command("pipeline")
-@friendly
-def bench_pipeline(
-    as_json: bool = typer.Option(False, "--json", help="only the JSON line"),
-    events: int = typer.Option(300, help="events per case"),
-) -> None:
-    """Frames/s and MB/s of the pipeline on synthetic and XTC2 workloads."""
-    from benchmarks.pipeline import main as bench_main
-
-    bench_main(events=events, json_only=as_json)
-
-
-@bench_app.command("startup")
-@friendly
-def bench_startup(
-    as_json: bool = typer.Option(False, "--json", help="only the JSON line"),
-    runs: int = typer.Option(5, min=1, help="jobs per backend (the median is reported)"),
-) -> None:
-    """Time from job submission to a running job, and from cancel to its processes being gone (local, Slurm)."""
-    from benchmarks.startup import main as bench_main
-
-    bench_main(runs=runs, json_only=as_json)
-
-
-@bench_app.command("tof")
-@friendly
-def bench_tof(as_json: bool = typer.Option(False, "--json", help="only the JSON line")) -> None:
-    """Time-of-flight analysis: traces/s and MB/s per core, and the cores 10 kHz × 10,000 samples needs."""
-    from benchmarks.tof import main as bench_main
-
-    bench_main(json_only=as_json)
-
-
-@bench_app.command("structure")
-@friendly
-def bench_structure(
-    rounds: int = typer.Option(3, "--rounds", min=1, help="interleaved rounds (medians are shown)"),
-    as_json: bool = typer.Option(False, "--json", help="only the JSON line"),
-) -> None:
-    """Merge and structure update times vs frames, last frame → final map, frames/s with 1, 2, 4 workers."""
-    import os
-
-    # A fresh interpreter: cctbx must be imported before scipy/hdf5plugin, which this process already loaded.
-    arguments = ["--rounds", str(rounds), *(["--json"] if as_json else [])]
-    os.execv(sys.executable, [sys.executable, "-m", "benchmarks.structure", *arguments])
-
-
-@bench_app.command("buffer")
-@friendly
-def bench_buffer(
-    frame_mb: float = typer.Option(4.0, help="frame size in MB for the ZeroMQ comparisons"),
-    seconds: float = typer.Option(3.0, help="seconds per case"),
-    as_json: bool = typer.Option(False, "--json", help="only the JSON line"),
-) -> None:
-    """The buffer against raw ZeroMQ, libzmq's proxy, PUB/SUB, NATS JetStream and Redis Streams."""
-    from benchmarks.buffer import main as bench_main
-
-    bench_main(frame_mb=frame_mb, seconds=seconds, json_only=as_json)
-
-
-@bench_app.command("e2e")
-@friendly
-def bench_e2e(
-    as_json: bool = typer.Option(False, "--json", help="only the JSON line"),
-    duration: float = typer.Option(20.0, min=1.0, help="seconds of acquisition per case"),
-    rate: float = typer.Option(120.0, min=1.0, help="frames per second"),
-    detectors: list[str] = typer.Option(["epix10k2m"], "--detector", help="detector per case (repeatable)"),
-) -> None:
-    """The whole system: request → first frame and → first indexed result, sustained frames/s, keeping up."""
-    from benchmarks.e2e import main as bench_main
-
-    bench_main(json_only=as_json, duration_s=duration, rate_hz=rate, detectors=tuple(detectors))
-
-
-@bench_app.command("wan")
-@friendly
-def bench_wan(
-    as_json: bool = typer.Option(False, "--json", help="only the JSON line"),
-    frames: int = typer.Option(600, min=4, help="frames of 192 KiB per case"),
-    delay_ms: float = typer.Option(25.0, "--delay-ms", min=0.0, help="the link's one-way delay, each direction (ms)"),
-    rate_mbps: float = typer.Option(200.0, "--rate-mbps", min=0.001, help="the link's cap per direction (Mb/s)"),
-    securities: list[str] = typer.Option(
-        ["curve", "none"], "--security", help="buffer security per photonstream case: curve | none (repeatable)"
-    ),
-    credit: int = typer.Option(8, min=1, help="frames each worker may have in flight"),
-) -> None:
-    """Across a simulated WAN (two network namespaces, our relay): goodput and request → first frame / completed,
-    with CURVE and without, against raw TCP over the same link. Needs root and iproute2."""
-    from benchmarks.wan import main as bench_main
-
-    unknown = [s for s in securities if s not in ("curve", "none")]
-    if unknown:
-        err_console.print(f"[bold red]error:[/] --security must be curve or none, not {unknown[0]!r}")
-        raise typer.Exit(2)
-    bench_main(
-        json_only=as_json,
-        frames=frames,
-        delay_ms=delay_ms,
-        rate_mbps=rate_mbps,
-        securities=tuple(securities),
-        credit=credit,
-    )
 
 
 @app.command(
