@@ -53,6 +53,8 @@ POOL_ENV = "PHOTONSTREAM_POOL"
 WORKER_ENV = "PHOTONSTREAM_WORKER"
 # other software's variables photonstream reads (or sets for its children)
 PSANA_DATA_ENV = "SIT_PSDM_DATA"
+PVA_ADDR_LIST_ENV = "EPICS_PVA_ADDR_LIST"
+PVA_AUTO_ADDR_LIST_ENV = "EPICS_PVA_AUTO_ADDR_LIST"
 MPI_SIZE_VARIABLES = ("PMI_SIZE", "OMPI_COMM_WORLD_SIZE", "PMIX_SIZE", "MPI_LOCALNRANKS")
 OMP_NUM_THREADS_ENV = "OMP_NUM_THREADS"
 THREAD_VARIABLES = (OMP_NUM_THREADS_ENV, "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
@@ -169,6 +171,19 @@ VARIABLES: tuple[EnvironmentVariable, ...] = (
         "third-party",
         "the psana source",
         "root of LCLS data (psana's own variable) when the source gives no dir (unset: /reg/d/psdm)",
+    ),
+    EnvironmentVariable(
+        PVA_ADDR_LIST_ENV,
+        "third-party",
+        "the pva source (pvaccess)",
+        "EPICS pvAccess servers to search, 'host[:port] ...'; the source's address_list sets it (and "
+        f"{PVA_AUTO_ADDR_LIST_ENV}=NO) for the process's pvaccess client",
+    ),
+    EnvironmentVariable(
+        PVA_AUTO_ADDR_LIST_ENV,
+        "third-party",
+        "the pva source (pvaccess)",
+        "NO: search only the address list (set with address_list); YES: also broadcast on every interface",
     ),
     *(
         EnvironmentVariable(

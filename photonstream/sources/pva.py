@@ -47,6 +47,7 @@ import numpy as np
 from pydantic import Field
 
 from photonstream.config.base import PluginOptions
+from photonstream.config.environment import PVA_ADDR_LIST_ENV, PVA_AUTO_ADDR_LIST_ENV
 from photonstream.errors import MissingDependencyError, SerializerError, SourceError
 from photonstream.frames import EncodedArray, Frame, Geometry
 from photonstream.sources.base import SourceInfo, registry
@@ -322,7 +323,7 @@ class PvaSource:
     def _create_channel(self, pvaccess: Any) -> None:
         opts = self.options
         with _ENV_LOCK:
-            wanted = opts.address_list if opts.address_list is not None else os.environ.get("EPICS_PVA_ADDR_LIST", "")
+            wanted = opts.address_list if opts.address_list is not None else os.environ.get(PVA_ADDR_LIST_ENV, "")
             live = [key for key, count in _open_channels.items() if count > 0]
             if live and live[0] != wanted:
                 raise SourceError(
@@ -330,8 +331,8 @@ class PvaSource:
                     f"EPICS_PVA_ADDR_LIST once per client, so {wanted!r} needs another process"
                 )
             if opts.address_list is not None:
-                os.environ["EPICS_PVA_ADDR_LIST"] = opts.address_list
-                os.environ["EPICS_PVA_AUTO_ADDR_LIST"] = "NO"
+                os.environ[PVA_ADDR_LIST_ENV] = opts.address_list
+                os.environ[PVA_AUTO_ADDR_LIST_ENV] = "NO"
             try:
                 self._channel = pvaccess.Channel(opts.channel)
             except Exception as exc:

@@ -78,7 +78,9 @@ def test_the_correct_model_refines_to_a_low_r_free_and_a_wrong_one_does_not(plai
     assert final["r_free"] < 0.30, final
     assert final["r_free"] - final["r_work"] < 0.08, final
     assert 0.04 < final["free_reflections"] / final["reflections"] < 0.06
-    assert "rigid body" in final["steps"] and "grouped B (one per residue)" in final["steps"]
+    assert "grouped B (one per residue)" in final["steps"]
+    # The first update places the model (rigid body); later ones refine B against more data.
+    assert "rigid body" in plain["structure"][0]["steps"], plain["structure"][0]
     assert plain["wrong"]["r_free"] > 0.45, plain["wrong"]  # the model moved by (a/4, b/4, 0)
     assert plain["structure"][-1]["final"] and plain["structure"][-1]["r_free"] == final["r_free"]
 

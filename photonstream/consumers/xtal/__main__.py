@@ -182,7 +182,7 @@ def structure_stage(
         from photonstream.buffer.credentials import Credentials
 
         publisher = ResultPublisher(buffer, stream, Credentials.from_env(), group="xtal-structure", worker=worker_id)
-    keys = ("update", "frames", "indexed", "r_work", "r_free", "d_min", "seconds", "final")
+    keys = ("update", "frames", "indexed", "r_work", "r_free", "d_min", "seconds", "steps", "final")
     try:
         run_structure_stage(str(bind or connect), model, out, bind=bind is not None, publisher=publisher,
                             idle_timeout_s=idle_timeout, budget_s=budget,
