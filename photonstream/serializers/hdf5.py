@@ -82,9 +82,22 @@ def _json_default(obj: Any) -> Any:
 
 class _Writer:
     def __init__(self, options: Hdf5Options) -> None:
+        import h5py
+
         self.filters = _filter_kwargs(options)
         self.codec = options.compression if _have_bitshuffle() else "filter"
         self.min_bytes = options.min_compress_bytes
+        self._text = h5py.string_dtype()
+        self._text_type = h5py.h5t.py_create(self._text, logical=True)
+        self._scalar = h5py.h5s.create(h5py.h5s.SCALAR)
+
+    def _attribute(self, group: h5py.Group, name: str, text: str) -> None:
+        """The same variable-length UTF-8 string attribute as ``group.attrs[name] = text``, through h5py's
+        low-level API: a message has ~10 of them and the high-level path costs twice as much (~40 % of
+        encoding a 2 MB frame)."""
+        import h5py
+
+        h5py.h5a.create(group.id, name.encode(), self._text_type, self._scalar).write(np.array(text, dtype=self._text))
 
     def write(self, group: h5py.Group, tree: dict[str, Any], compress: bool = False) -> None:
         for key, value in tree.items():
@@ -100,7 +113,7 @@ class _Writer:
                 sub.attrs[LIST_ATTR] = len(value)
                 self.write(sub, {str(i): v for i, v in enumerate(value)}, compress)
             else:
-                group.attrs[name] = json.dumps(value, default=_json_default)
+                self._attribute(group, name, json.dumps(value, default=_json_default))
 
     def _array(self, group: h5py.Group, name: str, value: np.ndarray, compress: bool) -> None:
         if value.dtype.hasobject:
