@@ -89,8 +89,15 @@ def bench_e2e(
     duration: float = typer.Option(20.0, min=1.0, help="seconds of acquisition per case"),
     rate: float = typer.Option(120.0, min=1.0, help="frames per second"),
     detectors: list[str] = typer.Option(["epix10k2m"], "--detector", help="detector per case (repeatable)"),
+    tof: bool = typer.Option(False, "--tof", help="time-of-flight shots instead: the highest shot rate kept up"),
+    workers: int = typer.Option(2, min=1, help="--tof: TOF worker processes"),
 ) -> None:
     """The whole system: request → first frame and → first indexed result, sustained frames/s, keeping up."""
+    if tof:
+        from benchmarks.tof_e2e import main as tof_main
+
+        tof_main(["--workers", str(workers), *(["--json"] if as_json else [])])
+        return
     from benchmarks.e2e import main as bench_main
 
     bench_main(json_only=as_json, duration_s=duration, rate_hz=rate, detectors=tuple(detectors))

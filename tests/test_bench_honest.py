@@ -58,3 +58,18 @@ def test_a_paced_case_beyond_the_machine_says_it_saturated() -> None:
     latency = summary["latency"]
     assert latency["saturated"].startswith("saturated at ") and latency["achieved_hz"] < 0.95e6
     assert latency["p50_ms"] is None and latency["p99_ms"] is None
+
+
+@pytest.mark.slow
+def test_tof_end_to_end_accounts_for_every_shot_and_names_its_bounds() -> None:
+    from benchmarks import tof_e2e
+
+    argv = ["--rounds", "1", "--shots", "256", "--batch", "32", "--channels", "1", "--samples", "10000"]
+    summary = tof_e2e.main([*argv, "--workers", "1", "--seconds", "1", "--distinct", "16", "--json"])
+    rates = summary["shots_per_s"]
+    assert all(rates[name] > 0 for name in ("generator", "raw_zmq", "e2e")), rates
+    _check_ratios(summary["ratios"], set(rates), rounds=1)
+    for paced in summary["paced"]:  # every shot analysed once, whatever the rate
+        assert paced["analysed"] == paced["sent"] > 0 and paced["cores_per_100khz"] > 0, paced
+    kept = [p["asked_hz"] for p in summary["paced"] if p["kept_up"]]
+    assert summary["highest_rate_kept_up_hz"] == (max(kept) if kept else None)

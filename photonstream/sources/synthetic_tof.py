@@ -71,6 +71,13 @@ class SyntheticTofOptions(PluginOptions):
     baseline_drift: float = Field(5.0, ge=0.0, description="spread of the per-shot baseline change (counts)")
     noise: float = Field(3.0, ge=0.0, description="Gaussian noise per sample (counts)")
     dtype: Literal["int16", "float32"] = Field("int16", description="int16 digitizer counts or float32")
+    distinct_shots: int | None = Field(
+        None,
+        ge=1,
+        le=100_000,
+        description="make this many distinct records and cycle through them (shot i is record "
+        "i mod N): a digitizer-rate source for benchmarks, generation paid once; default: every shot its own",
+    )
 
     def frame_bytes(self) -> tuple[int, str]:
         """Bytes of one frame's waveform (channels × samples × dtype), and the option that sizes it."""
@@ -106,6 +113,7 @@ class SyntheticTof:
         self.peak_offset_ns = rise * decay / (decay - rise) * np.log(decay / rise)  # onset → extremum
         self._pulse_norm = np.exp(-self.peak_offset_ns / decay) - np.exp(-self.peak_offset_ns / rise)
         self._pulse_samples = int(np.ceil((self.peak_offset_ns + 12 * decay) / options.sample_period_ns)) + 2
+        self._records: dict[int, Frame] = {}  # with distinct_shots: the records made so far, by record number
 
     def flight_time_ns(self, mq: np.ndarray | float) -> np.ndarray:
         """t = t0 + k·sqrt(m/q), the nominal arrival (pulse extremum) time."""
@@ -147,6 +155,7 @@ class SyntheticTof:
             "baseline": o.baseline,
             "noise": o.noise,
             "dtype": o.dtype,
+            "distinct_shots": o.distinct_shots,
         }
         return SourceInfo(
             detector="synthetic-tof",
@@ -165,6 +174,17 @@ class SyntheticTof:
     # -- generation -------------------------------------------------------------------------------------------
     def frame(self, index: int) -> Frame:
         """Shot ``index``; the same index always gives the same record (independent of sharding)."""
+        distinct = self.options.distinct_shots
+        if distinct is None:
+            return self._generate(index)
+        record = self._records.get(index % distinct)
+        if record is None:
+            record = self._records[index % distinct] = self._generate(index % distinct)
+            for array in (*record.arrays.values(), *record.metadata.values()):
+                array.flags.writeable = False  # shared by every shot that repeats it
+        return Frame(event=index, arrays=dict(record.arrays), metadata=dict(record.metadata), timestamp=time.time())
+
+    def _generate(self, index: int) -> Frame:
         o = self.options
         rng = np.random.default_rng([o.seed, index])
         counts = rng.poisson(o.ions_per_shot, o.channels)

@@ -32,6 +32,18 @@ def test_same_seed_same_records_and_another_seed_differs() -> None:
         assert not np.array_equal(a.arrays["waveform"], c.arrays["waveform"])
 
 
+def test_distinct_shots_cycle_through_the_first_records() -> None:
+    _, details, cycled = records(events=7, seed=3, channels=2, distinct_shots=3)
+    _, _, plain = records(events=3, seed=3, channels=2)
+    assert details["distinct_shots"] == 3 and [f.event for f in cycled] == list(range(7))
+    for frame in cycled:  # shot i is record i mod 3, exactly as generated without the option
+        original = plain[frame.event % 3]
+        np.testing.assert_array_equal(frame.arrays["waveform"], original.arrays["waveform"])
+        np.testing.assert_array_equal(frame.metadata["true_mq"], original.metadata["true_mq"])
+    assert cycled[0].arrays["waveform"] is cycled[3].arrays["waveform"]  # made once
+    assert not cycled[0].arrays["waveform"].flags.writeable
+
+
 @pytest.mark.parametrize(("dtype", "numpy_dtype"), [("int16", np.int16), ("float32", np.float32)])
 def test_shape_dtype_and_ground_truth_layout(dtype: str, numpy_dtype: type) -> None:
     _, _, shots = records(events=3, channels=3, samples=8000, dtype=dtype, species=THREE_SPECIES)
