@@ -1,18 +1,33 @@
-"""Per-hop metrics: histograms and their quantiles, the text format, a pipeline rank's counters, and the buffer's
-accounting (in = out + skipped + held) with redelivery and a skipping policy on a real buffer."""
+"""Per-hop metrics: histograms and their quantiles, the text format (prometheus-client), a pipeline rank's counters,
+consumers' figures summed per group, and the buffer's accounting (in = out + skipped + held) with redelivery and a
+skipping policy on a real buffer."""
 
 from __future__ import annotations
 
+import gc
 import re
 import urllib.request
 from collections.abc import Iterator
+from dataclasses import dataclass, field
 
 import pytest
+from prometheus_client import generate_latest
+from prometheus_client.registry import CollectorRegistry
 
 from photonstream.buffer import BufferService
 from photonstream.client import subscribe
+from photonstream.client.subscription import SubscriptionStats
 from photonstream.config.pipeline import validate_pipeline
-from photonstream.metrics import LatencyHistogram, PipelineMetrics, Registry, group_accounting, serve
+from photonstream.metrics import (
+    LatencyHistogram,
+    PipelineMetrics,
+    group_accounting,
+    histogram_family,
+    registry_of,
+    serve,
+    track_subscription,
+    value_family,
+)
 from photonstream.pipeline import Pipeline
 from photonstream.sources.base import Shard
 from tests.buffer.support import produce, remote_stats, start_service
@@ -41,23 +56,75 @@ def test_histogram_quantiles_interpolate_inside_buckets() -> None:
 
 
 def test_text_format_counters_gauges_histograms() -> None:
-    registry = Registry()
-    sent = registry.counter("demo_sent", "messages sent", ["stream"])
-    sent.labels(stream='a"b').inc(2)
-    registry.gauge("demo_lag", "lag", ["group"]).labels(group="g").set(7)
-    latency = registry.histogram("demo_seconds", "latency", ["group"], buckets=[0.1, 1.0])
-    latency.labels(group="g").observe(0.05)
-    latency.labels(group="g").observe(5.0)
-    text = registry.render()
-    assert "# TYPE demo_sent_total counter\n" in text and 'demo_sent_total{stream="a\\"b"} 2.0\n' in text
-    assert 'demo_lag{group="g"} 7.0\n' in text
-    buckets = re.findall(r'demo_seconds_bucket\{group="g",le="([^"]+)"\} (\d+)', text)
-    assert buckets == [("0.1", "1"), ("1.0", "1"), ("+Inf", "2")]
-    assert 'demo_seconds_count{group="g"} 2\n' in text
-    with pytest.raises(ValueError, match="labels must be"):
-        sent.labels(group="x")
-    with pytest.raises(ValueError, match="exists as a counter"):
-        registry.gauge("demo_sent", "again", ["stream"])
+    latency = LatencyHistogram(buckets=[0.1, 1.0])
+    latency.observe(0.05)
+    latency.observe(5.0)
+    registry = registry_of(
+        [
+            value_family("counter", "demo_sent", "messages sent", ["stream"], [(('a"b',), 2)]),
+            value_family("gauge", "demo_lag", "lag", ["group"], [(("g",), 7)]),
+            value_family("gauge", "demo_empty", "no samples: left out", ["group"], []),
+            histogram_family("demo_seconds", "latency", ["group"], [(("g",), latency)]),
+        ]
+    )
+    text = generate_latest(registry).decode()
+    assert "# HELP demo_sent_total messages sent\n# TYPE demo_sent_total counter\n" in text
+    assert 'demo_sent_total{stream="a\\"b"} 2.0\n' in text
+    assert 'demo_lag{group="g"} 7.0\n' in text and "demo_empty" not in text and "_created" not in text
+    buckets = re.findall(r'demo_seconds_bucket\{group="g",le="([^"]+)"\} (\S+)', text)
+    assert buckets == [("0.1", "1.0"), ("1.0", "1.0"), ("+Inf", "2.0")]
+    assert 'demo_seconds_count{group="g"} 2.0\n' in text and 'demo_seconds_sum{group="g"} 5.05\n' in text
+
+
+@dataclass
+class Subscribed:
+    """What ``track_subscription`` reads of a subscription: its address, group and stats."""
+
+    stream: str
+    group: str
+    stats: SubscriptionStats = field(default_factory=SubscriptionStats)
+
+
+def values_of(text: str, **labels: str) -> dict[str, float]:
+    """The samples with exactly these labels (in any order), by name (a bucket's name ends with its ``le``)."""
+    out = {}
+    for name, pairs, value in re.findall(r"^(\w+)\{([^}]*)\} (\S+)$", text, re.M):
+        found = dict(re.findall(r'(\w+)="([^"]*)"', pairs))
+        le = found.pop("le", None)
+        if found == labels:
+            out[name if le is None else f"{name}:{le}"] = float(value)
+    return out
+
+
+def consumer_values(registry: CollectorRegistry) -> dict[str, float]:
+    return values_of(generate_latest(registry).decode(), stream="s1", experiment="exp", run="2", group="work")
+
+
+def test_consumers_of_one_group_sum_up_and_counters_never_go_down() -> None:
+    registry = CollectorRegistry()
+    first, second = Subscribed("exp/2/s1", "work"), Subscribed("exp/2/s1", "work")
+    assert track_subscription(first, registry) == {"stream": "s1", "experiment": "exp", "run": "2", "group": "work"}
+    track_subscription(second, registry)
+    first.stats.yielded, first.stats.lag = 5, 3
+    first.stats.latency.observe(0.002)
+    second.stats.yielded, second.stats.lag = 2, 1
+    second.stats.latency.observe(0.2)
+    values = consumer_values(registry)
+    assert values["photonstream_consumer_messages_total"] == 7 and values["photonstream_consumer_lag"] == 1
+    assert values["photonstream_consumer_latency_seconds_count"] == 2
+    assert values["photonstream_consumer_latency_seconds_sum"] == pytest.approx(0.202)
+    first.stats.yielded += 1
+    first.stats.latency.observe(0.002)
+    del second  # gone: what it had counted stays
+    gc.collect()
+    values = consumer_values(registry)
+    assert values["photonstream_consumer_messages_total"] == 8 and values["photonstream_consumer_lag"] == 3
+    assert values["photonstream_consumer_latency_seconds_count"] == 3
+    assert values["photonstream_consumer_latency_seconds_bucket:+Inf"] == 3
+    assert values["photonstream_consumer_latency_seconds_bucket:0.0025"] == 2
+    text = generate_latest(registry).decode()
+    assert "# TYPE photonstream_consumer_lag gauge\n" in text
+    assert "# TYPE photonstream_consumer_messages_total counter\n" in text
 
 
 def test_pipeline_rank_counters_match_its_run(service: BufferService) -> None:
@@ -68,7 +135,7 @@ def test_pipeline_rank_counters_match_its_run(service: BufferService) -> None:
         "steps": [{"type": "hitfinder", "algorithm": "numpy", "min_peaks": 2}, {"type": "filter", "drop_misses": True}],
         "handlers": [{"type": "buffer", "address": service.endpoint}],
     })  # fmt: skip
-    registry = Registry()
+    registry = CollectorRegistry()
     pipeline = Pipeline(config, Shard(rank=1, size=2))
     pipeline.metrics = PipelineMetrics(pipeline, registry)
     pipeline.run()
@@ -77,8 +144,7 @@ def test_pipeline_rank_counters_match_its_run(service: BufferService) -> None:
         text = urllib.request.urlopen(f"http://127.0.0.1:{server.server_address[1]}/metrics", timeout=5).read().decode()
     finally:
         server.shutdown()
-    labels = 'stream="metrics-test",experiment="exp1",run="4",rank="1"'
-    values = {m[0]: float(m[1]) for m in re.findall(r"^(\w+)\{" + re.escape(labels) + r"\} (\S+)$", text, re.M)}
+    values = values_of(text, stream="metrics-test", experiment="exp1", run="4", rank="1")
     stats = pipeline.stats
     assert values["photonstream_pipeline_events_read_total"] == stats.counts["read"] == 6  # rank 1 of 2: odd events
     assert values["photonstream_pipeline_events_sent_total"] == stats.events_sent

@@ -30,11 +30,20 @@ from typing import Any, Protocol
 
 import numpy as np
 import zmq
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.registry import CollectorRegistry
 
 from photonstream.api.ui.render import FramePicture, PowderProfile, frame_picture, layout_of, thumbnail_strip
 from photonstream.errors import PhotonstreamError
 from photonstream.frames import EndMessage, Frame, FrameBatch, Message, StartMessage
-from photonstream.metrics import CONSUMER_LABELS, LatencyHistogram, Registry, group_accounting, split_address
+from photonstream.metrics import (
+    CONSUMER_LABELS,
+    LatencyHistogram,
+    group_accounting,
+    histogram_family,
+    registry_of,
+    split_address,
+)
 from photonstream.store.models import Stream
 from photonstream.store.streams import StreamState
 
@@ -542,40 +551,39 @@ class Monitor:
         }
 
     # -- Prometheus ------------------------------------------------------------------------------------------
-    def registry_for(self, streams: list[Stream]) -> Registry:
+    def registry_for(self, streams: list[Stream]) -> CollectorRegistry:
         """Per-hop metrics of ``streams`` (labels stream, experiment, run, group): buffer in/out/skipped/held and
-        the monitor's latency histogram."""
-        r = Registry()
-        hop_labels = (*CONSUMER_LABELS, "policy")
-        received = r.counter("photonstream_stream_buffer_in", "Data messages the buffer took from the pipeline",
-                             ("stream", "experiment", "run"))  # fmt: skip
+        the monitor's latency histogram, in a fresh registry (one per scrape)."""
+        hop_labels = [*CONSUMER_LABELS, "policy"]
+        received = CounterMetricFamily("photonstream_stream_buffer_in", "Data messages the buffer took from the "
+                                       "pipeline", labels=["stream", "experiment", "run"])  # fmt: skip
         families = {
-            "out": r.counter("photonstream_stream_group_out", "Data messages delivered to the group (first time)",
-                             hop_labels),
-            "skipped": r.counter("photonstream_stream_group_skipped", "Data messages the group will never get "
-                                 "(policy or eviction)", hop_labels),
-            "redelivered": r.counter("photonstream_stream_group_redelivered", "Data messages sent to the group "
-                                     "again", hop_labels),
-            "held": r.gauge("photonstream_stream_group_held", "Data messages in the buffer not yet sent to the "
-                            "group", hop_labels),
-            "lag": r.gauge("photonstream_stream_group_lag", "Data messages the group has not finished", hop_labels),
+            "out": CounterMetricFamily("photonstream_stream_group_out", "Data messages delivered to the group (first "
+                                       "time)", labels=hop_labels),
+            "skipped": CounterMetricFamily("photonstream_stream_group_skipped", "Data messages the group will never "
+                                           "get (policy or eviction)", labels=hop_labels),
+            "redelivered": CounterMetricFamily("photonstream_stream_group_redelivered", "Data messages sent to the "
+                                               "group again", labels=hop_labels),
+            "held": GaugeMetricFamily("photonstream_stream_group_held", "Data messages in the buffer not yet sent to "
+                                      "the group", labels=hop_labels),
+            "lag": GaugeMetricFamily("photonstream_stream_group_lag", "Data messages the group has not finished",
+                                     labels=hop_labels),
         }  # fmt: skip
-        latency = r.histogram("photonstream_stream_latency_seconds", "Message creation until the dashboard's "
-                              "monitor group received it", CONSUMER_LABELS)  # fmt: skip
+        latencies: list[tuple[tuple[str, ...], LatencyHistogram]] = []
         for stream in streams:
             for hop in self.hops(stream):
                 if not hop["present"]:
                     continue
                 experiment, run, _ = split_address(hop["address"])
-                base = {"stream": stream.id, "experiment": experiment, "run": run}
-                received.labels(**base).set(hop["in"])
+                base = [stream.id, experiment, run]
+                received.add_metric(base, hop["in"])
                 for group in hop["groups"]:
-                    labels = {**base, "group": group["name"], "policy": group["policy"]}
                     for key, family in families.items():
-                        family.labels(**labels).set(group[key])
+                        family.add_metric([*base, group["name"], group["policy"]], group[key])
             watch = self._watches.get(stream.id)
             if watch is not None and watch.latency.count:
                 experiment, run, _ = split_address(watch.address)
-                labels = {"stream": stream.id, "experiment": experiment, "run": run, "group": MONITOR_GROUP}
-                latency.children[tuple(labels[n] for n in CONSUMER_LABELS)] = watch.latency
-        return r
+                latencies.append(((stream.id, experiment, run, MONITOR_GROUP), watch.latency))
+        latency = histogram_family("photonstream_stream_latency_seconds", "Message creation until the dashboard's "
+                                   "monitor group received it", CONSUMER_LABELS, latencies)  # fmt: skip
+        return registry_of([received, *families.values(), latency])

@@ -15,10 +15,12 @@ from pathlib import Path
 import httpx
 import pytest
 from PIL import Image
+from prometheus_client import generate_latest
+from prometheus_client.registry import CollectorRegistry
 
 from photonstream.api.auth.session import CSRF_HEADER, SESSION_COOKIE
 from photonstream.client import subscribe
-from photonstream.metrics import REGISTRY, Registry, serve, track_subscription
+from photonstream.metrics import default_registry, serve, track_subscription
 from tests.api.harness import EXPERIMENT, Pki
 from tests.api.live import CONSUMER_GROUP, LiveStream, live_stream
 from tests.api.servers import running_server
@@ -83,14 +85,15 @@ def test_hop_metrics_add_up_and_latency_histograms_count(live: LiveStream) -> No
     # the pipeline rank's own metrics (what `photonstream run --metrics-port` serves)
     stats = live.pipeline.stats
     stream_label = live.stream_id.replace("-", "")  # the pipeline's stream id is the API's, without dashes
-    named = {name: value for name, labels, value in samples(REGISTRY.render()) if labels.get("stream") == stream_label}
+    exposed = generate_latest(default_registry()).decode()
+    named = {name: value for name, labels, value in samples(exposed) if labels.get("stream") == stream_label}
     assert named["photonstream_pipeline_events_read_total"] >= stats.events_sent > 0
     assert named["photonstream_pipeline_latency_seconds_count"] > 0
     assert named["photonstream_pipeline_encode_seconds_count"] > 0
 
 
 def test_consumer_metrics_and_metrics_server(live: LiveStream) -> None:
-    registry = Registry()
+    registry = CollectorRegistry()
     with subscribe(live.buffer.endpoint, live.address, group="latency-probe", timeout_s=20) as sub:
         labels = track_subscription(sub, registry)
         for count, _message in enumerate(sub, start=1):

@@ -17,6 +17,7 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import FileResponse, JSONResponse, RedirectResponse, Response, StreamingResponse
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.concurrency import run_in_threadpool
 
 from photonstream.api import quotas
@@ -27,7 +28,6 @@ from photonstream.api.json_body import parse_json_body
 from photonstream.api.live import CallerWatch
 from photonstream.api.monitor import Monitor
 from photonstream.api.routers.streams import visible_stream
-from photonstream.metrics import CONTENT_TYPE
 from photonstream.store.models import Stream
 from photonstream.store.streams import StreamNotFoundError
 
@@ -267,4 +267,4 @@ def stream_metrics(request: Request, ctx: Context = Depends(context)) -> Respons
     """Per-hop Prometheus metrics of the streams the caller may see (scrape with a token or certificate)."""
     ctx.audit.allow("metrics.streams", f"owner:{'*' if ctx.principal.is_operator else ctx.principal.identity}")
     registry = monitor_of(request).registry_for(visible_streams(ctx))
-    return Response(registry.render(), media_type=CONTENT_TYPE)
+    return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
