@@ -15,6 +15,9 @@ as received by one consumer (the first to the last message it got).
 - latency: producer → buffer → consumer p50/p99 of 1 MB frames paced at ``--rate-hz``; when the machine
   delivers less than 95 % of that rate it says "saturated at N/s" instead (latencies would be queueing)
 - disk_write: plain sequential writes of the same block size into a temporary file (durable's bound)
+- size sweep: messages/s of the buffer in memory and of raw PUSH → PULL at 1 KiB, 16 KiB, 256 KiB and 4 MiB
+- durable latency: p99 of a durable stream paced at 200 Hz (1 MB), without and with retention deleting 16 MiB
+  segments as it goes (the deletion must not stall delivery)
 
 Cases run in ``--rounds`` interleaved rounds (every case once per round); figures are medians over rounds and
 every ratio is the median over rounds of the two cases' figures in the same round, with min and max, naming
@@ -181,7 +184,14 @@ def _per_consumer(results: list[dict[str, Any]]) -> dict[str, Any]:
 
 # -- the buffer ------------------------------------------------------------------------------------------------
 def _buffer_service(
-    bind: str, data_dir: str | None, io_threads: int, ready: Any, security: str = "none", grant: Any = None
+    bind: str,
+    data_dir: str | None,
+    io_threads: int,
+    ready: Any,
+    security: str = "none",
+    grant: Any = None,
+    retention_bytes: int = 2 << 30,
+    segment_bytes: int = 256 * MB,
 ) -> None:
     from photonstream.buffer import BufferService, BufferSettings
     from photonstream.buffer.service import tune_allocator
@@ -192,7 +202,8 @@ def _buffer_service(
         data_dir=Path(data_dir) if data_dir else None,
         memory_per_stream=MEMORY,
         memory_total=2 << 30,
-        retention_bytes=2 << 30,
+        retention_bytes=retention_bytes,
+        segment_bytes=segment_bytes,
         io_threads=io_threads,
         security=security,
         keys_dir=Path(data_dir) / "keys" if data_dir and security != "none" else None,
@@ -287,6 +298,8 @@ def buffer_case(
     window: int = WINDOW,
     io_threads: int = 2,
     security: str = "none",
+    retention_bytes: int = 2 << 30,
+    segment_bytes: int = 256 * MB,
 ) -> dict[str, Any]:
     """``security``: none, token (authenticated, plaintext) or curve (authenticated, encrypted)."""
     endpoint = f"tcp://127.0.0.1:{_free_port()}"
@@ -294,7 +307,9 @@ def buffer_case(
         ready, go, out = _ctx.Event(), _ctx.Event(), _ctx.Queue()
         grant, consumer, producer = _stream_credentials(security)
         service = _ctx.Process(
-            target=_buffer_service, args=(endpoint, data_dir, io_threads, ready, security, grant), daemon=True
+            target=_buffer_service,
+            args=(endpoint, data_dir, io_threads, ready, security, grant, retention_bytes, segment_bytes),
+            daemon=True,
         )
         service.start()
         ready.wait(60)
@@ -516,6 +531,24 @@ RATIOS = {  # name: (numerator, denominator), both cases of the same round
 }
 
 
+DURABLE_HZ = 200.0  # the durable latency cases' pace (1 MB messages)
+SEGMENT = 16 << 20  # segment size of the retention case: a segment deleted every ~0.1 s
+SWEEP_BYTES = (1024, 16 * 1024, 256 * 1024, 4 * 1024 * 1024)
+
+
+def _size_text(size: int) -> str:
+    return f"{size // (1 << 20)} MiB" if size >= 1 << 20 else f"{size // 1024} KiB"
+
+
+def _messages_per_s(result: dict[str, Any]) -> float | None:
+    messages, seconds = result.get("messages"), result.get("seconds")
+    return messages / seconds if isinstance(messages, int) and seconds else None
+
+
+def _rounded(value: float | None) -> float | None:
+    return None if value is None else round(value, 1)
+
+
 def paced_verdict(result: dict[str, Any]) -> dict[str, Any]:
     """A paced case's latency, or "saturated at N/s" when the machine did not reach the asked rate (its
     latencies then measure queueing, not the hop)."""
@@ -550,7 +583,16 @@ def run(
         ("redis", "Redis Streams, 1 MB", lambda: redis_case(one_mb, seconds)),
         ("buffer_1mb", "buffer in memory, 1 MB", lambda: buffer_case(one_mb, seconds)),
         ("latency", f"buffer, 1 MB paced at {rate_hz:g} Hz", lambda: buffer_case(one_mb, seconds, rate_hz=rate_hz)),
+        ("durable_latency", f"buffer durable, 1 MB paced at {DURABLE_HZ:g} Hz",
+         lambda: buffer_case(one_mb, seconds, durable=True, rate_hz=DURABLE_HZ)),
+        ("durable_latency_deleting", f"the same, retention deleting {_size_text(SEGMENT)} segments",
+         lambda: buffer_case(one_mb, seconds, durable=True, rate_hz=DURABLE_HZ, retention_bytes=4 * SEGMENT,
+                             segment_bytes=SEGMENT)),
     ]  # fmt: skip
+    for size in SWEEP_BYTES:  # messages/s of the buffer against raw PUSH -> PULL, same sizes, same Python ends
+        cases.append((f"raw_{size}", f"PUSH→PULL, {_size_text(size)}", lambda size=size: raw_zmq(size, seconds)))
+        cases.append((f"buffer_{size}", f"buffer in memory, {_size_text(size)}",
+                      lambda size=size: buffer_case(size, seconds)))  # fmt: skip
     if only:
         cases = [case for case in cases if case[0] in only]
     load_before = load_average()
@@ -587,6 +629,24 @@ def run(
             row["note"] = "; ".join(errors)
         rows.append(row)
     summary["ratios"] = {name: ratio(samples, a, b) for name, (a, b) in RATIOS.items() if a in samples and b in samples}
+    rates = {key: [_messages_per_s(r) for r in runs] for key, runs in results.items()}
+    summary["size_sweep"] = {
+        str(size): {
+            "buffer_msgs_per_s": _rounded(median(rates[f"buffer_{size}"])),
+            "raw_msgs_per_s": _rounded(median(rates[f"raw_{size}"])),
+            "ratio": ratio(rates, f"buffer_{size}", f"raw_{size}"),
+        }
+        for size in SWEEP_BYTES
+        if f"buffer_{size}" in rates and f"raw_{size}" in rates
+    }
+    p99 = {key: [r.get("p99_ms") for r in runs] for key, runs in results.items() if key.startswith("durable_latency")}
+    if len(p99) == 2:
+        summary["durable_p99_ms"] = {key: _rounded(median(v)) for key, v in p99.items()}
+        summary["ratios"]["durable_p99_deleting_vs_not"] = ratio(p99, "durable_latency_deleting", "durable_latency")
+    for row, (key, _, _) in zip(rows, cases, strict=True):
+        if key.startswith("durable_latency") and p99.get(key):
+            row["note"] = f"p99 {median(p99[key]) or nan:.2f} ms" + (f"; {row['note']}" if row["note"] else "")
+        row["msgs/s (median)"] = median(rates[key]) or nan
     summary["load_average"] = {"before": load_before, "after": load_average()}
     summary["machine"] = machine()
     return rows, summary

@@ -5,8 +5,11 @@ On-disk record: ``b"PSR1" | u32 header length | u64 payload length | msgpack hea
 
 from __future__ import annotations
 
+import contextlib
 import os
+import queue
 import struct
+import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -143,6 +146,52 @@ class RecordFile:
     def delete(self) -> None:
         self.close()
         self.path.unlink(missing_ok=True)
+
+    def delete_later(self) -> None:
+        """Close now; unlink in the reaper's thread (see ``Reaper``)."""
+        self.close()
+        REAPER.submit(self.path)
+
+
+class Reaper:
+    """Unlinks deleted segment files in a thread of its own.
+
+    Freeing a large file's blocks takes the file system tens of milliseconds, and the buffer's I/O loop must not
+    wait for it: done on the loop, retention deleting old segments showed as p99 delivery latency going from ~3 ms
+    to 30-50 ms (spikes of 132 ms). A file not yet unlinked when the process dies is found by recovery, whose
+    retention then deletes it again; its bytes already left the stream's disk accounting when it was handed over.
+    """
+
+    def __init__(self) -> None:
+        self._queue: queue.SimpleQueue[Path] = queue.SimpleQueue()
+        self._thread: threading.Thread | None = None
+        self._lock = threading.Lock()
+        self._idle = threading.Event()
+        self._idle.set()
+
+    def submit(self, path: Path) -> None:
+        with self._lock:
+            if self._thread is None or not self._thread.is_alive():
+                self._thread = threading.Thread(target=self._run, name="photonstream-buffer-reaper", daemon=True)
+                self._thread.start()
+            self._idle.clear()
+            self._queue.put(path)
+
+    def wait(self, timeout_s: float = 10.0) -> bool:
+        """True once every file handed over so far is gone (for shutdown and tests)."""
+        return self._idle.wait(timeout_s)
+
+    def _run(self) -> None:
+        while True:
+            path = self._queue.get()
+            with contextlib.suppress(OSError):
+                path.unlink(missing_ok=True)
+            with self._lock:
+                if self._queue.empty():
+                    self._idle.set()
+
+
+REAPER = Reaper()
 
 
 Segment = RecordFile

@@ -212,7 +212,7 @@ class StreamLog:
             while self.segments and self.segments[0].last_offset < offset and self.segments[0] is not self._active():
                 seg = self.segments.popleft()
                 self.disk_bytes -= seg.size
-                seg.delete()
+                seg.delete_later()  # unlinking a big file is slow: not on the I/O loop
         if self.first - self.base > 4096 and self.first - self.base > len(self.records) // 2:
             cut = self.first - self.base
             del self.records[:cut]
