@@ -19,6 +19,8 @@ as received by one consumer (the first to the last message it got).
 - durable latency: p99 of a durable stream paced at 200 Hz (1 MB), without and with retention deleting 16 MiB
   segments as it goes (the deletion must not stall delivery)
 
+``--peer fastcache=BUILD_DIR`` adds LCLStream's relay beside the buffer's at 2 MiB (benchmarks/_buffer_peers.py).
+
 Cases run in ``--rounds`` interleaved rounds (every case once per round); figures are medians over rounds and
 every ratio is the median over rounds of the two cases' figures in the same round, with min and max, naming
 its numerator and denominator. The load average is printed before and after.
@@ -561,7 +563,12 @@ def paced_verdict(result: dict[str, Any]) -> dict[str, Any]:
 
 
 def run(
-    frame_mb: float = 4.0, seconds: float = 3.0, rounds: int = 3, only: tuple[str, ...] = (), rate_hz: float = 1000.0
+    frame_mb: float = 4.0,
+    seconds: float = 3.0,
+    rounds: int = 3,
+    only: tuple[str, ...] = (),
+    rate_hz: float = 1000.0,
+    peers: dict[str, str] | None = None,
 ) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     size = int(frame_mb * MB)
     one_mb = MB
@@ -593,6 +600,10 @@ def run(
         cases.append((f"raw_{size}", f"PUSH→PULL, {_size_text(size)}", lambda size=size: raw_zmq(size, seconds)))
         cases.append((f"buffer_{size}", f"buffer in memory, {_size_text(size)}",
                       lambda size=size: buffer_case(size, seconds)))  # fmt: skip
+    if peers:
+        from benchmarks._buffer_peers import peer_cases
+
+        cases += peer_cases(peers, seconds)
     if only:
         cases = [case for case in cases if case[0] in only]
     load_before = load_average()
@@ -628,7 +639,10 @@ def run(
             summary[f"{key}_gbps"] = None if gbps is None else round(gbps, 3)
             row["note"] = "; ".join(errors)
         rows.append(row)
-    summary["ratios"] = {name: ratio(samples, a, b) for name, (a, b) in RATIOS.items() if a in samples and b in samples}
+    from benchmarks._buffer_peers import PEER_RATIOS
+
+    pairs = {**RATIOS, **PEER_RATIOS}
+    summary["ratios"] = {name: ratio(samples, a, b) for name, (a, b) in pairs.items() if a in samples and b in samples}
     rates = {key: [_messages_per_s(r) for r in runs] for key, runs in results.items()}
     summary["size_sweep"] = {
         str(size): {
@@ -660,10 +674,15 @@ def _attempt(name: str, call: Callable[[], dict[str, Any]]) -> dict[str, Any]:
 
 
 def main(
-    frame_mb: float = 4.0, seconds: float = 3.0, json_only: bool = False, rounds: int = 3, rate_hz: float = 1000.0
+    frame_mb: float = 4.0,
+    seconds: float = 3.0,
+    json_only: bool = False,
+    rounds: int = 3,
+    rate_hz: float = 1000.0,
+    peers: dict[str, str] | None = None,
 ) -> dict[str, Any]:
     """Run every case, print the table (unless ``json_only``) and the JSON line; return the JSON object."""
-    rows, summary = run(frame_mb, seconds, rounds, rate_hz=rate_hz)
+    rows, summary = run(frame_mb, seconds, rounds, rate_hz=rate_hz, peers=peers)
     load = summary["load_average"]
     title = (f"buffer ({frame_mb:g} MB frames, {seconds:g} s per case, {rounds} interleaved rounds, medians; "
              f"load {load['before']} → {load['after']})")  # fmt: skip
@@ -677,9 +696,11 @@ def cli(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--seconds", type=float, default=3.0, help="how long each case sends")
     parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds (medians of per-round ratios)")
     parser.add_argument("--rate-hz", type=float, default=1000.0, help="the paced latency case's rate")
+    parser.add_argument("--peer", action="append", default=[], metavar="NAME=PATH", help="fastcache=BUILD_DIR")
     parser.add_argument("--json", action="store_true", help="only the JSON line")
     args = parser.parse_args(argv)
-    return main(args.frame_mb, args.seconds, args.json, args.rounds, args.rate_hz)
+    peers = dict(p.split("=", 1) for p in args.peer if "=" in p)
+    return main(args.frame_mb, args.seconds, args.json, args.rounds, args.rate_hz, peers)
 
 
 if __name__ == "__main__":

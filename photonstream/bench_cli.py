@@ -74,12 +74,18 @@ def bench_buffer(
     seconds: float = typer.Option(3.0, help="seconds per case"),
     rounds: int = typer.Option(3, min=1, help="interleaved rounds (medians of per-round ratios)"),
     rate_hz: float = typer.Option(1000.0, "--rate-hz", min=1.0, help="the paced latency case's rate"),
+    peer: list[str] = typer.Option([], "--peer", help="fastcache=BUILD_DIR: LCLStream's relay beside the buffer"),
     as_json: bool = typer.Option(False, "--json", help="only the JSON line"),
 ) -> None:
     """The buffer against raw ZeroMQ, libzmq's proxy, PUB/SUB, file writes, NATS JetStream and Redis Streams."""
     from benchmarks.buffer import main as bench_main
 
-    bench_main(frame_mb=frame_mb, seconds=seconds, json_only=as_json, rounds=rounds, rate_hz=rate_hz)
+    bad = [p for p in peer if "=" not in p]
+    if bad:
+        err_console.print(f"[bold red]error:[/] --peer must be NAME=PATH, not {bad[0]!r}")
+        raise typer.Exit(2)
+    peers = dict(p.split("=", 1) for p in peer)
+    bench_main(frame_mb=frame_mb, seconds=seconds, json_only=as_json, rounds=rounds, rate_hz=rate_hz, peers=peers)
 
 
 @bench_app.command("e2e")
