@@ -73,3 +73,15 @@ def test_tof_end_to_end_accounts_for_every_shot_and_names_its_bounds() -> None:
         assert paced["analysed"] == paced["sent"] > 0 and paced["cores_per_100khz"] > 0, paced
     kept = [p["asked_hz"] for p in summary["paced"] if p["kept_up"]]
     assert summary["highest_rate_kept_up_hz"] == (max(kept) if kept else None)
+
+
+def test_an_unknown_buffer_peer_is_refused_by_name() -> None:
+    from benchmarks._buffer_peers import peer_cases
+
+    with pytest.raises(SystemExit, match="unknown peer 'kafka'"):
+        peer_cases({"kafka": "/opt/kafka"}, 1.0)
+    assert [name for name, _, _ in peer_cases({"fastcache": "/nowhere"}, 1.0)] == [
+        "relay_raw",
+        "relay_buffer",
+        "fastcache",
+    ]
