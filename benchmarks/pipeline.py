@@ -101,6 +101,7 @@ class HeldFrames:
     """A few events of the run in memory, encoded once for the raw case; the serializer case re-encodes them."""
 
     def __init__(self, xtc2: Path) -> None:
+        from photonstream.frames import EndMessage, StartMessage
         from photonstream.serializers.base import create
         from photonstream.sources.base import registry
 
@@ -115,8 +116,6 @@ class HeldFrames:
         source.close()
         self.serializer = create("hdf5")
         self.encoded = [self.serializer.encode(frame) for frame in self.frames]
-        from photonstream.frames import EndMessage, StartMessage
-
         self.start = self.serializer.encode(StartMessage(stream_id="bench", detector=info.detector))
         self.end = self.serializer.encode(EndMessage(stream_id="bench"))
 
@@ -218,9 +217,8 @@ def main(
         if found is not None:
             summary["ratios"][f"{numerator}_vs_{denominator}"] = found
     if "pipeline_hdf5" in samples:
-        bounds = [
-            min(v for v in (samples[s][r] for s in ("source", "serializer", "raw_zmq")) if v) for r in range(rounds)
-        ]
+        stages = [[samples[s][r] for s in ("source", "serializer", "raw_zmq")] for r in range(rounds)]
+        bounds = [min((v for v in figures if v), default=None) for figures in stages]  # a failed stage: no bound
         summary["ratios"]["pipeline_hdf5_vs_bound"] = ratio({**samples, "bound": bounds}, "pipeline_hdf5", "bound")
     summary["load_average"] = {"before": load_before, "after": load_average()}
     summary["errors"] = errors

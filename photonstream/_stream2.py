@@ -316,13 +316,19 @@ def _timestamp(image: dict[str, Any]) -> float:
             series_date = datetime.fromisoformat(series_date)
         except ValueError:
             return 0.0
-    if not isinstance(series_date, datetime) or not _is_rational(start_time):
+    if not isinstance(series_date, datetime) or not is_rational(start_time):
         return 0.0
     return series_date.timestamp() + start_time[0] / start_time[1]
 
 
-def _is_rational(value: Any) -> bool:
-    return isinstance(value, list) and len(value) == 2 and all(isinstance(v, int) for v in value) and value[1] > 0
+def is_rational(value: Any) -> bool:
+    """A spec Rational: [numerator, denominator], unsigned integers, the denominator not zero."""
+    return (
+        isinstance(value, list | tuple)
+        and len(value) == 2
+        and all(isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in value)
+        and value[1] > 0
+    )
 
 
 IMAGE_METADATA_FIELDS = ("series_id", "series_unique_id", "image_id", "real_time", "start_time", "stop_time")

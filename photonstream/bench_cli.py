@@ -14,6 +14,15 @@ from photonstream.cli_support import err_console, friendly
 bench_app = typer.Typer(help="Benchmarks (table for people, one JSON object on the last line).", no_args_is_help=True)
 
 
+def _peers(given: list[str], form: str) -> dict[str, str]:
+    """``--peer`` values as {name: value}; a value without ``=`` is one clear error line (exit 2)."""
+    bad = [p for p in given if "=" not in p]
+    if bad:
+        err_console.print(f"[bold red]error:[/] --peer must be {form}, not {bad[0]!r}")
+        raise typer.Exit(2)
+    return dict(p.split("=", 1) for p in given)
+
+
 @bench_app.command("pipeline")
 @friendly
 def bench_pipeline(
@@ -25,11 +34,7 @@ def bench_pipeline(
     """Frames/s of the pipeline beside its bounds (psana alone, HDF5 alone, raw ZeroMQ) and any --peer."""
     from benchmarks.pipeline import main as bench_main
 
-    bad = [p for p in peer if "=" not in p]
-    if bad:
-        err_console.print(f"[bold red]error:[/] --peer must be NAME=COMMAND, not {bad[0]!r}")
-        raise typer.Exit(2)
-    bench_main(events=events, rounds=rounds, json_only=as_json, peers=dict(p.split("=", 1) for p in peer))
+    bench_main(events=events, rounds=rounds, json_only=as_json, peers=_peers(peer, "NAME=COMMAND"))
 
 
 @bench_app.command("startup")
@@ -80,11 +85,7 @@ def bench_buffer(
     """The buffer against raw ZeroMQ, libzmq's proxy, PUB/SUB, file writes, NATS JetStream and Redis Streams."""
     from benchmarks.buffer import main as bench_main
 
-    bad = [p for p in peer if "=" not in p]
-    if bad:
-        err_console.print(f"[bold red]error:[/] --peer must be NAME=PATH, not {bad[0]!r}")
-        raise typer.Exit(2)
-    peers = dict(p.split("=", 1) for p in peer)
+    peers = _peers(peer, "NAME=PATH")
     bench_main(frame_mb=frame_mb, seconds=seconds, json_only=as_json, rounds=rounds, rate_hz=rate_hz, peers=peers)
 
 

@@ -221,7 +221,11 @@ class ImageClock:
 
     def fields(self, frame: Frame) -> dict[str, Any]:
         metadata = frame.metadata
-        relayed = {k: list(metadata[k]) for k in ("real_time", "start_time", "stop_time") if _rational(metadata.get(k))}
+        relayed = {
+            k: list(metadata[k])
+            for k in ("real_time", "start_time", "stop_time")
+            if _stream2.is_rational(metadata.get(k))
+        }
         series_date = aware_datetime(metadata.get("series_date"))
         if relayed or series_date is not None:
             return {**relayed, **({"series_date": series_date} if series_date is not None else {})}
@@ -236,15 +240,6 @@ class ImageClock:
             fields["real_time"] = [self.exposure_ns, TIME_BASE]
             fields["stop_time"] = [start_ns + self.exposure_ns, TIME_BASE]
         return fields
-
-
-def _rational(value: Any) -> bool:
-    return (
-        isinstance(value, list | tuple)
-        and len(value) == 2
-        and all(_unsigned(v) is not None for v in value)
-        and value[1] > 0
-    )
 
 
 def nodata(dtype: np.dtype, dims: list[int]) -> np.ndarray:

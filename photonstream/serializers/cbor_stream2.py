@@ -109,7 +109,7 @@ class CborStream2Serializer:
         self._image_dtype: str | None = None
         self._start_dims: list[int] | None = None
         self._last_image: dict[str, tuple[str, list[int]]] = {}  # channel -> (dtype, wire dims) last sent
-        self._nodata_cache: dict[tuple[str, tuple[int, ...]], cbor2.CBORTag] = {}
+        self._nodata_cache: dict[str, tuple[tuple[str, tuple[int, ...]], cbor2.CBORTag]] = {}  # by channel
         self._clock = fields.ImageClock({}, None)
 
     # -- encoding -------------------------------------------------------------------------------------------
@@ -261,7 +261,7 @@ class CborStream2Serializer:
         return body
 
     def _nodata(self, channel: str) -> cbor2.CBORTag:
-        """bslz4-compressed (a few bytes per block whatever the compression option), cached per dtype and size."""
+        """bslz4-compressed (a few bytes per block whatever the compression option), cached per channel."""
         from photonstream.codecs import bslz4_compress
 
         dtype_name, dims = self._last_image.get(channel, (None, None))
@@ -269,13 +269,13 @@ class CborStream2Serializer:
             dtype_name = np.dtype(self._image_dtype or "uint16").str
             dims = list(self._start_dims) if self._start_dims else [0, 0]
         key = (dtype_name, tuple(dims))
-        if key not in self._nodata_cache:
+        cached = self._nodata_cache.get(channel)
+        if cached is None or cached[0] != key:  # one per channel: channels may differ in dtype and size
             dtype = np.dtype(dtype_name)
             payload = ["bslz4", dtype.itemsize, bslz4_compress(fields.nodata(dtype, dims))]
             typed = cbor2.CBORTag(DTYPE_TAGS[dtype.str], cbor2.CBORTag(TAG_COMPRESSED, payload))
-            self._nodata_cache.clear()
-            self._nodata_cache[key] = cbor2.CBORTag(TAG_MULTIDIM, [list(dims), typed])
-        return self._nodata_cache[key]
+            cached = self._nodata_cache[channel] = (key, cbor2.CBORTag(TAG_MULTIDIM, [list(dims), typed]))
+        return cached[1]
 
     def _closing(self, message: CalibrationMessage | EndMessage) -> dict[str, Any]:
         kind = "calibration" if isinstance(message, CalibrationMessage) else "end"

@@ -90,14 +90,14 @@ class _Writer:
         self._text = h5py.string_dtype()
         self._text_type = h5py.h5t.py_create(self._text, logical=True)
         self._scalar = h5py.h5s.create(h5py.h5s.SCALAR)
+        self._create_attribute = h5py.h5a.create
 
     def _attribute(self, group: h5py.Group, name: str, text: str) -> None:
         """The same variable-length UTF-8 string attribute as ``group.attrs[name] = text``, through h5py's
         low-level API: a message has ~10 of them and the high-level path costs twice as much (~40 % of
         encoding a 2 MB frame)."""
-        import h5py
-
-        h5py.h5a.create(group.id, name.encode(), self._text_type, self._scalar).write(np.array(text, dtype=self._text))
+        attribute = self._create_attribute(group.id, name.encode(), self._text_type, self._scalar)
+        attribute.write(np.array(text, dtype=self._text))
 
     def write(self, group: h5py.Group, tree: dict[str, Any], compress: bool = False) -> None:
         for key, value in tree.items():

@@ -308,15 +308,17 @@ class PsanaSource:
         return {"skipped_missing": self.skipped_missing}
 
     @staticmethod
-    def _dtype_of(frame: Frame | None) -> dict[str, str]:
-        """``image_dtype`` (the Stream V2 start field) of the first event's image, when it has one."""
+    def _image_of(frame: Frame | None) -> Any:
+        """The first event's image (its ``data`` array, else its first), or None."""
         if frame is None or not frame.arrays:
-            return {}
-        array = frame.arrays.get("data", next(iter(frame.arrays.values())))
-        return {"image_dtype": np.dtype(array.dtype).name}
+            return None
+        return frame.arrays.get("data", next(iter(frame.arrays.values())))
+
+    def _dtype_of(self, frame: Frame | None) -> dict[str, str]:
+        """``image_dtype`` (the Stream V2 start field) of the first event's image, when it has one."""
+        array = self._image_of(frame)
+        return {} if array is None else {"image_dtype": np.dtype(array.dtype).name}
 
     def _shape_of(self, frame: Frame | None) -> tuple[int, ...]:
-        if frame is None or not frame.arrays:
-            return ()
-        array = frame.arrays.get("data", next(iter(frame.arrays.values())))
-        return tuple(int(n) for n in array.shape)
+        array = self._image_of(frame)
+        return () if array is None else tuple(int(n) for n in array.shape)

@@ -21,12 +21,10 @@ Outcome counts: ``source_dropped`` = uniqueIds skipped before the update reached
 monitor queue, network), ``queue_overflow`` = updates we dropped because ``events`` fell behind, ``id_restarts``
 = times the uniqueId went backwards (a new acquisition).
 
-Addresses: pvaccess reads ``EPICS_PVA_*`` from the environment when it creates its client context, which it does
-for the first channel while no other channel is alive in the process (and again once all are gone). So
-``address_list`` (``EPICS_PVA_ADDR_LIST``, "host[:udp-port] ..."; auto address list off) applies when this source
-opens the process's only pvaccess channel; a second ``pva`` source with a different list while one is open is a
-SourceError. Run sources with different address lists in different processes. pvaccess and cctbx (the xtal
-consumers) bundle different boost.python builds and cannot share a process, in either import order.
+Addresses: pvaccess reads ``EPICS_PVA_*`` when it creates its client context (for the process's first channel,
+and again once all are gone), so ``address_list`` (``EPICS_PVA_ADDR_LIST``, auto address list off) applies when
+this source opens the process's only channel; another list while one is open is a SourceError (use another process,
+as for cctbx, whose boost.python build cannot share a process with pvaccess's).
 
     source: {type: pva, channel: "13SIM1:Pva1:Image", address_list: "10.0.0.5", idle_timeout_s: 10}
 """
@@ -34,6 +32,7 @@ consumers) bundle different boost.python builds and cannot share a process, in e
 from __future__ import annotations
 
 import contextlib
+import math
 import os
 import queue
 import struct
@@ -62,6 +61,7 @@ SCALAR_TYPE_DTYPES = {1: "i1", 2: "i2", 3: "i4", 4: "i8", 5: "u1", 6: "u2", 7: "
 # areaDetector's NDDataType_t, which the pvxs converter writes there instead; used only when sizes rule out the above
 ND_DATA_TYPE_DTYPES = {0: "i1", 1: "u1", 2: "i2", 3: "u2", 4: "i4", 5: "u4", 6: "i8", 7: "u8", 8: "f4", 9: "f8"}
 CODECS = ("lz4", "bslz4", "blosc", "jpeg")
+MAX_PIXELS = 1 << 28  # 256 Mi pixels (1 GiB of uint32): larger dimensions are refused before anything is allocated
 
 _CLASH_HINT = "cctbx and pvaccess bundle different boost.python builds: run the pva pipeline in its own process"
 _HEADER = struct.Struct(">QI")  # the HDF5 filters' header: uncompressed bytes, block bytes
@@ -214,7 +214,9 @@ def _blosc(update: _Update, dtype: np.dtype) -> np.ndarray:
 def image(update: _Update, decompress: bool) -> np.ndarray | EncodedArray:
     """The update's image, shaped (ny, nx) (the dimension list reversed); a SourceError for what we cannot read."""
     shape = tuple(reversed(update.sizes))
-    pixels = int(np.prod(shape, dtype=np.int64))
+    pixels = math.prod(shape)
+    if not shape or min(shape) < 1 or pixels > MAX_PIXELS:  # a server's dimensions must not size our allocations
+        raise SourceError(f"dimensions {update.sizes} are not an image's (1 to {MAX_PIXELS} pixels)")
     if not update.codec:
         if update.field not in UNION_DTYPES:
             raise SourceError(f"value field {update.field!r} is not a numeric array")
@@ -351,10 +353,8 @@ class PvaSource:
         """The next update with an image, or None after ``timeout_s`` without one (checking for callback errors)."""
         deadline = time.monotonic() + timeout_s
         while True:
-            if self._error is not None:
-                return None
             remaining = deadline - time.monotonic()
-            if remaining <= 0:
+            if self._error is not None or remaining <= 0:
                 return None
             try:
                 return self._queue.get(timeout=min(remaining, 0.25))
@@ -369,9 +369,8 @@ class PvaSource:
         self._first = None
         sent = 0
         while update is not None:
-            frame = self._frame(update)
+            yield self._frame(update)
             sent += 1
-            yield frame
             if opts.max_frames is not None and sent >= opts.max_frames:
                 return
             update = self._next(opts.idle_timeout_s)

@@ -392,3 +392,11 @@ def test_sim_server_frames_reach_a_consumer_through_the_buffer_once_each(
     data = frames[-1].array("data")
     assert data.shape == (512, 512) and data.dtype == np.uint16
     assert frames[-1].metadata["pva_unique_id"] == ids[-1] and frames[-1].metadata["ColorMode"] == 0
+
+
+@pytest.mark.parametrize("sizes", [[100_000, 100_000], [0, 512], [-4, 512], []])
+def test_dimensions_a_server_claims_do_not_size_an_allocation(sizes: list[int]) -> None:
+    payload = b"\x00" * 16  # a hostile server: a tiny lz4 payload claiming a 40 GB image, or no image at all
+    update = _Update(1, "ubyteValue", np.frombuffer(payload, np.uint8), sizes, "lz4", 6, 2 * 100_000**2, 0.0, {})
+    with pytest.raises(SourceError, match="are not an image's"):
+        image(update, decompress=True)
